@@ -1,0 +1,148 @@
+"""A run directory, written so that a crash never leaves a half-written file.
+
+Every file is written to a temporary name in the same directory and renamed
+into place (atomic on POSIX). `run.json` says whether the run is `running`,
+`complete` or `failed`; the model card and final model are written only when a
+run completes, so an interrupted run never looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.model import ModelConfig, MortalityLSTM
+from shared.preprocessing import FEATURE_NAMES, NORMALIZED_CHANNELS, Normalization
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
+METRICS_CSV, METRICS_JSON = "metrics.csv", "metrics.json"
+HOSPITAL_CSV, HOSPITAL_JSON = "hospital_metrics.csv", "hospital_metrics.json"
+MODEL_CARD = "model_card.json"
+BEST_MODEL, FINAL_MODEL = "model_best.pt", "model_final.pt"
+CURVES_PNG = "learning_curves.png"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def create(self) -> RunDirectory:
+        if self.path.exists() and any(self.path.iterdir()):
+            raise FileExistsError(f"--out {self.path}: the directory exists and is not empty")
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_json(self, name: str, obj: Any) -> None:
+        text = json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
+        atomic_write_bytes(self.path / name, text.encode())
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def write_table(self, csv_name: str, json_name: str, rows: list[dict]) -> None:
+        """The same rows as CSV (for spreadsheets) and JSON (for programs)."""
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_write_bytes(self.path / csv_name, buffer.getvalue().encode())
+        self.write_json(json_name, rows)
+
+    def save_model(self, name: str, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path / name, buffer.getvalue())
+
+    def load_model(self, name: str) -> dict[str, Any]:
+        return torch.load(self.path / name, map_location="cpu", weights_only=True)
+
+    def set_status(self, status: str, **details: Any) -> None:
+        current = self.read_json(RUN_FILE) if (self.path / RUN_FILE).exists() else {}
+        self.write_json(RUN_FILE, {**current, "status": status, **details})
+
+    @property
+    def status(self) -> str | None:
+        if not (self.path / RUN_FILE).exists():
+            return None
+        return self.read_json(RUN_FILE).get("status")
+
+
+def write_model_card(
+    run_dir: RunDirectory,
+    *,
+    model_config: ModelConfig,
+    norm: Normalization,
+    rows: list[dict],
+    best: dict,
+    training: dict,
+    data: dict,
+) -> None:
+    """Everything needed to reuse the model: features, normalization, threshold, provenance."""
+    run_dir.write_json(
+        MODEL_CARD,
+        {
+            "task": "in-hospital mortality from the first 48 h of an ICU stay",
+            "model": model_config.to_dict(),
+            "features": list(FEATURE_NAMES),
+            "normalization": {"channels": list(NORMALIZED_CHANNELS), **norm.to_dict()},
+            "threshold": {"best": best["threshold"], "final": rows[-1]["threshold"]},
+            "threshold_rule": "maximizes Event-1 = min(Se, +P) on validation stays",
+            "best_round": best["round"],
+            "metrics": {"best": best, "final": rows[-1]},
+            "training": training,
+            "data": data,
+        },
+    )
+
+
+def load_trained(path: str | Path, which: str = "best") -> tuple[MortalityLSTM, Normalization, float]:
+    """The model, normalization and decision threshold saved in a completed run directory."""
+    run_dir = RunDirectory(path)
+    if not run_dir.path.is_dir():
+        raise FileNotFoundError(f"RUN_DIR {run_dir.path}: no such directory")
+    if run_dir.status != "complete":
+        raise ValueError(
+            f"RUN_DIR {run_dir.path}: the run is not complete (status: {run_dir.status}); "
+            "only completed runs have a model card"
+        )
+    if which not in ("best", "final"):
+        raise ValueError(f"--model must be 'best' or 'final', not {which!r}")
+    card = run_dir.read_json(MODEL_CARD)
+    state = run_dir.load_model(BEST_MODEL if which == "best" else FINAL_MODEL)
+    model = MortalityLSTM(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["state_dict"])
+    return model, Normalization.from_dict(card["normalization"]), float(state["threshold"])

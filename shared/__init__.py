@@ -1,0 +1,1 @@
+"""What both sides of the federation need: data, preprocessing, model, training, metrics."""

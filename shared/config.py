@@ -1,0 +1,84 @@
+"""The configuration of a run: one dataclass, the single source of defaults.
+
+Flower passes run configuration as a flat mapping with kebab-case keys
+(`[tool.flwr.app.config]` in pyproject.toml, `flwr run . --run-config`); the
+command line uses the same names as options. `RunConfig.from_flower` converts
+and validates, so a typo or a bad value fails before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # Data
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    sets: str = "a,b"
+    partition: str = ""  # empty: the dataset's natural partition
+    hospitals: int = 4
+    alpha: float = 0.5
+    synthetic_stays: int = 2400
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 0
+    # Model
+    hidden_size: int = 64
+    layers: int = 1
+    dropout: float = 0.2
+    attention: bool = False
+    # Federated training
+    strategy: str = "fedavg"
+    rounds: int = 10
+    local_epochs: int = 1
+    lr: float = 0.003
+    batch_size: int = 64
+    proximal_mu: float = 0.01
+    server_lr: float = 0.01
+    round_timeout: float = 600.0
+    # Output
+    out: str = ""  # empty: runs/<timestamp>
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.local_epochs >= 1, "--local-epochs must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.proximal_mu >= 0, "--proximal-mu must not be negative"),
+            (self.server_lr > 0, "--server-lr must be positive"),
+            (self.round_timeout > 0, "--round-timeout must be positive"),
+            (self.synthetic_stays >= 1, "--synthetic-stays must be at least 1"),
+            (self.dataset != "physionet2012" or bool(self.data_dir), "--data-dir is required for --dataset physionet2012"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_flower(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    @staticmethod
+    def from_flower(config: dict[str, Any]) -> RunConfig:
+        known = {f.name: f for f in fields(RunConfig)}
+        values = {}
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown run-config key {key!r}")
+            kind = type(getattr(RunConfig, name))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind):
+                raise ValueError(f"run-config {key!r} must be {kind.__name__}, not {value!r}")
+            values[name] = value
+        return RunConfig(**values)
+
+    def with_(self, **changes: Any) -> RunConfig:
+        return replace(self, **changes)

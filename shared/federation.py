@@ -1,0 +1,95 @@
+"""A simulated federation's data: a cohort split into hospitals, prepared once.
+
+`prepare` loads the cohort, cleans it, assigns hospitals, splits, and bins
+every split into hourly `Sequences`. `save` writes the result to one
+uncompressed .npz so each simulated hospital (a separate worker process) reads
+only its own arrays with `load_hospital`, once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from shared.cache import save_arrays
+from shared.config import RunConfig
+from shared.datasets import load_cohort, natural_partition
+from shared.partition import assign_hospitals, split
+from shared.preprocessing import Sequences, clean, describe, to_sequences
+
+
+@dataclass(frozen=True)
+class HospitalData:
+    """What one hospital holds: its name and its training and validation stays."""
+
+    name: str
+    train: Sequences
+    val: Sequences
+
+
+@dataclass(frozen=True)
+class Federation:
+    hospitals: list[HospitalData]
+    test: Sequences
+    cleaning: dict[str, int]  # values removed per variable
+
+    def summary(self) -> dict:
+        return {
+            "hospitals": {
+                h.name: {"train": describe(h.train), "val": describe(h.val)} for h in self.hospitals
+            },
+            "test": describe(self.test),
+            "values_removed_by_cleaning": self.cleaning,
+        }
+
+
+def prepare(config: RunConfig) -> Federation:
+    cohort = load_cohort(config)
+    cohort, removed = clean(cohort)
+    scheme = config.partition or natural_partition(config.dataset)
+    hospital = assign_hospitals(
+        cohort, scheme, hospitals=config.hospitals, alpha=config.alpha, seed=config.seed
+    )
+    splits = split(
+        cohort, hospital, config.test_fraction, config.val_fraction, seed=config.seed
+    )
+    seqs = to_sequences(cohort)
+    row = {stay: i for i, stay in enumerate(seqs.stay_ids)}
+
+    def take(ids: np.ndarray) -> Sequences:
+        return seqs.take(np.fromiter((row[s] for s in ids), dtype=np.int64, count=len(ids)))
+
+    hospitals = [
+        HospitalData(name, take(splits.train[name]), take(splits.val[name]))
+        for name in splits.hospitals
+    ]
+    return Federation(hospitals=hospitals, test=take(splits.test), cleaning=removed)
+
+
+_FIELDS = tuple(Sequences.__dataclass_fields__)
+
+
+def save(federation: Federation, path: Path) -> None:
+    """Write the hospitals' splits (the server keeps the test split in memory)."""
+    arrays = {"names": np.array([h.name for h in federation.hospitals])}
+    for i, h in enumerate(federation.hospitals):
+        for part, seqs in (("train", h.train), ("val", h.val)):
+            arrays.update({f"{i}.{part}.{f}": getattr(seqs, f) for f in _FIELDS})
+    save_arrays(path, arrays)
+
+
+@lru_cache(maxsize=None)
+def load_hospital(path: str, index: int) -> HospitalData:
+    """Hospital `index` of a saved federation (read once per process)."""
+    with np.load(path, allow_pickle=False) as data:
+        names = data["names"]
+        if not 0 <= index < len(names):
+            raise ValueError(f"{path}: no hospital {index}; the federation has {len(names)}")
+        parts = {
+            part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS))
+            for part in ("train", "val")
+        }
+        return HospitalData(str(names[index]), parts["train"], parts["val"])

@@ -1,0 +1,61 @@
+"""The LSTM mortality classifier.
+
+LSTM over the hourly sequence -> a summary of the sequence -> dropout -> linear
+-> one logit (sigmoid gives the probability of in-hospital death). The summary
+is the last hidden state, or, with `attention=True`, an attention-weighted mean
+of all hidden states whose weights show which hours the prediction rests on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_features: int
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.2
+    attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError("--hidden-size and --layers must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must lie in [0, 1), not {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MortalityLSTM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.lstm = nn.LSTM(
+            config.n_features,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.attention = nn.Linear(config.hidden_size, 1) if config.attention else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, 1)
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits `[batch]` and attention weights `[batch, time]` (None without attention)."""
+        hidden, _ = self.lstm(x)
+        if self.attention is None:
+            summary, weights = hidden[:, -1], None
+        else:
+            weights = torch.softmax(self.attention(torch.tanh(hidden)).squeeze(-1), dim=1)
+            summary = torch.einsum("bt,bth->bh", weights, hidden)
+        return self.head(self.dropout(summary)).squeeze(-1), weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(x)[0]

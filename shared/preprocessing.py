@@ -1,0 +1,233 @@
+"""From irregular measurements to model inputs: cleaning, hourly sequences, normalization.
+
+1. `clean` turns values outside `PHYSIOLOGICAL_LIMITS` into missing values and
+   counts them per variable.
+2. `to_sequences` bins the first 48 hours into hourly steps (mean of the
+   observations in each hour), keeps an observation mask, forward-fills, and
+   records the hours since each variable was last observed.
+3. `FeatureStats` holds per-channel counts, sums and sums of squares. A hospital
+   computes them on its own training stays; the server adds them up. Because
+   these are sufficient statistics, the sum equals the statistics of the pooled
+   data exactly: no row ever leaves a hospital.
+4. `to_features` standardizes with those statistics and lays out one
+   `[stays, 48, N_FEATURES]` float32 tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from shared.cohort import Cohort
+from shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, TIME_SERIES
+
+HOURS = 48
+MAX_MINUTE = HOURS * 60
+STATIC_NUMERIC: tuple[str, ...] = ("age", "height", "weight")
+# Channels standardized with federated statistics: each time-series value, then age, height, weight.
+NORMALIZED_CHANNELS: tuple[str, ...] = TIME_SERIES + STATIC_NUMERIC
+_LOG_MASK = np.array([v in LOG_TRANSFORMED for v in TIME_SERIES])
+
+FEATURE_NAMES: tuple[str, ...] = (
+    TIME_SERIES
+    + tuple(f"{v}:observed" for v in TIME_SERIES)
+    + tuple(f"{v}:hours_since" for v in TIME_SERIES)
+    + STATIC_NUMERIC
+    + tuple(f"{s}:missing" for s in STATIC_NUMERIC)
+    + ("gender:female", "gender:male")
+    + tuple(f"icu_type:{k}" for k in ICU_TYPES)
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+def clean(cohort: Cohort) -> tuple[Cohort, dict[str, int]]:
+    """Drop physiologically impossible values; return the cleaned cohort and counts per variable."""
+    m = cohort.measurements
+    codes = m["variable"].cat.codes.to_numpy()
+    low = np.array([PHYSIOLOGICAL_LIMITS[v][0] for v in TIME_SERIES])[codes]
+    high = np.array([PHYSIOLOGICAL_LIMITS[v][1] for v in TIME_SERIES])[codes]
+    values = m["value"].to_numpy()
+    bad = ~((values >= low) & (values <= high))  # NaN counts as bad too
+    removed = dict.fromkeys((*TIME_SERIES, *STATIC_NUMERIC), 0)
+    for code, count in zip(*np.unique(codes[bad], return_counts=True)):
+        removed[TIME_SERIES[code]] = int(count)
+
+    stays = cohort.stays.copy()
+    for column in STATIC_NUMERIC:
+        low, high = PHYSIOLOGICAL_LIMITS[column.capitalize()]
+        col = stays[column]
+        out = col.notna() & ~col.between(low, high)
+        removed[column] = int(out.sum())
+        stays.loc[out, column] = np.nan
+    measurements = m[~bad].reset_index(drop=True)
+    return Cohort(stays=stays, measurements=measurements), {k: v for k, v in removed.items() if v}
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Hourly sequences of some stays, in raw units, before normalization.
+
+    `values` holds the forward-filled hourly means (NaN before a variable's first
+    observation), `observed` whether the variable was measured in that hour, and
+    `hours_since` the hours since it was last measured (HOURS if never yet).
+    """
+
+    stay_ids: np.ndarray  # [n] int64
+    values: np.ndarray  # [n, HOURS, V] float32
+    observed: np.ndarray  # [n, HOURS, V] bool
+    hours_since: np.ndarray  # [n, HOURS, V] uint8
+    static: np.ndarray  # [n, 5] float32: age, height, weight, gender, icu_type (NaN = missing)
+    labels: np.ndarray  # [n] int8
+
+    def __len__(self) -> int:
+        return len(self.stay_ids)
+
+    def take(self, index: np.ndarray) -> Sequences:
+        return Sequences(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(parts: list[Sequences]) -> Sequences:
+        fields = Sequences.__dataclass_fields__
+        return Sequences(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
+def to_sequences(cohort: Cohort) -> Sequences:
+    """Bin a (cleaned) cohort into hourly sequences; stays keep the cohort's order."""
+    n, n_vars = len(cohort), len(TIME_SERIES)
+    m = cohort.measurements
+    position = cohort.stays.index.get_indexer(m["stay_id"])
+    if (position < 0).any():
+        raise ValueError("measurements refer to stays missing from the stays table")
+    hour = np.minimum(m["minute"].to_numpy() // 60, HOURS - 1)  # 48:00 closes the last hour
+    cell = (position * HOURS + hour) * n_vars + m["variable"].cat.codes.to_numpy()
+    size = n * HOURS * n_vars
+    counts = np.bincount(cell, minlength=size).reshape(n, HOURS, n_vars)
+    sums = np.bincount(cell, weights=m["value"].to_numpy(np.float64), minlength=size)
+    observed = counts > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hourly = (sums.reshape(n, HOURS, n_vars) / counts).astype(np.float32)
+
+    steps = np.arange(HOURS)[None, :, None]
+    last_seen = np.maximum.accumulate(np.where(observed, steps, -1), axis=1)
+    filled = np.take_along_axis(hourly, np.maximum(last_seen, 0), axis=1)
+    filled[last_seen < 0] = np.nan
+    hours_since = np.where(last_seen < 0, HOURS, steps - last_seen).astype(np.uint8)
+
+    stays = cohort.stays
+    static = stays[["age", "height", "weight", "gender", "icu_type"]].to_numpy(np.float32)
+    return Sequences(
+        stay_ids=stays.index.to_numpy(np.int64),
+        values=filled,
+        observed=observed,
+        hours_since=hours_since,
+        static=static,
+        labels=stays["label"].to_numpy(np.int8),
+    )
+
+
+def _normalized_channels(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Values on the modelling scale (log for skewed labs) for time series and static numerics."""
+    series = seqs.values.astype(np.float64)
+    series[..., _LOG_MASK] = np.log1p(series[..., _LOG_MASK])
+    return series, seqs.static[:, :3].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Count, sum and sum of squares per channel in `NORMALIZED_CHANNELS`.
+
+    Time-series channels count the hours in which the variable was observed;
+    static channels count stays where it was recorded.
+    """
+
+    count: np.ndarray
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @staticmethod
+    def of(seqs: Sequences) -> FeatureStats:
+        series, static = _normalized_channels(seqs)
+        series = np.where(seqs.observed, series, np.nan)
+        stacked = [series.reshape(-1, len(TIME_SERIES)), static]
+        count = np.concatenate([np.sum(~np.isnan(a), axis=0) for a in stacked]).astype(np.float64)
+        total = np.concatenate([np.nansum(a, axis=0) for a in stacked])
+        total_sq = np.concatenate([np.nansum(a * a, axis=0) for a in stacked])
+        return FeatureStats(count, total, total_sq)
+
+    @staticmethod
+    def sum(parts: list[FeatureStats]) -> FeatureStats:
+        return FeatureStats(
+            count=np.sum([p.count for p in parts], axis=0),
+            total=np.sum([p.total for p in parts], axis=0),
+            total_sq=np.sum([p.total_sq for p in parts], axis=0),
+        )
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled mean and (population) standard deviation; an unseen channel gets 0 and 1."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.count > 0, self.total / self.count, 0.0)
+            var = np.where(self.count > 0, self.total_sq / self.count - mean**2, 1.0)
+        std = np.sqrt(np.maximum(var, 0.0))
+        return mean, np.where(std > 1e-8, std, 1.0)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The mean and standard deviation a model's inputs are standardized with."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @staticmethod
+    def from_stats(stats: FeatureStats) -> Normalization:
+        return Normalization(*stats.mean_std())
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @staticmethod
+    def from_dict(d: dict) -> Normalization:
+        mean, std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
+        if mean.shape != (len(NORMALIZED_CHANNELS),) or std.shape != mean.shape:
+            raise ValueError(f"normalization needs {len(NORMALIZED_CHANNELS)} channels")
+        return Normalization(mean, std)
+
+
+def to_features(seqs: Sequences, norm: Normalization) -> np.ndarray:
+    """Model input `[n, HOURS, N_FEATURES]` (float32), laid out as in `FEATURE_NAMES`.
+
+    Standardized values are 0 (the mean) where nothing was observed yet; the mask
+    and hours-since channels tell the model which zeros are real.
+    """
+    n_vars = len(TIME_SERIES)
+    series, static_num = _normalized_channels(seqs)
+    series = (series - norm.mean[:n_vars]) / norm.std[:n_vars]
+    static_z = (static_num - norm.mean[n_vars:]) / norm.std[n_vars:]
+    gender, icu_type = seqs.static[:, 3], seqs.static[:, 4]
+    static = np.concatenate(
+        [
+            np.nan_to_num(static_z, nan=0.0),
+            np.isnan(static_num),
+            np.stack([gender == 0, gender == 1], axis=1),
+            np.stack([icu_type == k for k in ICU_TYPES], axis=1),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    n = len(seqs)
+    out = np.empty((n, HOURS, N_FEATURES), dtype=np.float32)
+    out[..., :n_vars] = np.nan_to_num(series, nan=0.0)
+    out[..., n_vars : 2 * n_vars] = seqs.observed
+    out[..., 2 * n_vars : 3 * n_vars] = seqs.hours_since / HOURS
+    out[..., 3 * n_vars :] = static[:, None, :]
+    return out
+
+
+def describe(seqs: Sequences) -> dict[str, float | int]:
+    """A small data summary (for model cards and site reports)."""
+    return {
+        "stays": len(seqs),
+        "deaths": int(seqs.labels.sum()),
+        "mortality": float(seqs.labels.mean()) if len(seqs) else float("nan"),
+        "observed_fraction": float(seqs.observed.mean()) if len(seqs) else float("nan"),
+    }
+

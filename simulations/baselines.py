@@ -1,0 +1,136 @@
+"""The two reference points every federated result is read against.
+
+- Centralized: all hospitals' training stays pooled in one place (what
+  federation tries to match without moving data).
+- Local: each hospital trains alone on its own stays (what it gets without
+  federation).
+
+Both use the same model, the same splits and the same training budget as the
+federated run: `rounds x local_epochs` epochs, with one "round" of a baseline
+being `local_epochs` epochs, so rows line up with the federated metrics. Every
+model is scored on the same held-out test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from server.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
+from shared.config import RunConfig
+from shared.federation import Federation
+from shared.metrics import best_threshold, binary_metrics
+from shared.model import ModelConfig, MortalityLSTM
+from shared.plots import plot_learning_curves
+from shared.preprocessing import N_FEATURES, FeatureStats, Normalization, Sequences, to_features
+from shared.training import predict, set_torch_threads, train_epochs
+
+
+def model_config_of(config: RunConfig) -> ModelConfig:
+    return ModelConfig(
+        n_features=N_FEATURES,
+        hidden_size=config.hidden_size,
+        num_layers=config.layers,
+        dropout=config.dropout,
+        attention=config.attention,
+    )
+
+
+def fit(
+    config: RunConfig, train: Sequences, val: Sequences, test: Sequences, on_round=None
+) -> tuple[list[dict], dict, MortalityLSTM, Normalization]:
+    """Train on `train`, select the round with the best validation AUROC.
+
+    Returns per-round rows, the best row, the best model and its normalization.
+    """
+    norm = Normalization.from_stats(FeatureStats.of(train))
+    x_train, x_val, x_test = (to_features(s, norm) for s in (train, val, test))
+    torch.manual_seed(config.seed)
+    model = MortalityLSTM(model_config_of(config))
+    rows, best, best_state = [], None, None
+    for rnd in range(1, config.rounds + 1):
+        started = time.monotonic()
+        loss = train_epochs(
+            model, x_train, train.labels,
+            epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+            seed=config.seed * 100_003 + rnd,
+        )  # fmt: skip
+        val_scores = predict(model, x_val)
+        threshold = best_threshold(val.labels, val_scores)
+        v = binary_metrics(val.labels, val_scores, threshold)
+        t = binary_metrics(test.labels, predict(model, x_test), threshold)
+        row = {
+            "round": rnd,
+            "train_loss": loss,
+            **{f"val_{k}": v[k] for k in ("auroc", "auprc", "brier", "loss", "event1")},
+            "threshold": threshold,
+            **{f"test_{k}": val for k, val in t.items() if k != "n"},
+            "seconds": time.monotonic() - started,
+        }
+        rows.append(row)
+        if best is None or row["val_auroc"] > best["val_auroc"]:
+            best, best_state = row, copy.deepcopy(model.state_dict())
+        if on_round:
+            on_round(row)
+    final_state = model.state_dict()
+    model.load_state_dict(best_state)
+    return rows, best, model, norm, final_state
+
+
+def centralized(
+    config: RunConfig, federation: Federation, run_dir: RunDirectory, on_round=None
+) -> dict:
+    """Pool every hospital's stays and train one model; writes a full run directory."""
+    set_torch_threads(torch.get_num_threads())
+    run_dir.write_json(CONFIG_FILE, {**config.to_flower(), "setting": "centralized"})
+    run_dir.set_status("running", started=time.time())
+    try:
+        train = Sequences.concat([h.train for h in federation.hospitals])
+        val = Sequences.concat([h.val for h in federation.hospitals])
+        rows, best, model, norm, final_state = fit(config, train, val, federation.test, on_round)
+        model_config = model_config_of(config)
+        run_dir.save_model(
+            BEST_MODEL, {"model_config": model_config.to_dict(), "state_dict": model.state_dict(),
+                         "round": best["round"], "threshold": best["threshold"]}
+        )  # fmt: skip
+        run_dir.save_model(
+            FINAL_MODEL, {"model_config": model_config.to_dict(), "state_dict": final_state,
+                          "round": rows[-1]["round"], "threshold": rows[-1]["threshold"]}
+        )  # fmt: skip
+        run_dir.write_table("metrics.csv", "metrics.json", rows)
+        write_model_card(
+            run_dir, model_config=model_config, norm=norm, rows=rows, best=best,
+            training={**config.to_flower(), "setting": "centralized"}, data=federation.summary(),
+        )  # fmt: skip
+        plot_learning_curves(rows, run_dir.path / "learning_curves.png")
+    except BaseException as error:
+        run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    run_dir.set_status("complete", finished=time.time())
+    return {**best, "best_round": best["round"]}
+
+
+def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_hospital=None) -> dict:
+    """Each hospital alone, on its own normalization; all scored on the global test split."""
+    run_dir.write_json(CONFIG_FILE, {**config.to_flower(), "setting": "local"})
+    run_dir.set_status("running", started=time.time())
+    try:
+        results = []
+        for h in federation.hospitals:
+            _, best, _, _, _ = fit(config, h.train, h.val, federation.test)
+            results.append({"hospital": h.name, "train_stays": len(h.train), **best})
+            if on_hospital:
+                on_hospital(results[-1])
+        run_dir.write_table("local_metrics.csv", "local_metrics.json", results)
+    except BaseException as error:
+        run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    run_dir.set_status("complete", finished=time.time())
+    keys = [k for k in results[0] if k.startswith("test_")]
+    return {
+        "hospitals": results,
+        "mean": {k: float(np.nanmean([r[k] for r in results])) for k in keys},
+    }

@@ -1,0 +1,318 @@
+"""The `fedicu` command line."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from server.run_dir import RunDirectory, load_trained
+from server.server_app import default_run_dir
+from shared.config import RunConfig
+from shared.datasets import load_cohort
+from shared.errors import DataError
+from shared.federation import Federation, prepare
+from shared.metrics import binary_metrics
+from shared.preprocessing import clean, to_features, to_sequences
+from shared.training import predict
+
+app = typer.Typer(
+    help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
+
+OPTION_HELP = {
+    "dataset": "Cohort: 'synthetic' (built in) or 'physionet2012'.",
+    "data_dir": "Folder with PhysioNet 2012 set-X/ or set-X.tar.gz and Outcomes-X.txt.",
+    "sets": "PhysioNet 2012 sets to load, comma-separated (a, b, c).",
+    "partition": "How stays are split into hospitals: hospital, icu-type, set, iid, dirichlet "
+    "(default: the dataset's natural sites).",
+    "hospitals": "Number of hospitals (synthetic cohort, iid and dirichlet partitions).",
+    "alpha": "Dirichlet concentration for --partition dirichlet (smaller = more skew).",
+    "synthetic_stays": "Total ICU stays in the synthetic cohort.",
+    "test_fraction": "Share of stays held out for server-side testing.",
+    "val_fraction": "Share of each hospital's remaining stays used for validation.",
+    "seed": "Seed for data generation, splits and training.",
+    "hidden_size": "LSTM hidden units.",
+    "layers": "Stacked LSTM layers.",
+    "dropout": "Dropout before the output layer.",
+    "attention": "Attention pooling over hours instead of the last hidden state.",
+    "strategy": "Aggregation: fedavg, fedprox or fedadam.",
+    "rounds": "Federated rounds (baselines train rounds x local-epochs epochs).",
+    "local_epochs": "Epochs each hospital trains per round.",
+    "lr": "Adam learning rate at the hospitals.",
+    "batch_size": "Mini-batch size.",
+    "proximal_mu": "FedProx proximal term weight.",
+    "server_lr": "FedAdam server learning rate.",
+    "round_timeout": "Seconds to wait for hospitals in each round.",
+    "out": "Run directory to create (default: runs/<timestamp>).",
+}
+
+
+class UserError(Exception):
+    """A mistake in the command's input: reported in one line, exit code 2."""
+
+
+def run_options(command):
+    """Give a command every RunConfig field as an option; it receives `config`."""
+    names = [f.name for f in fields(RunConfig)]
+    defaults = RunConfig()
+    params = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[type(getattr(defaults, name)), typer.Option(help=OPTION_HELP[name])],
+            default=getattr(defaults, name),
+        )
+        for name in names
+    ]
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        try:
+            config = RunConfig(**{n: kwargs.pop(n) for n in names})
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        return command(config=config, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + params)
+    return wrapper
+
+
+def _prepare(config: RunConfig) -> Federation:
+    try:
+        with console.status("Preparing data: loading, cleaning, splitting into hospitals"):
+            federation = prepare(config)
+    except ValueError as error:  # configuration that does not fit the data
+        raise UserError(str(error)) from error
+    sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
+    console.print(
+        f"[bold]{len(federation.hospitals)} hospitals[/] ({sizes} stays); "
+        f"{len(federation.test)} stays held out for testing"
+    )
+    return federation
+
+
+def _run_dir(config: RunConfig, suffix: str = "") -> RunDirectory:
+    path = Path(config.out) if config.out else Path(f"{default_run_dir()}{suffix}")
+    try:
+        return RunDirectory(path).create()
+    except FileExistsError as error:
+        raise UserError(str(error)) from error
+
+
+class RoundBar:
+    """A progress bar over rounds that shows the latest AUROCs."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+        )  # fmt: skip
+
+    def begin(self, rounds: int, hospitals: list[str]) -> None:
+        self.task = self.bar.add_task(self.label, total=rounds, status="")
+        self.bar.start()
+
+    def round_done(self, row: dict) -> None:
+        status = f"val AUROC {row['val_auroc']:.3f}  test AUROC {row['test_auroc']:.3f}"
+        self.bar.update(self.task, advance=1, status=status)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def rounds_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    columns = ["round", "train_loss", "val_auroc", "test_auroc", "test_auprc", "test_brier", "test_event1"]
+    for c in columns:
+        table.add_column(c.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(row[c]) for c in columns))
+    return table
+
+
+def results_table(results: dict[str, dict]) -> Table:
+    table = Table(title="Held-out test split")
+    keys = ["test_auroc", "test_auprc", "test_brier", "test_event1"]
+    table.add_column("setting")
+    for k in keys:
+        table.add_column(k.removeprefix("test_").upper().replace("EVENT1", "Event-1"), justify="right")
+    for name, r in results.items():
+        table.add_row(name, *(_fmt(r[k]) for k in keys))
+    return table
+
+
+def _federated(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> dict:
+    from simulations.simulate import simulate as run_simulation  # imports Ray lazily
+
+    bar = RoundBar(f"Federated {config.strategy}")
+    try:
+        result = run_simulation(config, federation, run_dir, bar)
+    finally:
+        bar.close()
+    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json("metrics.json")))
+    return result
+
+
+@app.command()
+@run_options
+def simulate(config: RunConfig) -> None:
+    """Train the LSTM across simulated hospitals with Flower (the main job)."""
+    federation = _prepare(config)
+    run_dir = _run_dir(config)
+    result = _federated(config, federation, run_dir)
+    console.print(
+        f"Best round {result['best_round']} (by pooled validation AUROC). "
+        f"Run directory: [bold]{run_dir.path}[/]"
+    )
+
+
+@app.command()
+@run_options
+def centralized(config: RunConfig) -> None:
+    """Baseline: all stays pooled in one place, same model and training budget."""
+    from simulations.baselines import centralized as run_centralized
+
+    federation = _prepare(config)
+    run_dir = _run_dir(config, "-centralized")
+    bar = RoundBar("Centralized")
+    bar.begin(config.rounds, [])
+    try:
+        run_centralized(config, federation, run_dir, bar.round_done)
+    finally:
+        bar.close()
+    console.print(rounds_table("Centralized", run_dir.read_json("metrics.json")))
+    console.print(f"Run directory: [bold]{run_dir.path}[/]")
+
+
+def _local(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> dict:
+    from simulations.baselines import local as run_local
+
+    bar = RoundBar("Local-only hospitals")
+    bar.begin(len(federation.hospitals), [])
+    try:
+        result = run_local(
+            config, federation, run_dir,
+            lambda r: bar.bar.update(bar.task, advance=1, status=f"{r['hospital']} test AUROC {r['test_auroc']:.3f}"),
+        )  # fmt: skip
+    finally:
+        bar.close()
+    table = results_table({r["hospital"]: r for r in result["hospitals"]} | {"mean of hospitals": result["mean"]})
+    table.title = "Local-only training, held-out test split"
+    console.print(table)
+    return result
+
+
+@app.command("local")
+@run_options
+def local_(config: RunConfig) -> None:
+    """Baseline: each hospital trains alone; all are scored on the same test split."""
+    federation = _prepare(config)
+    run_dir = _run_dir(config, "-local")
+    _local(config, federation, run_dir)
+    console.print(f"Run directory: [bold]{run_dir.path}[/]")
+
+
+@app.command()
+@run_options
+def compare(config: RunConfig) -> None:
+    """Federated vs centralized vs local-only, on one test split, in one table."""
+    from simulations.baselines import centralized as run_centralized
+
+    federation = _prepare(config)
+    root = _run_dir(config, "-compare").path
+    federated = _federated(config, federation, RunDirectory(root / "federated").create())
+    bar = RoundBar("Centralized")
+    bar.begin(config.rounds, [])
+    try:
+        central = run_centralized(config, federation, RunDirectory(root / "centralized").create(), bar.round_done)
+    finally:
+        bar.close()
+    local = _local(config, federation, RunDirectory(root / "local").create())
+    best_federated = RunDirectory(root / "federated").read_json("metrics.json")[federated["best_round"] - 1]
+    results = {
+        f"federated ({config.strategy}, best round)": best_federated,
+        "centralized (best round)": central,
+        "local only (mean of hospitals)": local["mean"],
+    }
+    RunDirectory(root).write_json("comparison.json", results)
+    console.print(results_table(results))
+    console.print(f"Run directories under [bold]{root}[/]")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    dataset: Annotated[str, typer.Option(help=OPTION_HELP["dataset"])] = "physionet2012",
+    data_dir: Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])] = "",
+    sets: Annotated[str, typer.Option(help=OPTION_HELP["sets"])] = "c",
+    synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    model: Annotated[str, typer.Option(help="Which saved model: best or final.")] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Score a saved model on any cohort (every stay in it)."""
+    try:
+        trained, norm, threshold = load_trained(run_dir, model)
+        config = RunConfig(
+            dataset=dataset, data_dir=data_dir, sets=sets, synthetic_stays=synthetic_stays,
+            hospitals=hospitals, seed=seed,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+    with console.status("Loading and scoring the cohort"):
+        cohort, _ = clean(load_cohort(config))
+        seqs = to_sequences(cohort)
+        scores = predict(trained, to_features(seqs, norm))
+    metrics = binary_metrics(seqs.labels, scores, threshold)
+    metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
+    if as_json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}))
+        return
+    table = Table(title=f"{run_dir} ({model} model) on {dataset} {sets if dataset == 'physionet2012' else ''}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, _fmt(v))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one clear line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except (UserError, DataError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        sys.exit(2)
+    except click.ClickException as error:  # unknown option, bad value: click's own message
+        error.show()
+        sys.exit(error.exit_code)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)

@@ -1,0 +1,64 @@
+"""Run the federation on one machine with Flower's Simulation Engine.
+
+The ServerApp logic and the ClientApp are the ones a real deployment runs; only
+the transport differs: every hospital is a virtual SuperNode whose ClientApp
+runs in a worker process, one CPU core each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from client.client_app import app as client_app
+from server.federated_run import Progress
+from server.run_dir import RunDirectory
+from server.server_app import serve
+from shared.config import RunConfig
+from shared.federation import Federation
+
+
+@contextmanager
+def quiet_flower():
+    """Flower and Ray log every message; the command line shows progress instead."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def simulate(
+    config: RunConfig, federation: Federation, run_dir: RunDirectory, progress: Progress
+) -> dict:
+    """Run all rounds in-process; return the final metrics row."""
+    result: dict = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        result.update(serve(grid, config, federation, run_dir, progress))
+
+    cores = os.cpu_count() or 1
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cores, "logging_level": "error", "log_to_driver": False},
+    }
+    with quiet_flower():
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(federation.hospitals),
+            backend_config=backend_config,
+        )
+    if not result:
+        raise RuntimeError(f"the simulation ended without completing; see {run_dir.path}/run.json")
+    return result
