@@ -8,7 +8,7 @@ and validates, so a typo or a bad value fails before any training starts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -54,7 +54,9 @@ class RunConfig:
             (self.proximal_mu >= 0, "--proximal-mu must not be negative"),
             (self.server_lr > 0, "--server-lr must be positive"),
             (self.round_timeout > 0, "--round-timeout must be positive"),
-            (self.synthetic_stays >= 1, "--synthetic-stays must be at least 1"),
+            (self.hospitals >= 1, "--hospitals must be at least 1"),
+            (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
+             "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),
             (self.dataset != "physionet2012" or bool(self.data_dir), "--data-dir is required for --dataset physionet2012"),
         ]  # fmt: skip
         for ok, message in checks:
@@ -79,6 +81,3 @@ class RunConfig:
                 raise ValueError(f"run-config {key!r} must be {kind.__name__}, not {value!r}")
             values[name] = value
         return RunConfig(**values)
-
-    def with_(self, **changes: Any) -> RunConfig:
-        return replace(self, **changes)

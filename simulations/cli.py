@@ -154,12 +154,15 @@ def rounds_table(title: str, rows: list[dict]) -> Table:
     return table
 
 
+METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "event1": "Event-1"}
+
+
 def results_table(results: dict[str, dict]) -> Table:
     table = Table(title="Held-out test split")
     keys = ["test_auroc", "test_auprc", "test_brier", "test_event1"]
     table.add_column("setting")
     for k in keys:
-        table.add_column(k.removeprefix("test_").upper().replace("EVENT1", "Event-1"), justify="right")
+        table.add_column(METRIC_NAMES[k.removeprefix("test_")], justify="right")
     for name, r in results.items():
         table.add_row(name, *(_fmt(r[k]) for k in keys))
     return table
@@ -306,7 +309,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except (UserError, DataError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except click.ClickException as error:  # unknown option, bad value: click's own message
         error.show()

@@ -29,7 +29,7 @@ def quiet_flower():
     logger = logging.getLogger("flwr")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences a notice
     try:
         yield
     finally:

@@ -1,0 +1,705 @@
+"""PhysioNet/CinC Challenge 2012 ICU stays: read them into a `Cohort`, write one back.
+
+Data directory layout, per set X in a, b, c:
+
+    set-X/<RecordID>.txt      one record per ICU stay, or instead
+    set-X.tar.gz              the same files as members `set-X/<RecordID>.txt`
+    Outcomes-X.txt            RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death
+
+When both `set-X/` and `set-X.tar.gz` exist the directory is read: it is what a
+user extracted and may have edited. Entries of `set-X/` and members of the
+tarball that are not `<digits>.txt` records (macOS `._` files, READMEs, ...) are
+skipped; how many and which are logged on the `fedicu` logger at INFO level.
+
+A record is a CSV `Time,Parameter,Value` with `Time` as `HH:MM` since ICU
+admission (00:00..48:00). The rows at 00:00 for RecordID, Age, Gender, Height
+and ICUType, and the first `Weight` row at 00:00, are the stay's descriptors
+(`-1` = not recorded, read as NaN; a stay without some of Age, Gender, Height,
+ICUType or Weight gets NaN there, but RecordID is required and must match the
+file name). Every other row is a measurement of one of the 37 time series,
+kept raw: out-of-range values are the cleaning step's business. Measurements
+keep their order within a file. Stays with descriptors only are kept, with no
+measurements. Stays are ordered by set, then by RecordID.
+
+Anything unusable raises `DataError` naming the file (`set-a.tar.gz:set-a/1.txt`
+for a tarball member) and the line. Parsing concatenates all record bodies of a
+set into one buffer, validates its structure with numpy and parses it with one
+call of pandas' C reader, so sets A and B (8,000 files, 3.3M lines) take a few
+seconds. The parsed arrays of each set are cached as an `.npz` under
+`shared.cache.cache_dir()`, keyed by a format version and every source file's
+path, size and mtime (see `shared.cache`); `load(..., cache=False)` bypasses it.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import io
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared import cache as _cache
+from shared.cohort import VARIABLE_DTYPE, Cohort
+from shared.errors import DataError
+from shared.variables import TIME_SERIES
+
+logger = logging.getLogger("fedicu")
+
+VALID_SETS: tuple[str, ...] = ("a", "b", "c")
+# Bump whenever parsing or the cached arrays change: old cache entries are then ignored.
+FORMAT_VERSION = "fedicu-physionet2012-v1"
+RECORD_HEADER = "Time,Parameter,Value"
+OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
+MAX_MINUTE = 48 * 60
+
+# Parameters that are only ever descriptors. Weight is both: its first 00:00 row is
+# the descriptor, any other row a measurement.
+_STATIC: tuple[str, ...] = ("RecordID", "Age", "Gender", "Height", "ICUType")
+_STATIC_BASE = len(TIME_SERIES)  # parameter code of RecordID; Age is +1, ...
+_PARAM_CODES: dict[str, int] = {name: code for code, name in enumerate(TIME_SERIES)}
+_PARAM_CODES.update({name: _STATIC_BASE + i for i, name in enumerate(_STATIC)})
+_WEIGHT = TIME_SERIES.index("Weight")
+# Columns of the per-stay descriptor matrix: the _STATIC order, then Weight.
+_DESCRIPTOR_COLUMN = {"age": 1, "gender": 2, "height": 3, "icu_type": 4, "weight": 5}
+
+_BOM = b"\xef\xbb\xbf"
+_KEEP_ONLY_COMMAS_AND_NEWLINES = bytes(b for b in range(256) if b not in (10, 44))
+_RECORD_NAME = re.compile(r"[0-9]+\.txt")
+_CACHE_KEYS = frozenset(
+    {"version", "set", "stay_id", "label", "counts", "minute", "variable", "value", "skipped"}
+    | set(_DESCRIPTOR_COLUMN)
+)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where one set's records and outcomes are."""
+
+    name: str  # "a"
+    records: Path  # the set-X/ directory or the set-X.tar.gz archive
+    outcomes: Path
+
+    @property
+    def is_archive(self) -> bool:
+        return self.records.name.endswith(".tar.gz")
+
+    @property
+    def label(self) -> str:
+        return f"set-{self.name}"
+
+
+@dataclass(frozen=True)
+class _Record:
+    record_id: int
+    where: str  # how error messages name the file
+    data: bytes
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load(
+    data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True
+) -> Cohort:
+    """The stays of PhysioNet 2012 `sets` (any of a, b, c) found in `data_dir`.
+
+    `sets` is a set name or several ("a", "A" and "set-a" all mean set A); the
+    stays come ordered by set as given, then by RecordID. `hospital` and
+    `source` of every stay are `set-<X>`. Raises `DataError` for anything
+    unusable in the input. Files skipped as non-records are logged (INFO, logger
+    "fedicu"). With `cache=True` each set's parsed arrays are reused until one
+    of its source files changes.
+    """
+    names = _check_sets(sets)
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError("data directory does not exist", data_dir)
+    if not data_dir.is_dir():
+        raise DataError(
+            "not a directory; expected the folder holding set-X/ and Outcomes-X.txt", data_dir
+        )
+    sources = [_locate(data_dir, name) for name in names]
+    cohorts = [_to_cohort(_set_arrays(source, cache), source.label) for source in sources]
+    for i, first in enumerate(cohorts):
+        for j in range(i + 1, len(cohorts)):
+            common = first.stays.index.intersection(cohorts[j].stays.index)
+            if len(common):
+                raise DataError(
+                    f"RecordID {common[0]} is in both {sources[i].label} and {sources[j].label}",
+                    data_dir,
+                )
+    return cohorts[0] if len(cohorts) == 1 else Cohort.concat(cohorts)
+
+
+def _check_sets(sets: Iterable[str] | str) -> list[str]:
+    valid = ", ".join(VALID_SETS)
+    names: list[str] = []
+    for raw in [sets] if isinstance(sets, str) else list(sets):
+        name = str(raw).strip().lower()
+        if name.startswith("set-"):
+            name = name[4:]
+        if name not in VALID_SETS:
+            raise DataError(f"unknown PhysioNet 2012 set {raw!r}; valid sets are {valid}")
+        if name in names:
+            raise DataError(f"set {name!r} is given twice")
+        names.append(name)
+    if not names:
+        raise DataError(f"no set given; choose from {valid}")
+    return names
+
+
+def _locate(data_dir: Path, name: str) -> _Source:
+    directory = data_dir / f"set-{name}"
+    archive = data_dir / f"set-{name}.tar.gz"
+    if directory.is_dir():
+        records = directory
+    elif archive.is_file():
+        records = archive
+    else:
+        raise DataError(f"neither set-{name}/ nor set-{name}.tar.gz is here", data_dir)
+    outcomes = data_dir / f"Outcomes-{name}.txt"
+    if not outcomes.is_file():
+        raise DataError(f"outcomes file of set {name} is missing", outcomes)
+    return _Source(name=name, records=records, outcomes=outcomes)
+
+
+def _set_arrays(source: _Source, use_cache: bool) -> dict[str, np.ndarray]:
+    """The parsed arrays of one set, from the cache when it is current."""
+    path = None
+    arrays = None
+    if use_cache:
+        path = _cache.cache_dir() / f"physionet2012-{source.label}-{_cache_key(source)}.npz"
+        arrays = _cache.load_arrays(path)
+        if arrays is not None and not _valid_cached(arrays, source):
+            arrays = None
+        logger.debug("%s: cache %s (%s)", source.label, "hit" if arrays else "miss", path)
+    if arrays is None:
+        arrays = _parse_set(source)
+        if path is not None:
+            try:
+                _cache.save_arrays(path, arrays)
+            except OSError as error:
+                logger.warning("could not write cache file %s: %s", path, error)
+    skipped = arrays["skipped"]
+    if len(skipped):
+        shown = ", ".join(skipped[:5].tolist()) + (", ..." if len(skipped) > 5 else "")
+        logger.info(
+            "%s: skipped %d file(s) that are not <RecordID>.txt records: %s",
+            source.records, len(skipped), shown,
+        )  # fmt: skip
+    return arrays
+
+
+def _cache_key(source: _Source) -> str:
+    if source.is_archive:
+        files = [source.records]
+    else:
+        with os.scandir(source.records) as entries:
+            files = sorted(Path(e.path) for e in entries if e.is_file())
+    salt = f"{FORMAT_VERSION}\0{source.label}\0{'archive' if source.is_archive else 'directory'}"
+    return _cache.fingerprint([source.outcomes, *files], salt=salt)
+
+
+def _valid_cached(arrays: dict[str, np.ndarray], source: _Source) -> bool:
+    """Whether cached arrays are complete and consistent (else they are rebuilt)."""
+    try:
+        if set(arrays) != _CACHE_KEYS or str(arrays["version"]) != FORMAT_VERSION:
+            return False
+        if str(arrays["set"]) != source.name:
+            return False
+        n = len(arrays["stay_id"])
+        per_stay = ["stay_id", "label", "counts", *_DESCRIPTOR_COLUMN]
+        if any(arrays[k].ndim != 1 or len(arrays[k]) != n for k in per_stay):
+            return False
+        m = len(arrays["minute"])
+        if len(arrays["variable"]) != m or len(arrays["value"]) != m or arrays["counts"].sum() != m:
+            return False
+        expected = {"stay_id": np.int64, "label": np.int8, "counts": np.int64,
+                    "minute": np.int32, "variable": np.int8, "value": np.float32}  # fmt: skip
+        if any(arrays[k].dtype != t for k, t in expected.items()):
+            return False
+        variable = arrays["variable"]
+        return not m or (variable.min() >= 0 and variable.max() < len(TIME_SERIES))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def _to_cohort(arrays: dict[str, np.ndarray], label: str) -> Cohort:
+    stay_id = arrays["stay_id"]
+    stays = pd.DataFrame(
+        {column: arrays[column] for column in ("age", "gender", "height", "weight", "icu_type")},
+        index=pd.Index(stay_id, name="stay_id"),
+    )
+    stays["label"] = arrays["label"]
+    stays["hospital"] = label
+    stays["source"] = label
+    measurements = pd.DataFrame(
+        {
+            "stay_id": np.repeat(stay_id, arrays["counts"]),
+            "minute": arrays["minute"],
+            "variable": pd.Categorical.from_codes(arrays["variable"], dtype=VARIABLE_DTYPE),
+            "value": arrays["value"],
+        }
+    )
+    return Cohort(stays=stays, measurements=measurements)
+
+
+# ------------------------------------------------------------------ reading files
+
+
+def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
+    """Every record file of a set (sorted by RecordID) and the names skipped."""
+    records: list[_Record] = []
+    skipped: list[str] = []
+    if source.is_archive:
+        pattern = re.compile(rf"(?:\./)?set-{re.escape(source.name)}/([0-9]+)\.txt")
+        try:
+            raw = source.records.read_bytes()
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+                for member in archive:
+                    if member.isdir():
+                        continue
+                    match = pattern.fullmatch(member.name)
+                    if not member.isfile() or match is None:
+                        skipped.append(member.name)
+                        continue
+                    extracted = archive.extractfile(member)
+                    data = extracted.read() if extracted is not None else b""
+                    where = f"{source.records}:{member.name}"
+                    records.append(_Record(int(match[1]), where, data))
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
+            message = f"cannot read this archive; is it truncated? ({error})"
+            raise DataError(message, source.records) from None
+    else:
+        with os.scandir(source.records) as entries:
+            for entry in entries:
+                if not (entry.is_file() and _RECORD_NAME.fullmatch(entry.name)):
+                    skipped.append(entry.name)
+                    continue
+                try:
+                    data = Path(entry.path).read_bytes()
+                except OSError as error:
+                    raise DataError(f"cannot read file: {error.strerror}", entry.path) from None
+                records.append(_Record(int(entry.name[:-4]), entry.path, data))
+    records.sort(key=lambda r: r.record_id)
+    for before, after in zip(records, records[1:]):
+        if before.record_id == after.record_id:
+            raise DataError(
+                f"a second file for RecordID {after.record_id} (the first is {before.where})",
+                after.where,
+            )
+    skipped.sort()
+    return records, skipped
+
+
+def _read_outcomes(path: Path) -> dict[int, tuple[int, int]]:
+    """RecordID -> (in-hospital death 0/1, line number) from an Outcomes file."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as error:
+        raise DataError(f"cannot read file: {error.strerror}", path) from None
+    lines = text.splitlines()
+    if not text.strip():
+        raise DataError(f"empty file; expected the header {OUTCOMES_HEADER}", path)
+    if lines[0].strip() != OUTCOMES_HEADER:
+        raise DataError(f"header must be {OUTCOMES_HEADER!r}, not {lines[0].strip()!r}", path, 1)
+    columns = OUTCOMES_HEADER.split(",")
+    outcomes: dict[int, tuple[int, int]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != len(columns):
+            raise DataError(
+                f"expected {len(columns)} comma-separated fields ({OUTCOMES_HEADER}), "
+                f"found {len(fields)}: {line.strip()!r}",
+                path, number,
+            )  # fmt: skip
+        if not re.fullmatch(r"[0-9]+", fields[0]):
+            raise DataError(f"RecordID {fields[0]!r} is not a whole number", path, number)
+        for column, field in zip(columns[1:5], fields[1:5]):
+            if not _is_number(field):
+                raise DataError(f"{column} {field!r} is not a number", path, number)
+        if fields[5] not in ("0", "1"):
+            raise DataError(f"In-hospital_death must be 0 or 1, not {fields[5]!r}", path, number)
+        record_id = int(fields[0])
+        if record_id in outcomes:
+            first = outcomes[record_id][1]
+            message = f"RecordID {record_id} appears twice (first on line {first})"
+            raise DataError(message, path, number)
+        outcomes[record_id] = (int(fields[5]), number)
+    return outcomes
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
+
+
+def _record_body(record: _Record) -> bytes:
+    """The data lines of a record (header checked and removed), each ending in a newline."""
+    data = record.data[3:] if record.data.startswith(_BOM) else record.data
+    if not data.strip():
+        message = f"empty file; expected the header {RECORD_HEADER} and data rows"
+        raise DataError(message, record.where)
+    end = data.find(b"\n")
+    header = data if end < 0 else data[:end]
+    if header.strip() != RECORD_HEADER.encode():
+        shown = header.strip().decode("utf-8", "replace")
+        raise DataError(f"header must be {RECORD_HEADER!r}, not {shown!r}", record.where, 1)
+    body = b"" if end < 0 else data[end + 1 :]
+    if b"\r" in body:
+        body = body.replace(b"\r\n", b"\n")
+        stray = body.find(b"\r")
+        if stray >= 0:
+            line = body.count(b"\n", 0, stray) + 2
+            raise DataError("carriage return (\\r) inside a line", record.where, line)
+    body = body.rstrip(b"\n")
+    return body + b"\n" if body else b""
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+class _Rows:
+    """The data lines of all records of a set, concatenated, and the way back from
+    a row to its file and line."""
+
+    def __init__(self, records: list[_Record]):
+        bodies = [_record_body(record) for record in records]
+        self.records = records
+        self.counts = np.array([body.count(b"\n") for body in bodies], dtype=np.int64)
+        self.first_row = np.concatenate([[0], np.cumsum(self.counts)])
+        self.buffer = b"".join(bodies)
+        self.n = int(self.first_row[-1])
+        self.ends = np.flatnonzero(np.frombuffer(self.buffer, dtype=np.uint8) == 10)
+        self.starts = np.concatenate([[0], self.ends[:-1] + 1]) if self.n else self.ends
+        self.file = np.repeat(np.arange(len(records), dtype=np.int32), self.counts)
+
+    def text(self, row: int) -> str:
+        return self.buffer[self.starts[row] : self.ends[row]].decode("utf-8", "replace")
+
+    def field(self, row: int, index: int) -> str:
+        fields = self.text(row).split(",")
+        return fields[index] if index < len(fields) else ""
+
+    def line(self, row: int) -> int:
+        return int(row - self.first_row[self.file[row]]) + 2  # line 1 is the header
+
+    def error(self, row: int, message: str) -> DataError:
+        return DataError(message, self.records[self.file[row]].where, self.line(row))
+
+    def minutes(self) -> np.ndarray:
+        """Minutes since admission of every row, after checking each line is
+        `HH:MM,Parameter,Value` with a time in 00:00..48:00."""
+        if self.n == 0:
+            return np.zeros(0, dtype=np.int32)
+        commas_and_newlines = self.buffer.translate(None, _KEEP_ONLY_COMMAS_AND_NEWLINES)
+        expected = b",,\n" * self.n
+        if commas_and_newlines != expected:
+            got = np.frombuffer(commas_and_newlines, dtype=np.uint8)
+            want = np.frombuffer(expected, dtype=np.uint8)
+            common = min(len(got), len(want))
+            differ = np.flatnonzero(got[:common] != want[:common])
+            row = min(int(differ[0] if len(differ) else common) // 3, self.n - 1)
+            text = self.text(row)
+            if not text.strip():
+                raise self.error(row, "empty line; expected Time,Parameter,Value")
+            found = len(text.split(","))
+            message = f"expected 3 fields (Time,Parameter,Value), found {found}: {text!r}"
+            raise self.error(row, message)
+        data = np.frombuffer(self.buffer, dtype=np.uint8)
+        last = len(data) - 1  # a line too short for HH:MM, reads a newline there and fails
+
+        def byte(offset: int) -> np.ndarray:
+            return data[np.minimum(self.starts + offset, last)]
+
+        digits = [byte(k) - np.uint8(48) for k in (0, 1, 3, 4)]  # wraps around below '0'
+        ok = (byte(2) == ord(":")) & (byte(5) == ord(","))
+        for digit in digits:
+            ok &= digit < 10
+        minute = (digits[0].astype(np.int32) * 10 + digits[1]) * 60
+        minute += digits[2].astype(np.int32) * 10 + digits[3]
+        ok &= (digits[2] < 6) & (minute <= MAX_MINUTE)
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            raise self.error(row, _time_problem(self.field(row, 0)))
+        return minute
+
+    def parameters_and_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Parameter codes (`_PARAM_CODES`) and values of every row."""
+        if self.n == 0:
+            return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.float64)
+        try:
+            frame = self._read(value_dtype=np.float64)
+        except (ValueError, TypeError) as error:
+            self._raise_bad_value()
+            raise DataError(f"cannot read values: {error}", self.records[0].where) from None
+        if len(frame) != self.n:  # cannot happen after minutes(); a guard against silent shifts
+            message = f"could not be read as CSV ({len(frame)} rows, {self.n} lines)"
+            raise DataError(message, self.records[0].where)
+        parameter = frame["Parameter"].array
+        known = [_PARAM_CODES.get(name, -1) for name in parameter.categories]
+        lookup = np.array(known, dtype=np.int8)
+        codes = lookup[np.asarray(parameter.codes)]
+        unknown = np.flatnonzero(codes < 0)
+        if len(unknown):
+            row = int(unknown[0])
+            name = self.field(row, 1)
+            close = difflib.get_close_matches(name, list(_PARAM_CODES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.error(row, f"unknown parameter {name!r}{hint}")
+        values = frame["Value"].to_numpy(dtype=np.float64)
+        not_finite = np.flatnonzero(~np.isfinite(values))
+        if len(not_finite):
+            row = int(not_finite[0])
+            raise self.error(row, _value_problem(self.field(row, 2)))
+        return codes, values
+
+    def _read(self, value_dtype: type) -> pd.DataFrame:
+        return pd.read_csv(
+            io.BytesIO(self.buffer),
+            header=None,
+            names=["Time", "Parameter", "Value"],
+            usecols=["Parameter", "Value"],
+            dtype={"Parameter": "category", "Value": value_dtype},
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            skip_blank_lines=False,
+            encoding_errors="replace",
+            engine="c",
+        )
+
+    def _raise_bad_value(self) -> None:
+        """Find and report the first value the fast reader could not convert."""
+        text = self._read(value_dtype=str)["Value"]
+        numeric = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(numeric))
+        if len(bad):
+            row = int(bad[0])
+            raise self.error(row, _value_problem(self.field(row, 2)))
+
+
+def _time_problem(time: str) -> str:
+    if time.strip().startswith("-"):
+        return f"Time {time!r} is negative"
+    match = re.fullmatch(r"([0-9]{2}):([0-9]{2})", time)
+    if match is None:
+        return f"Time {time!r} is not HH:MM"
+    if int(match[2]) > 59:
+        return f"Time {time!r} has more than 59 minutes"
+    return f"Time {time!r} is beyond 48:00 (records cover the first 48 hours)"
+
+
+def _value_problem(value: str) -> str:
+    if not value.strip():
+        return "Value is missing"
+    try:
+        number = float(value)
+    except ValueError:
+        return f"Value {value!r} is not a number"
+    if not np.isfinite(number):
+        return f"Value {value!r} is not a finite number"
+    return f"Value {value!r} is not a plain decimal number"
+
+
+def _parse_set(source: _Source) -> dict[str, np.ndarray]:
+    """Read and validate one set; the result is what the cache stores."""
+    outcomes = _read_outcomes(source.outcomes)
+    records, skipped = _read_records(source)
+    if not records:
+        raise DataError(f"no <RecordID>.txt record files in {source.label}", source.records)
+    record_ids = np.array([record.record_id for record in records], dtype=np.int64)
+    for record in records:
+        if record.record_id not in outcomes:
+            message = f"record {record.record_id} has no line in {source.outcomes}"
+            raise DataError(message, record.where)
+    if len(outcomes) != len(records):
+        present = set(record_ids.tolist())
+        record_id, (_, line) = min(
+            ((rid, o) for rid, o in outcomes.items() if rid not in present), key=lambda x: x[1][1]
+        )
+        message = f"RecordID {record_id} has no record file in {source.records}"
+        raise DataError(message, source.outcomes, line)
+    labels = np.array([outcomes[rid][0] for rid in record_ids.tolist()], dtype=np.int8)
+
+    rows = _Rows(records)
+    minute = rows.minutes()
+    codes, values = rows.parameters_and_values()
+
+    # Descriptors: the static parameters, once each, at 00:00, plus the first Weight at 00:00.
+    static = np.flatnonzero(codes >= _STATIC_BASE)
+    late = static[minute[static] != 0]
+    if len(late):
+        row = int(late[0])
+        name, time = rows.field(row, 1), rows.field(row, 0)
+        raise rows.error(row, f"descriptor {name} must be at 00:00, not {time}")
+    key = rows.file[static].astype(np.int64) * 8 + (codes[static] - _STATIC_BASE)
+    repeated = pd.Index(key).duplicated()
+    if repeated.any():
+        j = int(np.flatnonzero(repeated)[0])
+        row, first = int(static[j]), int(static[np.flatnonzero(key == key[j])[0]])
+        message = f"descriptor {rows.field(row, 1)} given twice (first on line {rows.line(first)})"
+        raise rows.error(row, message)
+    weight_at_0 = np.flatnonzero((codes == _WEIGHT) & (minute == 0))
+    weight = weight_at_0[~pd.Index(rows.file[weight_at_0]).duplicated()]
+
+    descriptors = np.full((len(records), len(_STATIC) + 1), np.nan)
+    descriptors[rows.file[static], codes[static] - _STATIC_BASE] = values[static]
+    descriptors[rows.file[weight], len(_STATIC)] = values[weight]
+    missing = np.flatnonzero(np.isnan(descriptors[:, 0]))
+    if len(missing):
+        where = records[int(missing[0])].where
+        raise DataError("no RecordID descriptor (a row 00:00,RecordID,<id>)", where)
+    mismatch = np.flatnonzero(descriptors[:, 0] != record_ids)
+    if len(mismatch):
+        f = int(mismatch[0])
+        row = int(static[(rows.file[static] == f) & (codes[static] == _STATIC_BASE)][0])
+        message = f"RecordID {rows.field(row, 2)} differs from the file name ({record_ids[f]}.txt)"
+        raise rows.error(row, message)
+    values_part = descriptors[:, 1:]
+    values_part[values_part == -1] = np.nan  # -1 = not recorded
+
+    measured = codes < _STATIC_BASE
+    measured[weight] = False
+    arrays = {
+        "version": np.array(FORMAT_VERSION),
+        "set": np.array(source.name),
+        "stay_id": record_ids,
+        "label": labels,
+        "counts": np.bincount(rows.file[measured], minlength=len(records)).astype(np.int64),
+        "minute": minute[measured].astype(np.int32),
+        "variable": codes[measured].astype(np.int8),
+        "value": values[measured].astype(np.float32),
+        "skipped": np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1"),
+    }
+    for column, index in _DESCRIPTOR_COLUMN.items():
+        arrays[column] = descriptors[:, index].copy()
+    return arrays
+
+
+# -------------------------------------------------------------------------- write
+
+_TIMES = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(MAX_MINUTE + 1)], dtype=object)
+
+
+def write(cohort: Cohort, out_dir: str | Path, set_name: str) -> Path:
+    """Write `cohort` in the Challenge layout; return the `set-<set_name>` directory.
+
+    Creates `out_dir/set-<set_name>/<stay_id>.txt` (descriptor rows at 00:00 with
+    NaN written as -1, then the measurements sorted by time) and
+    `out_dir/Outcomes-<set_name>.txt` (SAPS-I, SOFA, Length_of_stay and Survival
+    unknown, -1; In-hospital_death = label). `load` reads set names a, b and c.
+    Both are built in a temporary directory inside `out_dir` and renamed into
+    place, the Outcomes file last, so an interrupted write never leaves a partial
+    Outcomes file. Refuses to overwrite an existing set directory or Outcomes file.
+    Values are written with up to 7 significant digits.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_]+", set_name):
+        raise ValueError(f"set name {set_name!r} must be letters, digits or _")
+    out_dir = Path(out_dir)
+    set_dir = out_dir / f"set-{set_name}"
+    outcomes_path = out_dir / f"Outcomes-{set_name}.txt"
+    for path in (set_dir, outcomes_path):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; choose another folder or set name")
+
+    stays = cohort.stays
+    if not pd.api.types.is_integer_dtype(stays.index.dtype):
+        raise ValueError("stay ids must be integers to become RecordIDs")
+    stay_ids = stays.index.to_numpy(dtype=np.int64)
+    if len(stay_ids) and stay_ids.min() < 0:
+        raise ValueError("stay ids must be non-negative to become RecordIDs")
+    labels = stays["label"].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    lines, bounds = _measurement_lines(cohort, stay_ids)
+
+    descriptor_columns = [
+        stays[column].to_numpy(dtype=np.float64)
+        for column in ("age", "gender", "height", "icu_type", "weight")
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".set-{set_name}.", suffix=".tmp", dir=out_dir))
+    try:
+        staging_set = staging / set_dir.name
+        staging_set.mkdir()
+        for i, stay_id in enumerate(stay_ids.tolist()):
+            age, gender, height, icu_type, weight = (
+                _descriptor_text(column[i]) for column in descriptor_columns
+            )
+            head = (
+                f"{RECORD_HEADER}\n00:00,RecordID,{stay_id}\n00:00,Age,{age}\n"
+                f"00:00,Gender,{gender}\n00:00,Height,{height}\n00:00,ICUType,{icu_type}\n"
+                f"00:00,Weight,{weight}\n"
+            )
+            body = "".join(lines[bounds[i] : bounds[i + 1]].tolist())
+            (staging_set / f"{stay_id}.txt").write_bytes((head + body).encode())
+        outcome_lines = [f"{OUTCOMES_HEADER}\n"]
+        outcome_lines += [
+            f"{stay_id},-1,-1,-1,-1,{int(label)}\n"
+            for stay_id, label in zip(stay_ids.tolist(), labels)
+        ]
+        (staging / outcomes_path.name).write_bytes("".join(outcome_lines).encode())
+        os.replace(staging_set, set_dir)
+        os.replace(staging / outcomes_path.name, outcomes_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return set_dir
+
+
+def _measurement_lines(cohort: Cohort, stay_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`HH:MM,Variable,value\\n` lines grouped by stay (in `stay_ids` order) and
+    sorted by time within a stay, and each stay's slice bounds."""
+    measurements = cohort.measurements
+    position = pd.Index(stay_ids).get_indexer(measurements["stay_id"].to_numpy())
+    if (position < 0).any():
+        raise ValueError("measurements refer to stays that are not in cohort.stays")
+    minute = measurements["minute"].to_numpy(dtype=np.int64)
+    if len(minute) and (minute.min() < 0 or minute.max() > MAX_MINUTE):
+        raise ValueError(f"measurement minutes must lie in 0..{MAX_MINUTE}")
+    codes = np.asarray(measurements["variable"].cat.codes)
+    if (codes < 0).any():
+        raise ValueError("measurements have a missing variable")
+    values = measurements["value"].to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("measurement values must be finite; PhysioNet files cannot hold NaN")
+    order = np.lexsort((minute, position))
+    names = np.array([f",{name}," for name in VARIABLE_DTYPE.categories], dtype=object)
+    lines = _TIMES[minute[order]] + names[codes[order]] + _value_texts(values[order]) + "\n"
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(position, minlength=len(stay_ids)))])
+    return lines, bounds
+
+
+def _value_texts(values: np.ndarray) -> np.ndarray:
+    """Compact decimal text of float32 values ("73", "92.33"), without exponents."""
+    unique, inverse = np.unique(values, return_inverse=True)
+    texts = []
+    for value in unique.tolist():
+        text = f"{value:.7g}"
+        if "e" in text:
+            text = np.format_float_positional(np.float32(value), trim="-")
+        texts.append(text)
+    return np.array(texts, dtype=object)[inverse.reshape(-1)]
+
+
+def _descriptor_text(value: float) -> str:
+    if not np.isfinite(value):
+        return "-1"
+    return np.format_float_positional(value, trim="-")

@@ -1,0 +1,60 @@
+"""User mistakes: one clear line naming the file, line or option; non-zero exit; nothing written."""
+
+import sys
+
+import pytest
+
+from simulations.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["fedicu", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["simulate", "--dataset", "physionet2012", "--data-dir", "/nonexistent/pn"], "/nonexistent/pn"),
+        (["simulate", "--dataset", "physionet2012"], "--data-dir is required"),
+        (["simulate", "--strategy", "fedsgd"], "--strategy"),
+        (["simulate", "--rounds", "0"], "--rounds"),
+        (["simulate", "--dataset", "mimic"], "unknown --dataset 'mimic'"),
+        (["simulate", "--partition", "zip"], "unknown --partition 'zip'"),
+        (["simulate", "--no-such-option"], "No such option"),
+        (["evaluate", "/nonexistent/run"], "/nonexistent/run"),
+    ],
+)
+def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, args, expected):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(monkeypatch, capsys, *args)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # no run directory for a run that never started
+
+
+def test_unknown_set_and_missing_outcomes_name_the_problem(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "pn"
+    (data / "set-a").mkdir(parents=True)
+    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a,x")
+    assert code == 2 and "'x'" in err
+    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a")
+    assert code == 2 and "Outcomes-a.txt" in err
+
+
+def test_malformed_record_line_is_named(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "pn"
+    (data / "set-a").mkdir(parents=True)
+    (data / "set-a" / "132539.txt").write_text(
+        "Time,Parameter,Value\n00:00,RecordID,132539\n00:00,Age,54\n00:00,Gender,0\n00:00,Height,-1\n"
+        "00:00,ICUType,4\n00:00,Weight,-1\n00:07,HR,seventy\n"
+    )
+    (data / "Outcomes-a.txt").write_text(
+        "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n132539,6,1,5,-1,0\n"
+    )
+    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a")
+    assert code == 2
+    assert "132539.txt:8" in err and "Traceback" not in err

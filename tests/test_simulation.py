@@ -1,0 +1,68 @@
+"""The main job end to end: the `fedicu` command, Flower's Simulation Engine, a run directory."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from server.run_dir import RunDirectory
+
+REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
+
+
+def fedicu(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    return subprocess.run(
+        [sys.executable, "-c", "from simulations.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=900, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "run"
+    result = fedicu("simulate", "--hospitals", "3", "--rounds", "2", "--synthetic-stays", "1200", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run(synthetic_run):
+    out, result = synthetic_run
+    assert RunDirectory(out).status == "complete"
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert REQUIRED_COLUMNS <= set(rows[0])
+    assert float(rows[-1]["test_auroc"]) > 0.70  # chance is 0.5
+    assert all(int(r["hospitals_trained"]) == 3 for r in rows)
+    hospital_rows = json.loads((out / "hospital_metrics.json").read_text())
+    assert len(hospital_rows) == 2 * 3 and {r["hospital"] for r in hospital_rows} == {"hospital-1", "hospital-2", "hospital-3"}
+    for name in ("config.json", "metrics.json", "model_best.pt", "model_final.pt", "learning_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    card = json.loads((out / "model_card.json").read_text())
+    assert 0 < card["threshold"]["best"] < 1
+    assert len(card["normalization"]["mean"]) == len(card["normalization"]["channels"])
+    assert set(card["data"]["hospitals"]) == {"hospital-1", "hospital-2", "hospital-3"}
+    assert "test auroc" in result.stderr.lower()  # the final table
+
+
+def test_evaluate_scores_a_saved_model_as_json(synthetic_run):
+    out, _ = synthetic_run
+    result = fedicu("evaluate", str(out), "--dataset", "synthetic", "--synthetic-stays", "600", "--seed", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 600
+    assert 0.6 < metrics["auroc"] <= 1 and 0 < metrics["auprc"] <= 1
+    assert 0 <= metrics["brier"] < 0.25 and 0 <= metrics["event1"] <= 1
+
+
+def test_an_existing_run_directory_is_never_overwritten(synthetic_run):
+    out, _ = synthetic_run
+    before = (out / "metrics.csv").read_bytes()
+    result = fedicu("simulate", "--rounds", "1", "--out", str(out))
+    assert result.returncode == 2
+    assert str(out) in result.stderr and "not empty" in result.stderr
+    assert (out / "metrics.csv").read_bytes() == before
