@@ -6,93 +6,160 @@
    aggregates; hospitals evaluate the new global model on their validation
    stays and send score histograms; the server pools them (validation AUROC,
    decision threshold) and scores the model on the held-out test split.
-3. After every round the run directory gets the metrics and checkpoints; the
-   best round by pooled validation AUROC is kept.
+3. After every round the run directory gets the metrics and a checkpoint (the
+   global weights, the strategy's state, the metrics so far), so a killed run
+   resumes from its last completed round and ends exactly as an uninterrupted
+   run would: training randomness is derived from (seed, round, hospital), not
+   from state that a restart would lose.
+
+A hospital that fails or misses the round timeout is recorded in the round's
+metrics and the round completes with the others, as long as at least
+`min_hospitals` replied; otherwise the run stops with a clear message.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from logging import INFO
-from typing import Protocol
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
-from server.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
+from server.run_dir import BEST_MODEL, CHECKPOINT, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
 from server.strategies import make_strategy
 from shared.config import RunConfig
 from shared.federation import Federation, save
 from shared.metrics import ScoreHistogram, binary_metrics
-from shared.model import ModelConfig, MortalityLSTM
+from shared.model import MortalityLSTM, model_config_of
 from shared.plots import plot_learning_curves
-from shared.preprocessing import N_FEATURES, FeatureStats, Normalization, to_features
+from shared.preprocessing import FeatureStats, Normalization, to_features
 from shared.training import predict
 
 QUERY_FEATURE_STATS = "query.feature_stats"
+# First contact: hospitals start up and load their data, which can take far longer than a round.
+JOIN_TIMEOUT = 600.0
 
 
 class Progress(Protocol):
-    def begin(self, rounds: int, hospitals: list[str]) -> None: ...
+    def begin(self, rounds: int, done: int) -> None: ...
     def round_done(self, row: dict) -> None: ...
 
 
 class LogProgress:
     """Progress as log lines, for runs started with `flwr run`."""
 
-    def begin(self, rounds: int, hospitals: list[str]) -> None:
-        log(INFO, "fedicu: %d rounds with %d hospitals", rounds, len(hospitals))
+    def begin(self, rounds: int, done: int) -> None:
+        log(INFO, "fedicu: rounds %d..%d", done + 1, rounds)
 
     def round_done(self, row: dict) -> None:
         log(
             INFO,
-            "fedicu: round %d  val AUROC %.4f  test AUROC %.4f",
-            row["round"], row["val_auroc"], row["test_auroc"],
+            "fedicu: round %d  hospitals %d (failed %d)  val AUROC %.4f  test AUROC %.4f",
+            row["round"], row["hospitals_trained"], row["hospitals_failed"], row["val_auroc"], row["test_auroc"],
         )  # fmt: skip
 
 
+@dataclass
+class RunState:
+    """Everything a run needs to continue after its last completed round."""
+
+    completed: int
+    arrays: dict[str, torch.Tensor]
+    norm: Normalization
+    rows: list[dict] = field(default_factory=list)
+    hospital_rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    strategy: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def to_checkpoint(self) -> dict:
+        return {
+            "completed": self.completed,
+            "arrays": self.arrays,
+            "norm": {"mean": torch.from_numpy(self.norm.mean), "std": torch.from_numpy(self.norm.std)},
+            "rows": self.rows,
+            "hospital_rows": self.hospital_rows,
+            "best": self.best,
+            "strategy": self.strategy,
+        }
+
+    @staticmethod
+    def from_checkpoint(c: dict) -> RunState:
+        norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
+        return RunState(c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"])
+
+
+# Strategy attributes that carry state from round to round (FedAdam's moments).
+_STRATEGY_STATE = ("m_t", "v_t")
+
+
+def _strategy_state(strategy: Strategy) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        name: {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
+        for name in _STRATEGY_STATE
+        if (value := getattr(strategy, name, None))
+    }
+
+
+def _restore_strategy(strategy: Strategy, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
+
+
 @dataclass(frozen=True)
-class Reply:
-    hospital: str
-    message: Message
+class Replies:
+    ok: dict[str, Message]  # hospital name -> reply, sorted by name
+    failures: dict[str, str]  # hospital (or node) -> what went wrong
 
 
-def _hospital_replies(replies: Iterable[Message], stage: str) -> tuple[list[Reply], list[str]]:
-    """Successful replies sorted by hospital (a fixed order keeps aggregation
-    reproducible), and a description of each failure."""
-    ok, failed = [], []
-    for msg in replies:
+def _exchange(
+    grid: Grid, messages: Iterable[Message], timeout: float, stage: str, minimum: int, names: dict[int, str]
+) -> Replies:
+    """Send, wait up to `timeout`, and sort the replies by hospital (a fixed order
+    keeps aggregation reproducible). Errors and missing replies become failures."""
+    sent = list(messages)
+    ok, failures, answered = {}, {}, set()
+    for msg in grid.send_and_receive(sent, timeout=timeout):
+        node = msg.metadata.src_node_id
+        answered.add(node)
         if msg.has_error():
-            failed.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+            failures[names.get(node, f"node {node}")] = msg.error.reason
         else:
-            ok.append(Reply(str(msg.content["site"]["hospital"]), msg))
-    if not ok:
-        raise RuntimeError(f"{stage}: no hospital replied successfully. " + "; ".join(failed))
-    return sorted(ok, key=lambda r: r.hospital), failed
+            ok[str(msg.content["site"]["hospital"])] = msg
+    for msg in sent:
+        node = msg.metadata.dst_node_id
+        if node not in answered:
+            failures[names.get(node, f"node {node}")] = f"no reply within {timeout:g} s"
+    for who, reason in failures.items():
+        log(WARNING, "fedicu: %s: %s failed: %s", stage, who, reason)
+    if len(ok) < minimum:
+        details = "; ".join(f"{who}: {reason}" for who, reason in failures.items())
+        raise RuntimeError(f"{stage}: only {len(ok)} hospital(s) replied, fewer than the minimum {minimum}. {details}")
+    return Replies(dict(sorted(ok.items())), failures)
 
 
-def _base_config(config: RunConfig, data_file: str) -> dict:
-    return {"prepared-data": data_file, "seed": config.seed}
-
-
-def federated_normalization(grid: Grid, node_ids: list[int], base: dict, timeout: float) -> Normalization:
+def federated_normalization(
+    grid: Grid, node_ids: list[int], base: dict, timeout: float
+) -> tuple[Normalization, dict[int, str]]:
+    """Pooled normalization statistics, and which node holds which hospital."""
     messages = [
         Message(RecordDict({"config": ConfigRecord(base)}), dst_node_id=n, message_type=QUERY_FEATURE_STATS)
         for n in node_ids
     ]
-    replies, failed = _hospital_replies(grid.send_and_receive(messages, timeout=timeout), "normalization")
-    if failed:
-        raise RuntimeError("normalization statistics incomplete: " + "; ".join(failed))
-    parts = []
-    for r in replies:
-        a = r.message.content["stats"]
-        parts.append(FeatureStats(a["count"].numpy(), a["total"].numpy(), a["total_sq"].numpy()))
-    return Normalization.from_stats(FeatureStats.sum(parts))
+    # Statistics from only some hospitals would give every hospital the wrong scale.
+    replies = _exchange(grid, messages, timeout, "normalization statistics", len(node_ids), {})
+    parts = [
+        FeatureStats(*(m.content["stats"][k].numpy() for k in ("count", "total", "total_sq")))
+        for m in replies.ok.values()
+    ]
+    names = {m.metadata.src_node_id: name for name, m in replies.ok.items()}
+    return Normalization.from_stats(FeatureStats.sum(parts)), names
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -112,6 +179,11 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
+def _histogram(reply: Message) -> ScoreHistogram:
+    h = reply.content["histogram"]
+    return ScoreHistogram(h["positives"].numpy(), h["negatives"].numpy())
+
+
 def run_federated(
     grid: Grid,
     config: RunConfig,
@@ -119,26 +191,31 @@ def run_federated(
     data_file: str,
     run_dir: RunDirectory,
     progress: Progress,
+    resume: RunState | None = None,
 ) -> dict:
-    """Train, evaluate and checkpoint; return the final row of metrics."""
+    """Train, evaluate and checkpoint every round; return the final row of metrics."""
     hospitals = [h.name for h in federation.hospitals]
-    run_dir.write_json(CONFIG_FILE, config.to_flower())
-    run_dir.set_status("running", rounds_completed=0, started=time.time())
+    if not 1 <= config.min_hospitals <= len(hospitals):
+        raise ValueError(f"--min-hospitals must lie in 1..{len(hospitals)} (the number of hospitals)")
+    if resume is None:
+        run_dir.write_json(CONFIG_FILE, config.to_flower())
+    run_dir.set_status("running", rounds_completed=resume.completed if resume else 0, started=time.time())
     save(federation, data_file)
-    base = _base_config(config, data_file)
-    node_ids = wait_for_nodes(grid, len(hospitals), config.round_timeout)
-    norm = federated_normalization(grid, node_ids, base, config.round_timeout)
+    base = {"prepared-data": data_file, "seed": config.seed}
+    node_ids = wait_for_nodes(grid, len(hospitals), max(config.round_timeout, JOIN_TIMEOUT))
 
-    model_config = ModelConfig(
-        n_features=N_FEATURES,
-        hidden_size=config.hidden_size,
-        num_layers=config.layers,
-        dropout=config.dropout,
-        attention=config.attention,
-    )
-    torch.manual_seed(config.seed)
+    model_config = model_config_of(config)
     model = MortalityLSTM(model_config)
-    arrays = ArrayRecord(model.state_dict())
+    strategy = make_strategy(config, len(hospitals))
+    norm, names = federated_normalization(grid, node_ids, base, max(config.round_timeout, JOIN_TIMEOUT))
+    if resume is None:
+        torch.manual_seed(config.seed)
+        state = RunState(0, MortalityLSTM(model_config).state_dict(), norm)
+    else:  # the statistics are the same; the query only tells which node is which hospital
+        state = resume
+        _restore_strategy(strategy, state.strategy)
+    norm = state.norm
+    arrays = ArrayRecord(state.arrays)
     shared_config = {
         **base,
         "norm-mean": norm.mean.tolist(),
@@ -148,101 +225,107 @@ def run_federated(
     train_config = ConfigRecord(
         {**shared_config, "local-epochs": config.local_epochs, "lr": config.lr, "batch-size": config.batch_size}
     )
-    strategy = make_strategy(config, len(hospitals))
-    x_test = to_features(federation.test, norm)
-    y_test = federation.test.labels
+    x_test, y_test = to_features(federation.test, norm), federation.test.labels
 
-    rows, hospital_rows = [], []
-    best = None
-    progress.begin(config.rounds, hospitals)
-    for rnd in range(1, config.rounds + 1):
+    progress.begin(config.rounds, state.completed)
+    for rnd in range(state.completed + 1, config.rounds + 1):
         started = time.monotonic()
-        messages = strategy.configure_train(rnd, arrays, train_config, grid)
-        train_replies, train_failed = _hospital_replies(
-            grid.send_and_receive(messages, timeout=config.round_timeout), f"round {rnd} training"
-        )
-        new_arrays, _ = strategy.aggregate_train(rnd, [r.message for r in train_replies])
-        arrays = new_arrays
+        trained = _exchange(
+            grid, strategy.configure_train(rnd, arrays, train_config, grid),
+            config.round_timeout, f"round {rnd} training", config.min_hospitals, names,
+        )  # fmt: skip
+        arrays, _ = strategy.aggregate_train(rnd, list(trained.ok.values()))
+        evaluated = _exchange(
+            grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), grid),
+            config.round_timeout, f"round {rnd} evaluation", config.min_hospitals, names,
+        )  # fmt: skip
+        row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, x_test, y_test)
+        row["seconds"] = time.monotonic() - started
 
-        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), grid)
-        eval_replies, eval_failed = _hospital_replies(
-            grid.send_and_receive(messages, timeout=config.round_timeout), f"round {rnd} evaluation"
-        )
-        histograms = {
-            r.hospital: ScoreHistogram(
-                r.message.content["histogram"]["positives"].numpy(),
-                r.message.content["histogram"]["negatives"].numpy(),
-            )
-            for r in eval_replies
-        }
-        pooled = ScoreHistogram.sum(list(histograms.values()))
-        threshold = pooled.best_threshold()
-
-        model.load_state_dict(arrays.to_torch_state_dict())
-        test = binary_metrics(y_test, predict(model, x_test), threshold)
-
-        trained = {r.hospital: r.message.content["metrics"] for r in train_replies}
-        evaluated = {r.hospital: r.message.content["metrics"] for r in eval_replies}
-        n_val = sum(m["num-examples"] for m in evaluated.values())
-        n_train = sum(m["num-examples"] for m in trained.values())
-
-        def pooled_mean(key: str) -> float:
-            return sum(m[key] * m["num-examples"] for m in evaluated.values()) / n_val
-
-        row = {
-            "round": rnd,
-            "hospitals_trained": len(train_replies),
-            "hospitals_failed": len(set(train_failed) | set(eval_failed)),
-            "train_loss": sum(m["train-loss"] * m["num-examples"] for m in trained.values()) / n_train,
-            "val_auroc": pooled.auroc(),
-            "val_auroc_tie_bound": pooled.auroc_tie_bound(),
-            "val_auprc": pooled.auprc(),
-            "val_brier": pooled_mean("brier"),
-            "val_loss": pooled_mean("loss"),
-            "val_event1": pooled.event1(threshold),
-            "threshold": threshold,
-            **{f"test_{k}": v for k, v in test.items() if k != "n"},
-            "seconds": time.monotonic() - started,
-        }
-        rows.append(row)
-        for name in hospitals:
-            t, e = trained.get(name), evaluated.get(name)
-            hospital_rows.append(
-                {
-                    "round": rnd,
-                    "hospital": name,
-                    "train_stays": t["num-examples"] if t else 0,
-                    "train_loss": t["train-loss"] if t else float("nan"),
-                    "local_val_auroc": t["local-val-auroc"] if t else float("nan"),
-                    "val_stays": e["num-examples"] if e else 0,
-                    "val_auroc": e["auroc"] if e else float("nan"),
-                    "val_auprc": e["auprc"] if e else float("nan"),
-                    "val_brier": e["brier"] if e else float("nan"),
-                    "val_loss": e["loss"] if e else float("nan"),
-                    "val_event1": histograms[name].event1(threshold) if e else float("nan"),
-                }
-            )
-
-        state = {"model_config": model_config.to_dict(), "state_dict": model.state_dict(), "round": rnd}
-        if best is None or row["val_auroc"] > best["val_auroc"]:
-            best = row
-            run_dir.save_model(BEST_MODEL, {**state, "threshold": threshold})
-        run_dir.write_table("metrics.csv", "metrics.json", rows)
-        run_dir.write_table("hospital_metrics.csv", "hospital_metrics.json", hospital_rows)
-        run_dir.set_status("running", rounds_completed=rnd, best_round=best["round"])
+        state.completed = rnd
+        state.arrays = arrays.to_torch_state_dict()
+        state.rows.append(row)
+        state.hospital_rows += hospital_rows
+        state.strategy = _strategy_state(strategy)
+        model_state = {"model_config": model_config.to_dict(), "state_dict": state.arrays, "round": rnd, "threshold": row["threshold"]}
+        if state.best is None or row["val_auroc"] > state.best["val_auroc"]:
+            state.best = row
+            run_dir.save_model(BEST_MODEL, model_state)
+        run_dir.write_table("metrics.csv", "metrics.json", state.rows)
+        run_dir.write_table("hospital_metrics.csv", "hospital_metrics.json", state.hospital_rows)
+        # The checkpoint goes last: whatever it records is already on disk.
+        run_dir.save_model(CHECKPOINT, state.to_checkpoint())
+        run_dir.set_status("running", rounds_completed=rnd, best_round=state.best["round"])
         progress.round_done(row)
 
-    run_dir.save_model(FINAL_MODEL, {**state, "threshold": rows[-1]["threshold"]})
+    run_dir.save_model(FINAL_MODEL, model_state)
     write_model_card(
         run_dir,
         model_config=model_config,
         norm=norm,
-        rows=rows,
-        best=best,
+        rows=state.rows,
+        best=state.best,
         training=config.to_flower(),
         data=federation.summary(),
     )
-    plot_learning_curves(rows, run_dir.path / "learning_curves.png")
+    plot_learning_curves(state.rows, run_dir.path / "learning_curves.png")
     run_dir.set_status("complete", finished=time.time())
-    return {**rows[-1], "best_round": best["round"], "best_test_auroc": best["test_auroc"]}
+    return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
 
+
+def _round_metrics(
+    rnd: int,
+    hospitals: list[str],
+    trained: Replies,
+    evaluated: Replies,
+    model: MortalityLSTM,
+    arrays: ArrayRecord,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    histograms = {name: _histogram(m) for name, m in evaluated.ok.items()}
+    pooled = ScoreHistogram.sum(list(histograms.values()))
+    threshold = pooled.best_threshold()
+    model.load_state_dict(arrays.to_torch_state_dict())
+    test = binary_metrics(y_test, predict(model, x_test), threshold)
+
+    train_metrics = {name: m.content["metrics"] for name, m in trained.ok.items()}
+    eval_metrics = {name: m.content["metrics"] for name, m in evaluated.ok.items()}
+    n_train = sum(m["num-examples"] for m in train_metrics.values())
+    n_val = sum(m["num-examples"] for m in eval_metrics.values())
+
+    def pooled_mean(key: str) -> float:
+        return sum(m[key] * m["num-examples"] for m in eval_metrics.values()) / n_val
+
+    row = {
+        "round": rnd,
+        "hospitals_trained": len(trained.ok),
+        "hospitals_failed": len(hospitals) - len(set(trained.ok) & set(evaluated.ok)),
+        "train_loss": sum(m["train-loss"] * m["num-examples"] for m in train_metrics.values()) / n_train,
+        "val_auroc": pooled.auroc(),
+        "val_auroc_tie_bound": pooled.auroc_tie_bound(),
+        "val_auprc": pooled.auprc(),
+        "val_brier": pooled_mean("brier"),
+        "val_loss": pooled_mean("loss"),
+        "val_event1": pooled.event1(threshold),
+        "threshold": threshold,
+        **{f"test_{k}": v for k, v in test.items() if k != "n"},
+    }
+    nan = float("nan")
+    hospital_rows = []
+    for name in hospitals:
+        t, e = train_metrics.get(name), eval_metrics.get(name)
+        hospital_rows.append(
+            {
+                "round": rnd,
+                "hospital": name,
+                "status": "ok" if t and e else f"failed: {trained.failures.get(name) or evaluated.failures.get(name)}",
+                "train_stays": t["num-examples"] if t else 0,
+                "train_loss": t["train-loss"] if t else nan,
+                "local_val_auroc": t["local-val-auroc"] if t else nan,
+                "val_stays": e["num-examples"] if e else 0,
+                **{f"val_{k}": e[k] if e else nan for k in ("auroc", "auprc", "brier", "loss")},
+                "val_event1": histograms[name].event1(threshold) if e else nan,
+            }
+        )
+    return row, hospital_rows

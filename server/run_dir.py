@@ -28,6 +28,7 @@ METRICS_CSV, METRICS_JSON = "metrics.csv", "metrics.json"
 HOSPITAL_CSV, HOSPITAL_JSON = "hospital_metrics.csv", "hospital_metrics.json"
 MODEL_CARD = "model_card.json"
 BEST_MODEL, FINAL_MODEL = "model_best.pt", "model_final.pt"
+CHECKPOINT = "checkpoint.pt"
 CURVES_PNG = "learning_curves.png"
 
 

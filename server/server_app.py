@@ -9,7 +9,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.federated_run import LogProgress, Progress, run_federated
+from server.federated_run import LogProgress, Progress, RunState, run_federated
 from server.run_dir import RunDirectory
 from shared.config import RunConfig
 from shared.federation import Federation, prepare
@@ -22,12 +22,18 @@ def default_run_dir() -> Path:
 
 
 def serve(
-    grid: Grid, config: RunConfig, federation: Federation, run_dir: RunDirectory, progress: Progress
+    grid: Grid,
+    config: RunConfig,
+    federation: Federation,
+    run_dir: RunDirectory,
+    progress: Progress,
+    resume: RunState | None = None,
 ) -> dict:
     """Run the whole federation into `run_dir`; mark it failed if anything goes wrong."""
     try:
         with tempfile.TemporaryDirectory(prefix="fedicu-") as tmp:
-            return run_federated(grid, config, federation, str(Path(tmp) / "federation.npz"), run_dir, progress)
+            data_file = str(Path(tmp) / "federation.npz")
+            return run_federated(grid, config, federation, data_file, run_dir, progress, resume)
     except BaseException as error:
         run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise

@@ -41,6 +41,7 @@ class RunConfig:
     proximal_mu: float = 0.01
     server_lr: float = 0.01
     round_timeout: float = 600.0
+    min_hospitals: int = 1
     # Output
     out: str = ""  # empty: runs/<timestamp>
 
@@ -54,6 +55,7 @@ class RunConfig:
             (self.proximal_mu >= 0, "--proximal-mu must not be negative"),
             (self.server_lr > 0, "--server-lr must be positive"),
             (self.round_timeout > 0, "--round-timeout must be positive"),
+            (self.min_hospitals >= 1, "--min-hospitals must be at least 1"),
             (self.hospitals >= 1, "--hospitals must be at least 1"),
             (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
              "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from shared.preprocessing import N_FEATURES
+
+if TYPE_CHECKING:
+    from shared.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,17 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def model_config_of(config: RunConfig) -> ModelConfig:
+    """The model a run configuration asks for, on the standard feature layout."""
+    return ModelConfig(
+        n_features=N_FEATURES,
+        hidden_size=config.hidden_size,
+        num_layers=config.layers,
+        dropout=config.dropout,
+        attention=config.attention,
+    )
 
 
 class MortalityLSTM(nn.Module):

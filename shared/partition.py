@@ -139,7 +139,7 @@ def split(
     test = _stratified_pick(ids, strata, test_fraction, rng)
     rest = ~np.isin(ids, test)
     train, val = {}, {}
-    for site in sorted(np.unique(sites)):
+    for site in sorted(set(sites.tolist())):
         mine = rest & (sites == site)
         site_val = _stratified_pick(ids[mine], labels[mine], val_fraction, rng)
         train[site] = np.setdiff1d(ids[mine], site_val)

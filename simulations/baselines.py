@@ -23,28 +23,19 @@ from server.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, w
 from shared.config import RunConfig
 from shared.federation import Federation
 from shared.metrics import best_threshold, binary_metrics
-from shared.model import ModelConfig, MortalityLSTM
+from shared.model import MortalityLSTM, model_config_of
 from shared.plots import plot_learning_curves
-from shared.preprocessing import N_FEATURES, FeatureStats, Normalization, Sequences, to_features
+from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from shared.training import predict, set_torch_threads, train_epochs
-
-
-def model_config_of(config: RunConfig) -> ModelConfig:
-    return ModelConfig(
-        n_features=N_FEATURES,
-        hidden_size=config.hidden_size,
-        num_layers=config.layers,
-        dropout=config.dropout,
-        attention=config.attention,
-    )
 
 
 def fit(
     config: RunConfig, train: Sequences, val: Sequences, test: Sequences, on_round=None
-) -> tuple[list[dict], dict, MortalityLSTM, Normalization]:
+) -> tuple[list[dict], dict, MortalityLSTM, Normalization, dict]:
     """Train on `train`, select the round with the best validation AUROC.
 
-    Returns per-round rows, the best row, the best model and its normalization.
+    Returns per-round rows, the best row, the best model, its normalization and
+    the final (last round's) weights.
     """
     norm = Normalization.from_stats(FeatureStats.of(train))
     x_train, x_val, x_test = (to_features(s, norm) for s in (train, val, test))

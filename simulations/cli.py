@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from server.run_dir import RunDirectory, load_trained
+from server.federated_run import RunState
+from server.run_dir import CHECKPOINT, CONFIG_FILE, RunDirectory, load_trained
 from server.server_app import default_run_dir
 from shared.config import RunConfig
 from shared.datasets import load_cohort
@@ -58,7 +59,8 @@ OPTION_HELP = {
     "batch_size": "Mini-batch size.",
     "proximal_mu": "FedProx proximal term weight.",
     "server_lr": "FedAdam server learning rate.",
-    "round_timeout": "Seconds to wait for hospitals in each round.",
+    "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
+    "min_hospitals": "Replies a round needs to complete; failed hospitals are recorded and skipped.",
     "out": "Run directory to create (default: runs/<timestamp>).",
 }
 
@@ -126,12 +128,14 @@ class RoundBar:
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
         )  # fmt: skip
 
-    def begin(self, rounds: int, hospitals: list[str]) -> None:
-        self.task = self.bar.add_task(self.label, total=rounds, status="")
+    def begin(self, rounds: int, done: int = 0) -> None:
+        self.task = self.bar.add_task(self.label, total=rounds, completed=done, status="")
         self.bar.start()
 
     def round_done(self, row: dict) -> None:
         status = f"val AUROC {row['val_auroc']:.3f}  test AUROC {row['test_auroc']:.3f}"
+        if row.get("hospitals_failed"):
+            status += f"  [yellow]{row['hospitals_failed']} hospital(s) failed[/]"
         self.bar.update(self.task, advance=1, status=status)
 
     def close(self) -> None:
@@ -147,6 +151,8 @@ def _fmt(value) -> str:
 def rounds_table(title: str, rows: list[dict]) -> Table:
     table = Table(title=title)
     columns = ["round", "train_loss", "val_auroc", "test_auroc", "test_auprc", "test_brier", "test_event1"]
+    if any(row.get("hospitals_failed") for row in rows):
+        columns.insert(1, "hospitals_failed")
     for c in columns:
         table.add_column(c.replace("_", " "), justify="right")
     for row in rows:
@@ -168,25 +174,51 @@ def results_table(results: dict[str, dict]) -> Table:
     return table
 
 
-def _federated(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> dict:
+def _federated(
+    config: RunConfig, federation: Federation, run_dir: RunDirectory, state: RunState | None = None
+) -> dict:
     from simulations.simulate import simulate as run_simulation  # imports Ray lazily
 
     bar = RoundBar(f"Federated {config.strategy}")
     try:
-        result = run_simulation(config, federation, run_dir, bar)
+        result = run_simulation(config, federation, run_dir, bar, state)
     finally:
         bar.close()
     console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json("metrics.json")))
     return result
 
 
+def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
+    """The configuration and last checkpoint of an interrupted run."""
+    run_dir = RunDirectory(path)
+    if not (run_dir.path / CONFIG_FILE).is_file():
+        raise UserError(f"--resume {path}: not a run directory (no {CONFIG_FILE})")
+    if run_dir.status == "complete":
+        raise UserError(f"--resume {path}: the run is already complete")
+    config = RunConfig.from_flower(run_dir.read_json(CONFIG_FILE))
+    checkpoint = run_dir.path / CHECKPOINT
+    state = RunState.from_checkpoint(run_dir.load_model(CHECKPOINT)) if checkpoint.is_file() else None
+    done = state.completed if state else 0
+    console.print(f"Resuming {path} after round {done} of {config.rounds} (its own configuration applies)")
+    return config, run_dir, state
+
+
 @app.command()
 @run_options
-def simulate(config: RunConfig) -> None:
+def simulate(
+    config: RunConfig,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run directory from its last completed round.")
+    ] = None,
+) -> None:
     """Train the LSTM across simulated hospitals with Flower (the main job)."""
+    state = None
+    if resume is not None:
+        config, run_dir, state = _resume(resume)
     federation = _prepare(config)
-    run_dir = _run_dir(config)
-    result = _federated(config, federation, run_dir)
+    if resume is None:
+        run_dir = _run_dir(config)
+    result = _federated(config, federation, run_dir, state)
     console.print(
         f"Best round {result['best_round']} (by pooled validation AUROC). "
         f"Run directory: [bold]{run_dir.path}[/]"
@@ -202,7 +234,7 @@ def centralized(config: RunConfig) -> None:
     federation = _prepare(config)
     run_dir = _run_dir(config, "-centralized")
     bar = RoundBar("Centralized")
-    bar.begin(config.rounds, [])
+    bar.begin(config.rounds)
     try:
         run_centralized(config, federation, run_dir, bar.round_done)
     finally:
@@ -215,7 +247,7 @@ def _local(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> 
     from simulations.baselines import local as run_local
 
     bar = RoundBar("Local-only hospitals")
-    bar.begin(len(federation.hospitals), [])
+    bar.begin(len(federation.hospitals))
     try:
         result = run_local(
             config, federation, run_dir,
@@ -249,7 +281,7 @@ def compare(config: RunConfig) -> None:
     root = _run_dir(config, "-compare").path
     federated = _federated(config, federation, RunDirectory(root / "federated").create())
     bar = RoundBar("Centralized")
-    bar.begin(config.rounds, [])
+    bar.begin(config.rounds)
     try:
         central = run_centralized(config, federation, RunDirectory(root / "centralized").create(), bar.round_done)
     finally:

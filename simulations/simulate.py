@@ -15,8 +15,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from client.client_app import app as client_app
-from server.federated_run import Progress
+from flwr.clientapp import ClientApp
+
+from client.client_app import app as hospital_app
+from server.federated_run import Progress, RunState
 from server.run_dir import RunDirectory
 from server.server_app import serve
 from shared.config import RunConfig
@@ -37,15 +39,20 @@ def quiet_flower():
 
 
 def simulate(
-    config: RunConfig, federation: Federation, run_dir: RunDirectory, progress: Progress
+    config: RunConfig,
+    federation: Federation,
+    run_dir: RunDirectory,
+    progress: Progress,
+    resume: RunState | None = None,
+    client_app: ClientApp = hospital_app,
 ) -> dict:
-    """Run all rounds in-process; return the final metrics row."""
+    """Run the remaining rounds in-process; return the final metrics row."""
     result: dict = {}
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        result.update(serve(grid, config, federation, run_dir, progress))
+        result.update(serve(grid, config, federation, run_dir, progress, resume))
 
     cores = os.cpu_count() or 1
     backend_config = {

@@ -1,0 +1,1 @@
+"""Differentially private training of the mortality LSTM (DP-SGD with exact per-stay gradients)."""

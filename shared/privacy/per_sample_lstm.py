@@ -1,0 +1,506 @@
+"""DP-SGD for the mortality LSTM with exact per-stay gradients from one backward pass.
+
+Privacy unit and guarantee
+--------------------------
+The privacy unit is one ICU stay: one row of the hospital's training array `x` (its hourly
+sequence) together with its label. `train_epochs_dp` gives sample-level
+(epsilon, delta)-differential privacy for the hospital's training stays with respect to adding
+or removing one stay: every step draws a Poisson batch (each stay independently with
+probability q), clips each stay's gradient of its own loss to L2 norm at most C over *all*
+trainable parameters jointly, sums the clipped gradients and adds Gaussian noise with standard
+deviation sigma * C to every coordinate (the sampled Gaussian mechanism). The epsilon for a
+given delta is what the privacy accountant computes from (sigma, q, number of steps taken); the
+accountant is passed in by the caller and keeps counting across calls, so one accountant per
+hospital covers all federated rounds of that hospital.
+
+What the guarantee does not cover: the training loss returned by `train_epochs_dp` (computed
+from the raw stays, not privatized), anything else computed from the training stays outside
+these steps (normalization statistics, decision thresholds, validation metrics), and the size
+of the training set (q is derived from it). A patient with several stays is protected only
+through group privacy (k stays: roughly k * epsilon). The noise is reproducible from `seed`
+when `secure_mode=False`: anyone who knows the seed can regenerate and subtract it, so in that
+mode the guarantee holds only while the seed stays secret; it exists for reproducible
+experiments.
+
+How the per-stay gradients are computed
+---------------------------------------
+`PerSampleLSTM` is a drop-in for `nn.LSTM(batch_first=True)` (same parameter names, shapes and
+order, same forward math) whose layers are a custom autograd function: the forward pass
+computes the input projection of all hours in one matrix product and runs the recurrence with a
+handful of in-place kernels per hour; the backward pass runs the recurrence backwards by hand
+and keeps the gradients of the loss with respect to the gate pre-activations, delta_t
+(`[time, batch, 4 * hidden]`). Each stay's parameter gradients are then single batched
+contractions: dW_ih = sum_t delta_t x_t^T, dW_hh = sum_t delta_t h_{t-1}^T and
+db_ih = db_hh = sum_t delta_t. `PerSampleLinear` does the same for the attention scorer and the
+output head (per-stay outer products of inputs and output gradients, summed over hours).
+
+With per-stay recording on (`enable_grad_sample`), a backward pass stores each trainable
+parameter's per-stay gradients as `param.grad_sample` (`[batch, *param.shape]`), the layout
+Opacus's `DPOptimizer` reads; it then clips, sums, adds noise, scales and steps, and its step
+hook advances the accountant. Per-stay gradients are exact because no operation of the model
+mixes stays (no batch normalization); dropout masks are per element and therefore per stay.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.accountants import IAccountant
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+
+from shared.model import ModelConfig, MortalityLSTM
+
+# nn.LSTM stores the gates as (input, forget, cell, output); the forward pass works on
+# (input, forget, output, cell) so that one sigmoid covers three contiguous gates.
+_IFOG = (0, 1, 3, 2)
+
+
+def _store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
+    if not param.requires_grad:
+        return
+    if getattr(param, "grad_sample", None) is not None:
+        raise RuntimeError(
+            "per-stay gradients from an earlier backward pass are still stored; call "
+            "optimizer.zero_grad() before the next backward pass"
+        )
+    param.grad_sample = grad_sample
+
+
+def _ifog(tensor: torch.Tensor) -> torch.Tensor:
+    """Gate blocks of a `[4H, ...]` LSTM weight or bias reordered to (i, f, o, g)."""
+    hidden = tensor.shape[0] // 4
+    return tensor.view(4, hidden, *tensor.shape[1:])[list(_IFOG)].reshape(tensor.shape)
+
+
+class _LinearFunction(torch.autograd.Function):
+    """`F.linear` whose backward can store per-stay weight and bias gradients."""
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, record):
+        ctx.save_for_backward(inputs, weight)
+        ctx.record = record
+        ctx.has_bias = bias is not None
+        return F.linear(inputs, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        inputs, weight = ctx.saved_tensors
+        grad_in = grad_out @ weight if ctx.needs_input_grad[0] else None
+        n_out, n_in = weight.shape
+        if ctx.record is not None:
+            batch = inputs.shape[0]
+            g = grad_out.reshape(batch, -1, n_out)  # [stay, positions, out]
+            a = inputs.reshape(batch, -1, n_in)
+            weight_param, bias_param = ctx.record
+            _store_grad_sample(weight_param, torch.bmm(g.transpose(1, 2), a))
+            if bias_param is not None:
+                _store_grad_sample(bias_param, g.sum(1))
+            return grad_in, None, None, None
+        g = grad_out.reshape(-1, n_out)
+        grad_w = g.t() @ inputs.reshape(-1, n_in) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_in, grad_w, grad_b, None
+
+
+class PerSampleLinear(nn.Linear):
+    """`nn.Linear` (same parameters) that can record per-stay gradients.
+
+    The first input dimension is the batch (one stay per row); any dimensions between the batch
+    and the features (e.g. hours) are summed over in the per-stay gradients.
+    """
+
+    grad_sample_enabled: bool = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PerSampleLinear:
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        new.load_state_dict(linear.state_dict())
+        return new.to(linear.weight.device, linear.weight.dtype)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_sample_enabled and torch.is_grad_enabled()):
+            return F.linear(inputs, self.weight, self.bias)
+        return _LinearFunction.apply(inputs, self.weight, self.bias, (self.weight, self.bias))
+
+
+class _LSTMLayerFunction(torch.autograd.Function):
+    """One unidirectional LSTM layer over a time-major sequence `[T, B, I]`.
+
+    Returns all hidden states `[T, B, H]` and the last cell state `[B, H]`. Same math as
+    `nn.LSTM`: gates = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, split as (i, f, g, o);
+    c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g); h_t = sigmoid(o) tanh(c_t).
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, record):
+        steps, batch, n_in = x.shape
+        hidden = w_hh.shape[1]
+        # Gate activations, stored as (i, f, o, g); starts as the input projection of all hours.
+        acts = torch.addmm(_ifog(b_ih + b_hh), x.reshape(steps * batch, n_in), _ifog(w_ih).t())
+        acts = acts.view(steps, batch, 4 * hidden)
+        hs = x.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T
+        cs = x.new_empty(steps + 1, batch, hidden)  # c_0 .. c_T
+        tanh_c = x.new_empty(steps, batch, hidden)  # tanh(c_1) .. tanh(c_T)
+        if h0 is None:
+            hs[0].zero_()
+        else:
+            hs[0].copy_(h0)
+        if c0 is None:
+            cs[0].zero_()
+        else:
+            cs[0].copy_(c0)
+        w_hh_t = _ifog(w_hh).t()
+        gates = acts.unbind(0)
+        sig = acts[..., : 3 * hidden].unbind(0)
+        i_t, f_t, o_t, g_t = (part.unbind(0) for part in acts.split(hidden, dim=2))
+        h_t, c_t, tc_t = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
+        for t in range(steps):
+            if t > 0 or h0 is not None:
+                gates[t].addmm_(h_t[t], w_hh_t)
+            sig[t].sigmoid_()
+            g_t[t].tanh_()
+            if t == 0 and c0 is None:
+                torch.mul(i_t[t], g_t[t], out=c_t[t + 1])
+            else:
+                torch.mul(f_t[t], c_t[t], out=c_t[t + 1])
+                c_t[t + 1].addcmul_(i_t[t], g_t[t])
+            torch.tanh(c_t[t + 1], out=tc_t[t])
+            torch.mul(o_t[t], tc_t[t], out=h_t[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, acts, hs, cs, tanh_c)
+        ctx.record = record
+        return hs[1:], cs[steps]
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_c_last):
+        x, w_ih, w_hh, acts, hs, cs, tanh_c = ctx.saved_tensors
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        i, f, o, g = acts.split(hidden, dim=2)
+        sig = acts[..., : 3 * hidden]
+        dsig_i, dsig_f, dsig_o = (sig - sig * sig).split(hidden, dim=2)
+        # d(gate pre-activation) / d(gate value) times what multiplies the gate value, for all
+        # hours at once, in nn.LSTM's gate order (i, f, g, o).
+        m = acts.new_empty(steps, batch, 4, hidden)
+        torch.mul(g, dsig_i, out=m[:, :, 0])
+        torch.mul(cs[:-1], dsig_f, out=m[:, :, 1])
+        torch.mul(i, 1 - g * g, out=m[:, :, 2])
+        torch.mul(tanh_c, dsig_o, out=m[:, :, 3])
+        dc_dh = o * (1 - tanh_c * tanh_c)  # d c_t contribution per unit d h_t
+        delta = acts.new_empty(steps, batch, 4, hidden)  # d loss / d gate pre-activations
+        m_ifg, m_o = m[:, :, :3].unbind(0), m[:, :, 3].unbind(0)
+        d_ifg, d_o = delta[:, :, :3].unbind(0), delta[:, :, 3].unbind(0)
+        delta_flat = delta.view(steps, batch, four_h).unbind(0)
+        dc_dh_t, f_t, grad_out_t = dc_dh.unbind(0), f.unbind(0), grad_out.unbind(0)
+        dc_carry = grad_c_last
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                dh = grad_out_t[t]
+            else:
+                dh = torch.addmm(grad_out_t[t], delta_flat[t + 1], w_hh)
+            dc = torch.addcmul(dc_carry, dh, dc_dh_t[t])
+            torch.mul(m_ifg[t], dc.unsqueeze(1), out=d_ifg[t])
+            torch.mul(m_o[t], dh, out=d_o[t])
+            dc_carry = dc * f_t[t]
+        needs = ctx.needs_input_grad
+        grad_h0 = delta_flat[0] @ w_hh if needs[1] else None
+        grad_c0 = dc_carry if needs[2] else None
+        delta = delta.view(steps, batch, four_h)
+        grad_x = (delta.view(-1, four_h) @ w_ih).view(steps, batch, -1) if needs[0] else None
+        h_prev = hs[:-1]
+        if ctx.record is not None:
+            p_ih, p_hh, p_bih, p_bhh = ctx.record
+            _store_grad_sample(p_ih, torch.einsum("tbg,tbi->bgi", delta, x))
+            _store_grad_sample(p_hh, torch.einsum("tbg,tbh->bgh", delta, h_prev))
+            bias = delta.sum(0)
+            _store_grad_sample(p_bih, bias)
+            _store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
+            return grad_x, grad_h0, grad_c0, None, None, None, None, None
+        flat = delta.view(-1, four_h)
+        grad_w_ih = flat.t() @ x.reshape(-1, x.shape[2]) if needs[3] else None
+        grad_w_hh = flat.t() @ h_prev.reshape(-1, hidden) if needs[4] else None
+        grad_b = flat.sum(0) if needs[5] or needs[6] else None
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None
+
+
+class PerSampleLSTM(nn.Module):
+    """Drop-in for `nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=...)`.
+
+    Same parameters (`weight_ih_l{k}` `[4H, in]`, `weight_hh_l{k}` `[4H, H]`, `bias_ih_l{k}`,
+    `bias_hh_l{k}` `[4H]`, in nn.LSTM's order), so state dicts move between the two unchanged;
+    same outputs `(output [B, T, H], (h_n [L, B, H], c_n [L, B, H]))`. Dropout between layers
+    is applied in training mode as in nn.LSTM (the masks come from a different random draw).
+    With `grad_sample_enabled`, a backward pass stores per-stay gradients as `grad_sample`.
+    Unidirectional, with biases and batched inputs only, as the mortality model uses it.
+    """
+
+    grad_sample_enabled: bool = False
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if hidden_size < 1 or num_layers < 1:
+            raise ValueError("hidden_size and num_layers must be at least 1")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout = float(dropout)
+        self.batch_first, self.bidirectional, self.bias, self.proj_size = True, False, True, 0
+        for layer in range(num_layers):
+            n_in = input_size if layer == 0 else hidden_size
+            for name, shape in (
+                ("weight_ih", (4 * hidden_size, n_in)),
+                ("weight_hh", (4 * hidden_size, hidden_size)),
+                ("bias_ih", (4 * hidden_size,)),
+                ("bias_hh", (4 * hidden_size,)),
+            ):
+                self.register_parameter(f"{name}_l{layer}", nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialization: every parameter uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for param in self.parameters():
+            nn.init.uniform_(param, -bound, bound)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM) -> PerSampleLSTM:
+        """A PerSampleLSTM with a copy of `lstm`'s weights."""
+        if not lstm.batch_first or lstm.bidirectional or not lstm.bias or lstm.proj_size:
+            raise ValueError("only unidirectional batch-first nn.LSTM with biases and no projection")
+        new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout)
+        new.load_state_dict(lstm.state_dict())
+        return new.to(lstm.weight_ih_l0.device, lstm.weight_ih_l0.dtype)
+
+    def layer_parameters(self, layer: int) -> tuple[nn.Parameter, ...]:
+        return tuple(getattr(self, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def forward(
+        self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if x.dim() != 3:
+            raise ValueError(f"expected input [batch, time, features], got shape {tuple(x.shape)}")
+        record = self.grad_sample_enabled and torch.is_grad_enabled()
+        layer_in = x.transpose(0, 1).contiguous()  # time-major inside
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            params = self.layer_parameters(layer)
+            h0, c0 = (None, None) if hx is None else (hx[0][layer], hx[1][layer])
+            out, c_last = _LSTMLayerFunction.apply(layer_in, h0, c0, *params, params if record else None)
+            h_n.append(out[-1])
+            c_n.append(c_last)
+            layer_in = out
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        return layer_in.transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+            f"batch_first=True, dropout={self.dropout}"
+        )
+
+
+_PER_SAMPLE_MODULES = (PerSampleLSTM, PerSampleLinear)
+
+
+def to_dp_model(model: MortalityLSTM) -> MortalityLSTM:
+    """Swap `model`'s LSTM and linear layers, in place, for per-stay-gradient versions.
+
+    Weights are copied, so the returned model (the same object) computes the same function and
+    has the same state dict keys, shapes and order as before.
+    """
+    model.lstm = PerSampleLSTM.from_lstm(model.lstm)
+    if model.attention is not None:
+        model.attention = PerSampleLinear.from_linear(model.attention)
+    model.head = PerSampleLinear.from_linear(model.head)
+    return model
+
+
+def make_dp_model(config: ModelConfig) -> MortalityLSTM:
+    """A MortalityLSTM for DP training; same initial weights as `MortalityLSTM(config)` under
+    the same torch seed."""
+    return to_dp_model(MortalityLSTM(config))
+
+
+def check_dp_model(model: nn.Module) -> None:
+    """Raise unless every trainable parameter belongs to a layer that records per-stay gradients."""
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own and not isinstance(module, _PER_SAMPLE_MODULES):
+            raise ValueError(
+                f"layer {name or type(module).__name__} ({type(module).__name__}) cannot record "
+                "per-stay gradients; build the model with make_dp_model"
+            )
+
+
+def enable_grad_sample(model: nn.Module, enabled: bool = True) -> None:
+    """Switch per-stay gradient recording on or off for all per-stay-capable layers."""
+    for module in model.modules():
+        if isinstance(module, _PER_SAMPLE_MODULES):
+            module.grad_sample_enabled = enabled
+
+
+@contextmanager
+def grad_sample_recording(model: nn.Module):
+    """Context manager: record per-stay gradients inside, restore the previous state after."""
+    modules = [m for m in model.modules() if isinstance(m, _PER_SAMPLE_MODULES)]
+    before = [m.grad_sample_enabled for m in modules]
+    try:
+        for m in modules:
+            m.grad_sample_enabled = True
+        yield model
+    finally:
+        for m, state in zip(modules, before):
+            m.grad_sample_enabled = state
+
+
+@dataclass(frozen=True)
+class PoissonSchedule:
+    """Poisson sampling of `n` stays so that a batch holds `batch_size` stays on average.
+
+    As Opacus's `DPDataLoader` derives it from a DataLoader of `ceil(n / batch_size)` batches:
+    q = 1 / steps_per_epoch, and the expected batch size n * q (exact, not rounded) is the
+    denominator that turns the noisy sum of clipped gradients into an unbiased mean gradient.
+    """
+
+    sample_rate: float
+    steps_per_epoch: int
+    expected_batch_size: float
+
+    @classmethod
+    def of(cls, n: int, batch_size: int) -> PoissonSchedule:
+        if n < 1 or batch_size < 1:
+            raise ValueError("need at least one stay and a batch size of at least 1")
+        steps = math.ceil(n / batch_size)
+        return cls(sample_rate=1.0 / steps, steps_per_epoch=steps, expected_batch_size=n / steps)
+
+
+def private_step(
+    model: MortalityLSTM,
+    optimizer: DPOptimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    proximal: tuple[float, Sequence[torch.Tensor]] | None = None,
+) -> float:
+    """One DP-SGD step on one Poisson batch; returns the summed BCE loss over the batch.
+
+    The loss is summed over stays, so `param.grad_sample[j]` is the gradient of stay j's own
+    loss; `optimizer` (a DPOptimizer with `loss_reduction="mean"`) clips each to
+    `max_grad_norm`, sums, adds N(0, (sigma C)^2) noise and divides by its
+    `expected_batch_size` (not by the drawn batch size, which would leak it). An empty batch
+    still takes a step on pure noise and is counted by the accountant, as the analysis of
+    Poisson sampling requires. `proximal=(mu, start_weights)` adds FedProx's gradient
+    mu (w - w_start) after privatization; it depends on no stay, so it costs no privacy.
+    Per-stay recording must be on (`enable_grad_sample`).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if len(x) == 0:
+        for p in optimizer.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        loss_value = 0.0
+    else:
+        loss = F.binary_cross_entropy_with_logits(model(x), y, reduction="sum")
+        loss.backward()
+        loss_value = loss.item()
+    if proximal is None:
+        optimizer.step()
+    elif optimizer.pre_step():
+        mu, start = proximal
+        for p, p0 in zip(optimizer.params, start):
+            p.grad.add_(p.detach() - p0, alpha=mu)
+        optimizer.original_optimizer.step()
+    return loss_value
+
+
+def _generators(seed: int, secure_mode: bool) -> tuple[torch.Generator, torch.Generator]:
+    if secure_mode:
+        seeds = [secrets.randbits(63) for _ in range(2)]
+    else:
+        seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64) >> 1]
+    return torch.Generator().manual_seed(seeds[0]), torch.Generator().manual_seed(seeds[1])
+
+
+def train_epochs_dp(
+    model: MortalityLSTM,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: IAccountant,
+    proximal_mu: float = 0.0,
+    secure_mode: bool = False,
+) -> float:
+    """Train in place with DP-SGD (Adam on privatized gradients); return the mean training loss
+    of the last epoch.
+
+    The DP counterpart of `shared.training.train_epochs`. Each epoch takes
+    `ceil(len(x) / batch_size)` steps; each step draws a Poisson batch with Opacus's
+    `UniformWithReplacementSampler` (every stay independently with probability
+    q = 1 / steps_per_epoch, the sampler inside Opacus's `DPDataLoader`), computes exact
+    per-stay gradients, and lets Opacus's `DPOptimizer` clip them to `max_grad_norm` (C), add
+    Gaussian noise of standard deviation `noise_multiplier` (sigma) * C, divide by the expected
+    batch size and step. `accountant` (e.g. `opacus.accountants.RDPAccountant`) is stepped with
+    (sigma, q) after every step through the optimizer's step hook; keep one per hospital across
+    rounds and read `accountant.get_epsilon(delta)` for the sample-level (epsilon, delta)-DP
+    guarantee for this hospital's training stays (privacy unit: one ICU stay; see the module
+    docstring for what is not covered).
+
+    `model` must come from `make_dp_model` / `to_dp_model`. `proximal_mu > 0` adds FedProx's
+    term, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
+    dropout masks are all drawn from seeded generators); that is also why Opacus's
+    `secure_mode` is off by default: with a known seed the noise can be regenerated, so the
+    guarantee then rests on the seed staying secret. `secure_mode=True` seeds the sampler and
+    noise from the operating system's entropy (not reproducible) and uses Opacus's noise
+    sampling that resists floating-point attacks. The returned loss is computed from the raw
+    stays and is not privatized.
+    """
+    if len(x) == 0:
+        raise ValueError("no training stays")
+    if noise_multiplier < 0 or max_grad_norm <= 0:
+        raise ValueError("noise_multiplier must be >= 0 and max_grad_norm > 0")
+    check_dp_model(model)
+    schedule = PoissonSchedule.of(len(x), batch_size)
+    sample_gen, noise_gen = _generators(seed, secure_mode)
+    torch.manual_seed(seed)  # dropout masks
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+    params = [p for p in model.parameters() if p.requires_grad]
+    proximal = (proximal_mu, [p.detach().clone() for p in params]) if proximal_mu > 0 else None
+    optimizer = DPOptimizer(
+        torch.optim.Adam(params, lr=lr),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=schedule.expected_batch_size,
+        loss_reduction="mean",
+        generator=noise_gen,
+        secure_mode=secure_mode,
+    )
+    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate))
+    sampler = UniformWithReplacementSampler(
+        num_samples=len(x), sample_rate=schedule.sample_rate, generator=sample_gen,
+        steps=schedule.steps_per_epoch,
+    )
+    model.train()
+    epoch_loss = float("nan")
+    with grad_sample_recording(model):
+        try:
+            for _ in range(epochs):
+                total, seen = 0.0, 0
+                for indices in sampler:
+                    batch = torch.as_tensor(indices, dtype=torch.long)
+                    total += private_step(model, optimizer, inputs[batch], targets[batch], proximal)
+                    seen += len(batch)
+                epoch_loss = total / seen if seen else float("nan")
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+    return epoch_loss

@@ -1,0 +1,116 @@
+"""Faults: hospitals that crash or straggle, too few replies, and a run killed with kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from flwr.clientapp import ClientApp
+
+from client.client_app import app as hospital_app
+from server.federated_run import LogProgress
+from server.run_dir import RunDirectory
+from shared.config import RunConfig
+from shared.federation import prepare
+from simulations.simulate import simulate
+
+SMALL = dict(hospitals=3, synthetic_stays=900, rounds=2, seed=3)
+
+
+def faulty(partition: int, *, crash: bool = False, delay: float = 0.0) -> ClientApp:
+    """The hospital app, except that one hospital crashes or straggles when asked to train."""
+    app = ClientApp()
+
+    @app.query("feature_stats")
+    def stats(msg, context):
+        return hospital_app(msg, context)
+
+    @app.train()
+    def train(msg, context):
+        if context.node_config["partition-id"] == partition:
+            if crash:
+                raise RuntimeError("simulated site outage")
+            time.sleep(delay)
+        return hospital_app(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        return hospital_app(msg, context)
+
+    return app
+
+
+def run(tmp_path, client_app, **overrides):
+    config = RunConfig(**{**SMALL, **overrides})
+    run_dir = RunDirectory(tmp_path / "run").create()
+    simulate(config, prepare(config), run_dir, LogProgress(), client_app=client_app)
+    return run_dir
+
+
+def test_a_crashing_hospital_is_recorded_and_rounds_complete_without_it(tmp_path):
+    run_dir = run(tmp_path, faulty(1, crash=True), min_hospitals=2)
+    assert run_dir.status == "complete"
+    rows = run_dir.read_json("metrics.json")
+    assert [(r["hospitals_trained"], r["hospitals_failed"]) for r in rows] == [(2, 1), (2, 1)]
+    failed = [r for r in run_dir.read_json("hospital_metrics.json") if r["status"] != "ok"]
+    assert len(failed) == 2 and len({r["hospital"] for r in failed}) == 1
+    assert "simulated site outage" in failed[0]["status"]
+    assert failed[0]["train_stays"] == 0
+
+
+def test_a_straggler_past_the_round_timeout_is_skipped(tmp_path):
+    run_dir = run(tmp_path, faulty(0, delay=20.0), min_hospitals=2, rounds=1, round_timeout=8.0)
+    assert run_dir.status == "complete"
+    row = run_dir.read_json("metrics.json")[0]
+    assert row["hospitals_trained"] == 2
+    statuses = [r["status"] for r in run_dir.read_json("hospital_metrics.json")]
+    assert sum("no reply within 8 s" in s for s in statuses) == 1
+
+
+def test_too_few_replies_fail_the_run_clearly(tmp_path):
+    with pytest.raises(RuntimeError, match="only 2 hospital\\(s\\) replied, fewer than the minimum 3"):
+        run(tmp_path, faulty(2, crash=True), min_hospitals=3)
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["status"] == "failed" and "simulated site outage" in run_json["error"]
+    assert not (tmp_path / "run" / "model_card.json").exists()
+
+
+def _fedicu(*args):
+    return [sys.executable, "-c", "from simulations.cli import main; main()", *args]
+
+
+def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
+    options = ["--strategy", "fedadam", "--rounds", "4", "--hospitals", "3", "--synthetic-stays", "900", "--seed", "3"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    done = subprocess.run(_fedicu("simulate", *options, "--out", str(reference)), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    process = subprocess.Popen(
+        _fedicu("simulate", *options, "--out", str(killed)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while RunDirectory(killed).status is None or RunDirectory(killed).read_json("run.json")["rounds_completed"] < 2:
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole session: the CLI and its Ray workers
+        process.wait()
+    interrupted = RunDirectory(killed).read_json("run.json")
+    assert interrupted["status"] == "running" and 2 <= interrupted["rounds_completed"] < 4
+
+    resumed = subprocess.run(_fedicu("simulate", "--resume", str(killed)), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after round {interrupted['rounds_completed']}" in resumed.stderr
+    expected, got = RunDirectory(reference).read_json("metrics.json"), RunDirectory(killed).read_json("metrics.json")
+    assert [r["round"] for r in got] == [1, 2, 3, 4]
+    for e, g in zip(expected, got):
+        for key, value in e.items():
+            if key != "seconds" and isinstance(value, float):
+                assert g[key] == pytest.approx(value, abs=1e-4), (e["round"], key)
+    assert RunDirectory(killed).status == "complete"
