@@ -4,7 +4,9 @@ What leaves the hospital, per message:
 - `query.feature_stats`: per-channel counts, sums and sums of squares of its
   training data (40 channels), its number of training stays, its name;
 - `train`: the locally trained model weights, the number of training stays,
-  the mean training loss and the local model's validation AUROC;
+  the mean training loss and the local model's validation AUROC; with DP-SGD
+  also its privacy ledger (noise multiplier, sample rate and steps per round)
+  and epsilon so far, or, when its budget is spent, a refusal saying so;
 - `evaluate`: the global model's validation metrics (n, AUROC, AUPRC, Brier,
   loss) and a 1,000-bin histogram of its validation scores per class.
 No stay, measurement or individual prediction is ever sent.
@@ -13,7 +15,7 @@ No stay, measurement or individual prediction is ever sent.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from shared.federation import HospitalData, load_hospital
@@ -23,6 +25,7 @@ from shared.preprocessing import FeatureStats, Normalization, to_features
 from shared.training import predict, set_torch_threads, train_epochs
 
 app = ClientApp()
+PRIVACY_REFUSAL = 1  # error code of a refusal on privacy grounds
 _features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -64,6 +67,14 @@ def _reply(msg: Message, hospital: HospitalData, **records) -> Message:
 @app.query("feature_stats")
 def feature_stats(msg: Message, context: Context) -> Message:
     hospital = _hospital(msg, context)
+    config = msg.content["config"]
+    if bool(config["dp"]) and float(config["delta"]) >= 1 / len(hospital.train):
+        # Checked on first contact, before any training: a larger delta could expose whole stays.
+        reason = (
+            f"{hospital.name}: --delta {float(config['delta']):g} must be below 1/n = "
+            f"1/{len(hospital.train)} training stays"
+        )
+        return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     stats = FeatureStats.of(hospital.train)
     arrays = {k: Array(getattr(stats, k)) for k in ("count", "total", "total_sq")}
     return _reply(
@@ -82,22 +93,41 @@ def train(msg: Message, context: Context) -> Message:
     x_train, x_val = _inputs(hospital, config)
     model = _model(msg)
     # A seed per (run seed, round, hospital): reproducible, yet hospitals differ.
-    seed = np.random.SeedSequence(
-        [int(config["seed"]), int(config["server-round"]), int(context.node_config["partition-id"])]
-    ).generate_state(1)[0]
-    loss = train_epochs(
-        model,
-        x_train,
-        hospital.train.labels,
-        epochs=int(config["local-epochs"]),
-        lr=float(config["lr"]),
-        batch_size=int(config["batch-size"]),
-        seed=int(seed),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    seed = int(
+        np.random.SeedSequence(
+            [int(config["seed"]), int(config["server-round"]), int(context.node_config["partition-id"])]
+        ).generate_state(1)[0]
     )
+    records = {}
+    if bool(config["dp"]):
+        from client import private_training  # Opacus takes seconds to import: only DP runs pay
+
+        try:
+            model, loss, ledger = private_training.train_round(msg, context, model, x_train, hospital.train.labels, seed)
+        except private_training.BudgetExhausted as refusal:
+            return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
+        records["privacy"] = ConfigRecord({"ledger": ledger})
+    else:
+        loss = train_epochs(
+            model, x_train, hospital.train.labels,
+            epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
+            seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )  # fmt: skip
     local_val = binary_metrics(hospital.val.labels, predict(model, x_val), threshold=0.5)
     metrics = {"num-examples": len(hospital.train), "train-loss": loss, "local-val-auroc": local_val["auroc"]}
-    return _reply(msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics))
+    return _reply(
+        msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics), **records
+    )
+
+
+@app.query("restore_privacy")
+def restore_privacy(msg: Message, context: Context) -> Message:
+    """A resumed run hands the hospital back the ledger it had reached."""
+    from client import private_training
+
+    hospital = _hospital(msg, context)
+    private_training.restore(context, str(msg.content["config"]["ledger"]))
+    return _reply(msg, hospital, metrics=MetricRecord({"num-examples": len(hospital.train)}))
 
 
 @app.evaluate()

@@ -19,6 +19,7 @@ metrics and the round completes with the others, as long as at least
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,15 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.run_dir import BEST_MODEL, CHECKPOINT, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
+from server.run_dir import (
+    BEST_MODEL,
+    CHECKPOINT,
+    CONFIG_FILE,
+    FINAL_MODEL,
+    PRIVACY_FILE,
+    RunDirectory,
+    write_model_card,
+)
 from server.strategies import make_strategy
 from shared.config import RunConfig
 from shared.federation import Federation, save
@@ -43,6 +52,7 @@ from shared.preprocessing import FeatureStats, Normalization, to_features
 from shared.training import predict
 
 QUERY_FEATURE_STATS = "query.feature_stats"
+QUERY_RESTORE_PRIVACY = "query.restore_privacy"
 # First contact: hospitals start up and load their data, which can take far longer than a round.
 JOIN_TIMEOUT = 600.0
 
@@ -77,6 +87,7 @@ class RunState:
     hospital_rows: list[dict] = field(default_factory=list)
     best: dict | None = None
     strategy: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    privacy: dict[str, dict] = field(default_factory=dict)  # hospital -> ledger (DP runs)
 
     def to_checkpoint(self) -> dict:
         return {
@@ -87,12 +98,16 @@ class RunState:
             "hospital_rows": self.hospital_rows,
             "best": self.best,
             "strategy": self.strategy,
+            "privacy": json.dumps(self.privacy),
         }
 
     @staticmethod
     def from_checkpoint(c: dict) -> RunState:
         norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
-        return RunState(c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"])
+        return RunState(
+            c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"],
+            json.loads(c["privacy"]),
+        )  # fmt: skip
 
 
 # Strategy attributes that carry state from round to round (FedAdam's moments).
@@ -162,6 +177,22 @@ def federated_normalization(
     return Normalization.from_stats(FeatureStats.sum(parts)), names
 
 
+def restore_privacy(grid: Grid, names: dict[int, str], ledgers: dict[str, dict], base: dict, timeout: float) -> None:
+    """Give each hospital of a resumed run its privacy ledger back, so accounting goes on
+    from where it stopped instead of starting again at zero."""
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({**base, "ledger": json.dumps(ledgers[name])})}),
+            dst_node_id=node,
+            message_type=QUERY_RESTORE_PRIVACY,
+        )
+        for node, name in names.items()
+        if name in ledgers
+    ]
+    if messages:
+        _exchange(grid, messages, timeout, "restoring privacy ledgers", len(messages), names)
+
+
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < expected:
@@ -201,7 +232,13 @@ def run_federated(
         run_dir.write_json(CONFIG_FILE, config.to_flower())
     run_dir.set_status("running", rounds_completed=resume.completed if resume else 0, started=time.time())
     save(federation, data_file)
-    base = {"prepared-data": data_file, "seed": config.seed}
+    base = {
+        "prepared-data": data_file,
+        "seed": config.seed,
+        "dp": config.dp,
+        "delta": config.delta,
+        "accountant": config.accountant,
+    }
     node_ids = wait_for_nodes(grid, len(hospitals), max(config.round_timeout, JOIN_TIMEOUT))
 
     model_config = model_config_of(config)
@@ -214,6 +251,7 @@ def run_federated(
     else:  # the statistics are the same; the query only tells which node is which hospital
         state = resume
         _restore_strategy(strategy, state.strategy)
+        restore_privacy(grid, names, state.privacy, base, config.round_timeout)
     norm = state.norm
     arrays = ArrayRecord(state.arrays)
     shared_config = {
@@ -223,7 +261,16 @@ def run_federated(
         **{f"model-{k.replace('_', '-')}": v for k, v in model_config.to_dict().items()},
     }
     train_config = ConfigRecord(
-        {**shared_config, "local-epochs": config.local_epochs, "lr": config.lr, "batch-size": config.batch_size}
+        {
+            **shared_config,
+            "local-epochs": config.local_epochs,
+            "lr": config.lr,
+            "batch-size": config.batch_size,
+            "planned-rounds": config.rounds,
+            "target-epsilon": config.target_epsilon,
+            "noise-multiplier": config.noise_multiplier,
+            "max-grad-norm": config.max_grad_norm,
+        }
     )
     x_test, y_test = to_features(federation.test, norm), federation.test.labels
 
@@ -247,6 +294,13 @@ def run_federated(
         state.rows.append(row)
         state.hospital_rows += hospital_rows
         state.strategy = _strategy_state(strategy)
+        for name, reply in trained.ok.items():
+            if "privacy" in reply.content:
+                state.privacy[name] = json.loads(str(reply.content["privacy"]["ledger"]))
+        for hospital_row in hospital_rows:
+            hospital_row["epsilon"] = state.privacy.get(hospital_row["hospital"], {}).get("epsilon", 0.0)
+        if config.dp:
+            run_dir.write_json(PRIVACY_FILE, [{"hospital": h, **state.privacy[h]} for h in sorted(state.privacy)])
         model_state = {"model_config": model_config.to_dict(), "state_dict": state.arrays, "round": rnd, "threshold": row["threshold"]}
         if state.best is None or row["val_auroc"] > state.best["val_auroc"]:
             state.best = row

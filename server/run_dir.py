@@ -29,6 +29,7 @@ HOSPITAL_CSV, HOSPITAL_JSON = "hospital_metrics.csv", "hospital_metrics.json"
 MODEL_CARD = "model_card.json"
 BEST_MODEL, FINAL_MODEL = "model_best.pt", "model_final.pt"
 CHECKPOINT = "checkpoint.pt"
+PRIVACY_FILE = "privacy.json"
 CURVES_PNG = "learning_curves.png"
 
 

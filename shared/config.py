@@ -42,6 +42,13 @@ class RunConfig:
     server_lr: float = 0.01
     round_timeout: float = 600.0
     min_hospitals: int = 1
+    # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
+    dp: bool = False
+    target_epsilon: float = 0.0  # per hospital, for the whole run; 0: none (give a noise multiplier)
+    noise_multiplier: float = 0.0  # 0: calibrated from target_epsilon
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
     # Output
     out: str = ""  # empty: runs/<timestamp>
 
@@ -56,6 +63,13 @@ class RunConfig:
             (self.server_lr > 0, "--server-lr must be positive"),
             (self.round_timeout > 0, "--round-timeout must be positive"),
             (self.min_hospitals >= 1, "--min-hospitals must be at least 1"),
+            (self.target_epsilon >= 0, "--target-epsilon must be positive"),
+            (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
+            (0 < self.delta < 1, "--delta must lie in (0, 1)"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
+            (self.accountant in ("rdp", "prv"), "--accountant must be rdp or prv"),
+            (not self.dp or self.target_epsilon > 0 or self.noise_multiplier > 0,
+             "--dp needs --target-epsilon > 0 or --noise-multiplier > 0"),
             (self.hospitals >= 1, "--hospitals must be at least 1"),
             (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
              "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),

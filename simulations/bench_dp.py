@@ -71,16 +71,14 @@ def _opacus_dplstm_dp(x, y, repeat):
     dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)))
     loader = DataLoader(dataset, batch_size=BATCH)
     engine = PrivacyEngine(accountant="rdp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=torch.optim.Adam(model.parameters(), lr=LR),
-            data_loader=loader,
-            noise_multiplier=NOISE,
-            max_grad_norm=CLIP,
-            poisson_sampling=True,
-        )
+    model, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=LR),
+        data_loader=loader,
+        noise_multiplier=NOISE,
+        max_grad_norm=CLIP,
+        poisson_sampling=True,
+    )
     loss_fn = nn.BCEWithLogitsLoss()
 
     def epoch():
@@ -112,6 +110,8 @@ SETTINGS = {
 
 def run(repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", module="opacus")  # secure-RNG and backward-hook notices
+    warnings.filterwarnings("ignore", message="Full backward hook")
     x, y = _data()
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for repeat in range(repeats + 1):  # repeat 0 warms up

@@ -61,6 +61,12 @@ OPTION_HELP = {
     "server_lr": "FedAdam server learning rate.",
     "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
     "min_hospitals": "Replies a round needs to complete; failed hospitals are recorded and skipped.",
+    "dp": "Train with DP-SGD at every hospital (privacy unit: one ICU stay).",
+    "target_epsilon": "Each hospital's epsilon for the whole run; noise is calibrated up front.",
+    "noise_multiplier": "Fixed DP-SGD noise multiplier instead of calibrating from --target-epsilon.",
+    "delta": "DP delta per hospital; must be below 1 / its training stays.",
+    "max_grad_norm": "DP-SGD per-stay gradient clipping norm.",
+    "accountant": "Privacy accountant: rdp or prv.",
     "out": "Run directory to create (default: runs/<timestamp>).",
 }
 
@@ -102,6 +108,12 @@ def _prepare(config: RunConfig) -> Federation:
             federation = prepare(config)
     except ValueError as error:  # configuration that does not fit the data
         raise UserError(str(error)) from error
+    smallest = min(federation.hospitals, key=lambda h: len(h.train))
+    if config.dp and config.delta >= 1 / len(smallest.train):
+        raise UserError(
+            f"--delta {config.delta:g} must be below 1/n for every hospital; {smallest.name} "
+            f"has n = {len(smallest.train)} training stays"
+        )
     sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
     console.print(
         f"[bold]{len(federation.hospitals)} hospitals[/] ({sizes} stays); "

@@ -22,3 +22,14 @@ def test_from_flower_converts_and_validates():
         RunConfig.from_flower({"strategy": "fedsgd"})
     with pytest.raises(ValueError, match="--data-dir is required"):
         RunConfig(dataset="physionet2012")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"target_epsilon": -1.0}, "--target-epsilon"), ({"delta": 0.0}, "--delta"), ({"delta": 1.0}, "--delta"),
+     ({"max_grad_norm": 0.0}, "--max-grad-norm"), ({"noise_multiplier": -0.5}, "--noise-multiplier"),
+     ({"dp": True}, "--dp needs"), ({"accountant": "gdp"}, "--accountant")],
+)  # fmt: skip
+def test_bad_privacy_settings_are_rejected_before_anything_runs(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**changes)

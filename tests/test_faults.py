@@ -83,7 +83,9 @@ def _fedicu(*args):
 
 
 def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
-    options = ["--strategy", "fedadam", "--rounds", "4", "--hospitals", "3", "--synthetic-stays", "900", "--seed", "3"]
+    # FedAdam's moments and every hospital's privacy ledger must survive the kill too.
+    options = ["--strategy", "fedadam", "--dp", "--target-epsilon", "4", "--rounds", "4",
+               "--hospitals", "3", "--synthetic-stays", "900", "--seed", "3"]  # fmt: skip
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     done = subprocess.run(_fedicu("simulate", *options, "--out", str(reference)), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
@@ -114,3 +116,4 @@ def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
             if key != "seconds" and isinstance(value, float):
                 assert g[key] == pytest.approx(value, abs=1e-4), (e["round"], key)
     assert RunDirectory(killed).status == "complete"
+    assert RunDirectory(killed).read_json("privacy.json") == RunDirectory(reference).read_json("privacy.json")

@@ -1,0 +1,63 @@
+"""A hospital's DP-SGD round: noise calibrated for the whole run, the privacy ledger
+kept in the node's state across rounds, and a refusal instead of overspending.
+
+Imported only by runs with `--dp`, since Opacus is slow to import.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+
+from shared.model import MortalityLSTM
+from shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, new_accountant
+from shared.privacy.per_sample_lstm import PoissonSchedule, to_dp_model, train_epochs_dp
+
+__all__ = ["BudgetExhausted", "restore", "train_round"]
+
+LEDGER_STATE = "privacy"  # node state record holding the hospital's privacy ledger
+
+
+def _ledger(context: Context, config: ConfigRecord) -> PrivacyLedger:
+    if LEDGER_STATE in context.state:
+        return PrivacyLedger.from_json(json.loads(str(context.state[LEDGER_STATE]["ledger"])))
+    return PrivacyLedger(str(config["accountant"]), float(config["delta"]))
+
+
+def train_round(
+    msg: Message, context: Context, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[MortalityLSTM, float, str]:
+    """DP-SGD for this round, within the hospital's budget for the whole run.
+
+    Returns the trained model, its mean training loss and the updated ledger as JSON.
+    Raises `BudgetExhausted` instead of training when the round would overspend.
+    """
+    config = msg.content["config"]
+    ledger = _ledger(context, config)
+    schedule = PoissonSchedule.of(len(x), int(config["batch-size"]))
+    steps = int(config["local-epochs"]) * schedule.steps_per_epoch
+    target = float(config["target-epsilon"])
+    sigma = float(config["noise-multiplier"])
+    if sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
+        planned = int(config["planned-rounds"]) * steps
+        sigma = calibrate_noise(ledger.accountant, target, ledger.delta, schedule.sample_rate, planned)
+    ledger.check_budget(sigma, schedule.sample_rate, steps, target)
+    model = to_dp_model(model)
+    loss = train_epochs_dp(
+        model, x, y,
+        epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
+        seed=seed, noise_multiplier=sigma, max_grad_norm=float(config["max-grad-norm"]),
+        accountant=new_accountant(ledger.accountant), proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )  # fmt: skip
+    ledger.record(sigma, schedule.sample_rate, steps)
+    record = json.dumps(ledger.to_json())
+    context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})
+    return model, loss, record
+
+
+def restore(context: Context, ledger: str) -> None:
+    """Put back the ledger a resumed run had reached (rejecting anything malformed)."""
+    PrivacyLedger.from_json(json.loads(ledger))
+    context.state[LEDGER_STATE] = ConfigRecord({"ledger": ledger})
