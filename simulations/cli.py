@@ -348,6 +348,27 @@ def evaluate(
     console.print(table)
 
 
+@app.command("export-synthetic")
+def export_synthetic(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
+    synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    set_name: Annotated[str, typer.Option("--set", help="Set name to write: a, b or c.")] = "a",
+) -> None:
+    """Write the synthetic cohort as PhysioNet 2012 files (to rehearse the real loader or a site)."""
+    from shared.datasets import physionet2012, synthetic
+
+    if set_name not in physionet2012.VALID_SETS:
+        raise UserError(f"--set must be one of {', '.join(physionet2012.VALID_SETS)}, not {set_name!r}")
+    try:
+        cohort = synthetic.generate(hospitals=hospitals, stays=synthetic_stays, seed=seed)
+        written = physionet2012.write(cohort, out_dir, set_name)
+    except (ValueError, FileExistsError) as error:
+        raise UserError(str(error)) from error
+    console.print(f"Wrote {len(cohort)} stays to {written} and {out_dir / f'Outcomes-{set_name}.txt'}")
+
+
 def main() -> None:
     """Entry point: user mistakes become one clear line and exit code 2."""
     try:

@@ -66,3 +66,17 @@ def test_an_existing_run_directory_is_never_overwritten(synthetic_run):
     assert result.returncode == 2
     assert str(out) in result.stderr and "not empty" in result.stderr
     assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_exported_synthetic_cohort_loads_back_through_the_physionet_loader(tmp_path):
+    from shared.datasets import physionet2012, synthetic
+
+    result = fedicu("export-synthetic", str(tmp_path), "--synthetic-stays", "200", "--hospitals", "2", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    loaded = physionet2012.load(tmp_path, sets=["a"], cache=False)
+    original = synthetic.generate(hospitals=2, stays=200, seed=4)
+    assert loaded.stays.index.tolist() == sorted(original.stays.index.tolist())
+    assert (loaded.stays["label"] == original.stays["label"].loc[loaded.stays.index]).all()
+    assert len(loaded.measurements) == len(original.measurements)
+    again = fedicu("export-synthetic", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
