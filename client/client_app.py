@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from shared.federation import HospitalData, load_hospital
+from shared.federation import HospitalData, load_hospital, load_site
 from shared.metrics import ScoreHistogram, binary_metrics
 from shared.model import ModelConfig, MortalityLSTM
 from shared.preprocessing import FeatureStats, Normalization, to_features
@@ -30,8 +30,12 @@ _features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _hospital(msg: Message, context: Context) -> HospitalData:
-    config = msg.content["config"]
-    return load_hospital(str(config["prepared-data"]), int(context.node_config["partition-id"]))
+    """This hospital's stays: its own folder when deployed, its partition in simulation."""
+    config, node = msg.content["config"], context.node_config
+    if "data-dir" in node:
+        hospital = str(node.get("hospital", ""))
+        return load_site(str(node["data-dir"]), hospital, float(config["val-fraction"]), int(config["seed"]))
+    return load_hospital(str(config["prepared-data"]), int(node["partition-id"]))
 
 
 def _inputs(hospital: HospitalData, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +96,10 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     x_train, x_val = _inputs(hospital, config)
     model = _model(msg)
-    # A seed per (run seed, round, hospital): reproducible, yet hospitals differ.
+    # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
     seed = int(
         np.random.SeedSequence(
-            [int(config["seed"]), int(config["server-round"]), int(context.node_config["partition-id"])]
+            [int(config["seed"]), int(config["server-round"]), *hospital.name.encode()]
         ).generate_state(1)[0]
     )
     records = {}

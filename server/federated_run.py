@@ -235,6 +235,7 @@ def run_federated(
     base = {
         "prepared-data": data_file,
         "seed": config.seed,
+        "val-fraction": config.val_fraction,
         "dp": config.dp,
         "delta": config.delta,
         "accountant": config.accountant,

@@ -1,9 +1,13 @@
-"""A simulated federation's data: a cohort split into hospitals, prepared once.
+"""A hospital's data, in simulation and at a real site.
 
-`prepare` loads the cohort, cleans it, assigns hospitals, splits, and bins
-every split into hourly `Sequences`. `save` writes the result to one
+Simulation: `prepare` loads the cohort, cleans it, assigns hospitals, splits,
+and bins every split into hourly `Sequences`. `save` writes the result to one
 uncompressed .npz so each simulated hospital (a separate worker process) reads
 only its own arrays with `load_hospital`, once per process.
+
+Deployment: `load_site` reads the site's own PhysioNet-format folder (every
+set in it), cleans and bins it, and splits it into training and validation
+stays; it never sees another site's data.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import numpy as np
 
 from shared.cache import save_arrays
 from shared.config import RunConfig
-from shared.datasets import load_cohort, natural_partition
-from shared.partition import assign_hospitals, split
+from shared.datasets import load_cohort, natural_partition, physionet2012
+from shared.partition import assign_hospitals, split, stratified_pick
 from shared.preprocessing import Sequences, clean, describe, to_sequences
 
 
@@ -93,3 +97,21 @@ def load_hospital(path: str, index: int) -> HospitalData:
             for part in ("train", "val")
         }
         return HospitalData(str(names[index]), parts["train"], parts["val"])
+
+
+@lru_cache(maxsize=None)
+def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
+    """A deployed hospital's stays from its own folder (read once per process)."""
+    folder = Path(data_dir)
+    sets = [
+        s for s in physionet2012.VALID_SETS
+        if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()
+    ]  # fmt: skip
+    if not sets:
+        raise ValueError(f"node config data-dir {data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
+    seqs = to_sequences(clean(physionet2012.load(folder, sets=sets))[0])
+    val = np.isin(
+        seqs.stay_ids,
+        stratified_pick(seqs.stay_ids, seqs.labels, val_fraction, np.random.default_rng(seed)),
+    )
+    return HospitalData(hospital or folder.name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)))

@@ -111,7 +111,7 @@ class Splits:
         return list(self.train)
 
 
-def _stratified_pick(ids: np.ndarray, strata: np.ndarray, fraction: float, rng) -> np.ndarray:
+def stratified_pick(ids: np.ndarray, strata: np.ndarray, fraction: float, rng) -> np.ndarray:
     """A `fraction` of each stratum (rounded), chosen at random."""
     picked = []
     for stratum in np.unique(strata):
@@ -136,12 +136,12 @@ def split(
     labels = cohort.stays["label"].to_numpy()
     sites = hospital.reindex(cohort.stays.index).to_numpy(dtype=str)
     strata = np.char.add(sites, labels.astype(str))
-    test = _stratified_pick(ids, strata, test_fraction, rng)
+    test = stratified_pick(ids, strata, test_fraction, rng)
     rest = ~np.isin(ids, test)
     train, val = {}, {}
     for site in sorted(set(sites.tolist())):
         mine = rest & (sites == site)
-        site_val = _stratified_pick(ids[mine], labels[mine], val_fraction, rng)
+        site_val = stratified_pick(ids[mine], labels[mine], val_fraction, rng)
         train[site] = np.setdiff1d(ids[mine], site_val)
         val[site] = site_val
         if len(train[site]) == 0 or len(site_val) == 0:

@@ -1,0 +1,69 @@
+"""The ClientApp as deployed: its data comes from the node config, not from a simulation."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.client_app import app
+from shared.datasets import physionet2012, synthetic
+from shared.config import RunConfig
+from shared.model import MortalityLSTM, model_config_of
+from shared.preprocessing import NORMALIZED_CHANNELS
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    """Flower's runtime sets which task this process runs before any message is built."""
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 7)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture
+def site(tmp_path):
+    physionet2012.write(synthetic.generate(hospitals=2, stays=300, seed=8), tmp_path, "b")
+    return Context(
+        run_id=1, node_id=7, node_config={"data-dir": str(tmp_path), "hospital": "st-elsewhere"},
+        state=RecordDict(), run_config={},
+    )  # fmt: skip
+
+
+def _config(**extra) -> ConfigRecord:
+    base = {"seed": 0, "val-fraction": 0.2, "dp": False, "delta": 1e-5, "accountant": "rdp"}
+    return ConfigRecord({**base, **extra})
+
+
+def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
+    msg = Message(RecordDict({"config": _config()}), dst_node_id=7, message_type="query.feature_stats")
+    reply = app(msg, site)
+    assert not reply.has_error(), reply.error
+    assert reply.content["site"]["hospital"] == "st-elsewhere"
+    n_train = reply.content["metrics"]["num-examples"]
+    assert n_train == pytest.approx(0.8 * 300, abs=2)  # 20 % of its stays kept for validation
+    counts = reply.content["stats"]["count"].numpy()
+    assert counts.shape == (len(NORMALIZED_CHANNELS),) and counts.sum() > 0
+
+
+def test_a_deployed_hospital_trains_the_global_model(site):
+    model_config = model_config_of(RunConfig())
+    torch_state = MortalityLSTM(model_config).state_dict()
+    config = _config(
+        **{f"model-{k.replace('_', '-')}": v for k, v in model_config.to_dict().items()},
+        **{"norm-mean": [0.0] * len(NORMALIZED_CHANNELS), "norm-std": [1.0] * len(NORMALIZED_CHANNELS)},
+        **{"server-round": 1, "local-epochs": 1, "lr": 0.003, "batch-size": 64},
+    )
+    msg = Message(RecordDict({"arrays": ArrayRecord(torch_state), "config": config}), dst_node_id=7, message_type="train")
+    reply = app(msg, site)
+    assert not reply.has_error(), reply.error
+    trained = reply.content["arrays"].to_torch_state_dict()
+    assert set(trained) == set(torch_state)
+    assert any(not np.allclose(trained[k].numpy(), torch_state[k].numpy()) for k in trained)
+    assert reply.content["metrics"]["train-loss"] > 0
+
+
+def test_a_site_without_physionet_sets_is_refused_by_name(tmp_path):
+    context = Context(run_id=1, node_id=7, node_config={"data-dir": str(tmp_path)}, state=RecordDict(), run_config={})
+    msg = Message(RecordDict({"config": _config()}), dst_node_id=7, message_type="query.feature_stats")
+    with pytest.raises(ValueError, match="no set-a, set-b or set-c"):  # Flower sends this back as the error
+        app(msg, context)
