@@ -76,8 +76,8 @@ def centralized(
 ) -> dict:
     """Pool every hospital's stays and train one model; writes a full run directory."""
     set_torch_threads(torch.get_num_threads())
-    run_dir.write_json(CONFIG_FILE, {**config.to_flower(), "setting": "centralized"})
-    run_dir.set_status("running", started=time.time())
+    run_dir.write_json(CONFIG_FILE, config.to_flower())
+    run_dir.set_status("running", setting="centralized", started=time.time())
     try:
         train = Sequences.concat([h.train for h in federation.hospitals])
         val = Sequences.concat([h.val for h in federation.hospitals])
@@ -94,7 +94,7 @@ def centralized(
         run_dir.write_table("metrics.csv", "metrics.json", rows)
         write_model_card(
             run_dir, model_config=model_config, norm=norm, rows=rows, best=best,
-            training={**config.to_flower(), "setting": "centralized"}, data=federation.summary(),
+            training=config.to_flower(), data=federation.summary(),
         )  # fmt: skip
         plot_learning_curves(rows, run_dir.path / "learning_curves.png")
     except BaseException as error:
@@ -106,8 +106,8 @@ def centralized(
 
 def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_hospital=None) -> dict:
     """Each hospital alone, on its own normalization; all scored on the global test split."""
-    run_dir.write_json(CONFIG_FILE, {**config.to_flower(), "setting": "local"})
-    run_dir.set_status("running", started=time.time())
+    run_dir.write_json(CONFIG_FILE, config.to_flower())
+    run_dir.set_status("running", setting="local", started=time.time())
     try:
         results = []
         for h in federation.hospitals:

@@ -348,6 +348,52 @@ def evaluate(
     console.print(table)
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    model: Annotated[str, typer.Option(help="Which saved model: final or best.")] = "final",
+    shadow_models: Annotated[int, typer.Option(help="Reference models for the calibrated and LiRA attacks.")] = 8,
+    max_targets: Annotated[int, typer.Option(help="At most this many members (and as many non-members).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for target sampling and shadow models.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Membership-inference audit of a trained model: can an attacker tell training stays from others?"""
+    from simulations.audit import audit as run_audit
+
+    bar = Progress(TextColumn("[bold]Shadow models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = bar.add_task("shadow", total=shadow_models)
+    try:
+        with bar:
+            report = run_audit(
+                run_dir, which=model, shadow_models=shadow_models, seed=seed, max_targets=max_targets,
+                on_progress=lambda done, total: bar.update(task, completed=done),
+            )  # fmt: skip
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    if as_json:
+        print(json.dumps(report))
+        return
+    console.print(
+        f"{report['members']} members vs {report['non_members']} non-members (matched by outcome); "
+        f"mean loss members {report['mean_loss']['members']:.3f} vs non-members {report['mean_loss']['non_members']:.3f}"
+    )
+    table = Table(title=f"Membership inference on {run_dir} ({model} model)")
+    for column in ("attack", "AUROC", "TPR @ 1% FPR", "advantage"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for key, name in (("loss_threshold", "loss threshold"), ("calibrated_loss", "calibrated loss"),
+                      ("lira", "LiRA (online)"), ("lira_offline", "LiRA (offline)")):  # fmt: skip
+        result = report.get(key) or {}
+        table.add_row(name, *(_fmt(result.get(k, float("nan"))) for k in ("auroc", "tpr_at_1pct_fpr", "advantage")))
+    console.print(table)
+    if report.get("dp"):
+        dp = report["dp"]
+        console.print(
+            f"DP guarantee epsilon={dp['epsilon']:.2f}, delta={dp['delta']:g}: any attack has "
+            f"TPR@1%FPR <= {dp['tpr_at_1pct_fpr_bound']:.3f} and AUROC <= {dp['auroc_bound']:.3f}"
+        )
+    console.print(f"Wrote {run_dir / 'audit.json'} and {run_dir / 'audit_roc.png'}")
+
+
 @app.command("export-synthetic")
 def export_synthetic(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
