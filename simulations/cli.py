@@ -14,6 +14,7 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -420,7 +421,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except (UserError, DataError) as error:
-        console.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except click.ClickException as error:  # unknown option, bad value: click's own message
         error.show()
