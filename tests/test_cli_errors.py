@@ -25,6 +25,9 @@ def run(monkeypatch, capsys, *args):
         (["simulate", "--partition", "zip"], "unknown --partition 'zip'"),
         (["simulate", "--no-such-option"], "No such option"),
         (["evaluate", "/nonexistent/run"], "/nonexistent/run"),
+        (["simulate", "--dp", "--target-epsilon", "1", "--delta", "0.1"], "--delta 0.1 must be below 1/n"),
+        (["simulate", "--dp"], "--dp needs --target-epsilon"),
+        (["audit", "/nonexistent/run"], "/nonexistent/run"),
     ],
 )
 def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, args, expected):

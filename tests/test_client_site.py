@@ -67,3 +67,10 @@ def test_a_site_without_physionet_sets_is_refused_by_name(tmp_path):
     msg = Message(RecordDict({"config": _config()}), dst_node_id=7, message_type="query.feature_stats")
     with pytest.raises(ValueError, match="no set-a, set-b or set-c"):  # Flower sends this back as the error
         app(msg, context)
+
+
+def test_a_hospital_refuses_dp_with_delta_not_below_one_over_n_before_training(site):
+    msg = Message(RecordDict({"config": _config(dp=True, delta=0.01)}), dst_node_id=7, message_type="query.feature_stats")
+    reply = app(msg, site)
+    assert reply.has_error()
+    assert "st-elsewhere: --delta 0.01 must be below 1/n" in reply.error.reason
