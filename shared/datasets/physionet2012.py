@@ -17,7 +17,8 @@ and ICUType, and the first `Weight` row at 00:00, are the stay's descriptors
 (`-1` = not recorded, read as NaN; a stay without some of Age, Gender, Height,
 ICUType or Weight gets NaN there, but RecordID is required and must match the
 file name). Every other row is a measurement of one of the 37 time series,
-kept raw: out-of-range values are the cleaning step's business. Measurements
+kept raw: physiologically out-of-range values are the cleaning step's business
+(only values that do not fit a float32 at all are refused here). Measurements
 keep their order within a file. Stays with descriptors only are kept, with no
 measurements. Stays are ordered by set, then by RecordID.
 
@@ -59,7 +60,7 @@ logger = logging.getLogger("fedicu")
 
 VALID_SETS: tuple[str, ...] = ("a", "b", "c")
 # Bump whenever parsing or the cached arrays change: old cache entries are then ignored.
-FORMAT_VERSION = "fedicu-physionet2012-v1"
+FORMAT_VERSION = "fedicu-physionet2012-v2"
 RECORD_HEADER = "Time,Parameter,Value"
 OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
 MAX_MINUTE = 48 * 60
@@ -281,6 +282,12 @@ def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
                     data = extracted.read() if extracted is not None else b""
                     where = f"{source.records}:{member.name}"
                     records.append(_Record(int(match[1]), where, data))
+                # Iteration ends quietly at a damaged or missing header after the first
+                # member; past the last member there must be only tar's zero blocks.
+                tail = raw[archive.offset :]
+                if not tail or tail.strip(b"\0"):
+                    offset = archive.offset
+                    raise tarfile.ReadError(f"damaged or missing member header at byte {offset}")
         except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
             message = f"cannot read this archive; is it truncated? ({error})"
             raise DataError(message, source.records) from None
@@ -312,7 +319,8 @@ def _read_outcomes(path: Path) -> dict[int, tuple[int, int]]:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as error:
         raise DataError(f"cannot read file: {error.strerror}", path) from None
-    lines = text.splitlines()
+    # Only \n, \r\n and \r end a line (str.splitlines also splits at \f, \x1c, U+2028, ...).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not text.strip():
         raise DataError(f"empty file; expected the header {OUTCOMES_HEADER}", path)
     if lines[0].strip() != OUTCOMES_HEADER:
@@ -525,6 +533,9 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
     records, skipped = _read_records(source)
     if not records:
         raise DataError(f"no <RecordID>.txt record files in {source.label}", source.records)
+    too_large = [record for record in records if record.record_id > np.iinfo(np.int64).max]
+    if too_large:
+        raise DataError("RecordID in the file name is too large (above 2^63 - 1)", too_large[0].where)
     record_ids = np.array([record.record_id for record in records], dtype=np.int64)
     for record in records:
         if record.record_id not in outcomes:
@@ -578,6 +589,10 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
 
     measured = codes < _STATIC_BASE
     measured[weight] = False
+    overflow = np.flatnonzero(measured & (np.abs(values) > np.finfo(np.float32).max))
+    if len(overflow):  # measurements are stored as float32
+        row = int(overflow[0])
+        raise rows.error(row, f"Value {rows.field(row, 2)!r} is too large (above 3.4e38)")
     arrays = {
         "version": np.array(FORMAT_VERSION),
         "set": np.array(source.name),
