@@ -113,6 +113,7 @@ def run(repeats: int, threads: int) -> dict:
     warnings.filterwarnings("ignore", module="opacus")  # secure-RNG and backward-hook notices
     warnings.filterwarnings("ignore", message="Full backward hook")
     x, y = _data()
+    load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for repeat in range(repeats + 1):  # repeat 0 warms up
         for name, (_, make) in SETTINGS.items():
@@ -127,6 +128,7 @@ def run(repeats: int, threads: int) -> dict:
         "sequences": N_SEQUENCES, "hours": HOURS, "features": FEATURES, "hidden_size": HIDDEN,
         "layers": 1, "batch_size": BATCH, "noise_multiplier": NOISE, "max_grad_norm": CLIP,
         "threads": threads, "repeats": repeats, "torch": torch.__version__,
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before, after: other work skews times
         "epoch_seconds": {name: {"median": medians[name], "runs": times[name]} for name in SETTINGS},
         "over_plain": {name: medians[name] / medians["plain"] for name in SETTINGS},
         "dp_over_plain_epoch_ratio": medians["per_sample_dp"] / medians["plain"],
@@ -147,11 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(
         f"one epoch: {N_SEQUENCES} sequences x {HOURS} h x {FEATURES} features, hidden {HIDDEN}, "
-        f"batch {BATCH}, {args.threads} threads, median of {args.repeats}"
+        f"batch {BATCH}, {args.threads} threads, median of {args.repeats}; "
+        "load average %.1f before, %.1f after" % tuple(result["load_average_1min"])
     )
-    print(f"{'setting':<24} {'epoch s':>8} {'x plain':>8}")
+    print(f"{'setting':<24} {'median s':>9} {'min s':>7} {'x plain':>8}")
     for name, (label, _) in SETTINGS.items():
-        print(f"{label:<24} {result['epoch_seconds'][name]['median']:>8.3f} {result['over_plain'][name]:>8.2f}")
+        seconds = result["epoch_seconds"][name]
+        print(f"{label:<24} {seconds['median']:>9.3f} {min(seconds['runs']):>7.3f} {result['over_plain'][name]:>8.2f}")
     print(f"dp_over_plain_epoch_ratio = {result['dp_over_plain_epoch_ratio']:.2f}")
 
 

@@ -9,18 +9,19 @@ or removing one stay: every step draws a Poisson batch (each stay independently 
 probability q), clips each stay's gradient of its own loss to L2 norm at most C over *all*
 trainable parameters jointly, sums the clipped gradients and adds Gaussian noise with standard
 deviation sigma * C to every coordinate (the sampled Gaussian mechanism). The epsilon for a
-given delta is what the privacy accountant computes from (sigma, q, number of steps taken); the
-accountant is passed in by the caller and keeps counting across calls, so one accountant per
-hospital covers all federated rounds of that hospital.
+given delta is what the privacy accountant computes from (sigma, q, number of steps taken,
+empty batches included); the accountant is passed in by the caller and keeps counting across
+calls, so one accountant per hospital (or the same history replayed into a fresh one) covers
+all federated rounds of that hospital. Releasing the trained weights is post-processing.
 
 What the guarantee does not cover: the training loss returned by `train_epochs_dp` (computed
 from the raw stays, not privatized), anything else computed from the training stays outside
 these steps (normalization statistics, decision thresholds, validation metrics), and the size
 of the training set (q is derived from it). A patient with several stays is protected only
-through group privacy (k stays: roughly k * epsilon). The noise is reproducible from `seed`
-when `secure_mode=False`: anyone who knows the seed can regenerate and subtract it, so in that
-mode the guarantee holds only while the seed stays secret; it exists for reproducible
-experiments.
+through group privacy (k stays: roughly k * epsilon). With `secure_mode=False` the noise and
+the Poisson batches are reproducible from `seed`: anyone who knows the seed can regenerate the
+noise, subtract it and see which stays each step used, so in that mode the guarantee holds
+only while the seed stays secret; it exists for reproducible experiments.
 
 How the per-stay gradients are computed
 ---------------------------------------
@@ -59,9 +60,61 @@ from torch import nn
 
 from shared.model import ModelConfig, MortalityLSTM
 
-# nn.LSTM stores the gates as (input, forget, cell, output); the forward pass works on
-# (input, forget, output, cell) so that one sigmoid covers three contiguous gates.
-_IFOG = (0, 1, 3, 2)
+@contextmanager
+def _one_thread():
+    """Run the per-hour loops on one intra-op thread.
+
+    Their matrix products are tiny ([batch, H] x [H, 4H]); splitting each across threads gains
+    little on an idle machine, and when other processes keep the cores busy every split waits
+    for a descheduled worker (milliseconds per product, hundreds of products per step).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Workspace:
+    """Buffers one LSTM layer reuses from step to step while recording per-stay gradients.
+
+    A DP step needs some thirty megabytes of temporaries (gate activations, gate gradients,
+    per-stay gradients); fresh allocations of that size are page-faulted in again at every
+    step, reused ones are not. Reuse is safe: the tensors saved for backward are views of these
+    buffers, and a later forward that overwrites them bumps their version counter, so autograd
+    refuses a stale backward instead of computing with overwritten values. Per-stay gradients
+    handed to the optimizer live here too: they stay valid until the next backward pass.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
+            flat = like.new_empty(numel + numel // 4)  # headroom: Poisson batch sizes vary
+            self._flat[name] = flat
+        return flat[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._flat.clear()
+
+    def __deepcopy__(self, memo) -> _Workspace:
+        return _Workspace()
+
+    def __getstate__(self) -> dict:
+        return {"_flat": {}}
+
+
+def _taker(workspace: _Workspace | None):
+    if workspace is None:
+        return lambda name, shape, like: like.new_empty(shape)
+    return workspace.take
 
 
 def _store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
@@ -73,12 +126,6 @@ def _store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
             "optimizer.zero_grad() before the next backward pass"
         )
     param.grad_sample = grad_sample
-
-
-def _ifog(tensor: torch.Tensor) -> torch.Tensor:
-    """Gate blocks of a `[4H, ...]` LSTM weight or bias reordered to (i, f, o, g)."""
-    hidden = tensor.shape[0] // 4
-    return tensor.view(4, hidden, *tensor.shape[1:])[list(_IFOG)].reshape(tensor.shape)
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -135,100 +182,126 @@ class PerSampleLinear(nn.Linear):
 class _LSTMLayerFunction(torch.autograd.Function):
     """One unidirectional LSTM layer over a time-major sequence `[T, B, I]`.
 
-    Returns all hidden states `[T, B, H]` and the last cell state `[B, H]`. Same math as
+    Returns all hidden states, batch-major `[B, T, H]`, and the last cell state `[B, H]`. Same math as
     `nn.LSTM`: gates = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, split as (i, f, g, o);
     c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g); h_t = sigmoid(o) tanh(c_t).
+
+    The forward loop uses only sigmoids (on CPU a sigmoid costs a fraction of a tanh):
+    tanh(z) = 2 sigmoid(2z) - 1, with the factors of 2 folded into scaled copies of the
+    weights (exact: powers of two) and into the stored states c2_t = 2 c_t and
+    hh_t = h_t / 2. Per hour: one matrix product, one sigmoid over all four gates and six
+    small elementwise kernels. The backward pass keeps delta_t, the gradient of the loss with
+    respect to the gate pre-activations; it is what the per-stay gradients are made of.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, record):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, record, workspace):
         steps, batch, n_in = x.shape
         hidden = w_hh.shape[1]
-        # Gate activations, stored as (i, f, o, g); starts as the input projection of all hours.
-        acts = torch.addmm(_ifog(b_ih + b_hh), x.reshape(steps * batch, n_in), _ifog(w_ih).t())
-        acts = acts.view(steps, batch, 4 * hidden)
-        hs = x.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T
-        cs = x.new_empty(steps + 1, batch, hidden)  # c_0 .. c_T
-        tanh_c = x.new_empty(steps, batch, hidden)  # tanh(c_1) .. tanh(c_T)
+        take = _taker(workspace)
+        # per-row scale of the gate pre-activations: the cell gate's (i, f, g, o) is doubled
+        scale = x.new_ones(4, hidden)
+        scale[2] = 2.0
+        scale = scale.view(-1)
+        # gate sigmoids [T, B, 4H]; starts as the input projection of all hours at once
+        acts = take("acts", (steps, batch, 4 * hidden), x)
+        torch.addmm(
+            (b_ih + b_hh) * scale, x.reshape(steps * batch, n_in), (w_ih * scale[:, None]).t(),
+            out=acts.view(steps * batch, 4 * hidden),
+        )
+        w_rec = (w_hh * (2 * scale)[:, None]).t()  # acts on hh = h / 2
+        hh = take("hh", (steps + 1, batch, hidden), x)  # h_0 / 2 .. h_T / 2
+        c2 = take("c2", (steps + 1, batch, hidden), x)  # 2 c_0 .. 2 c_T
+        sig_c = take("sig_c", (steps, batch, hidden), x)  # sigmoid(2 c_t) = (1 + tanh(c_t)) / 2
         if h0 is None:
-            hs[0].zero_()
+            hh[0].zero_()
         else:
-            hs[0].copy_(h0)
+            torch.mul(h0, 0.5, out=hh[0])
         if c0 is None:
-            cs[0].zero_()
+            c2[0].zero_()
         else:
-            cs[0].copy_(c0)
-        w_hh_t = _ifog(w_hh).t()
+            torch.mul(c0, 2.0, out=c2[0])
         gates = acts.unbind(0)
-        sig = acts[..., : 3 * hidden].unbind(0)
-        i_t, f_t, o_t, g_t = (part.unbind(0) for part in acts.split(hidden, dim=2))
-        h_t, c_t, tc_t = hs.unbind(0), cs.unbind(0), tanh_c.unbind(0)
-        for t in range(steps):
-            if t > 0 or h0 is not None:
-                gates[t].addmm_(h_t[t], w_hh_t)
-            sig[t].sigmoid_()
-            g_t[t].tanh_()
-            if t == 0 and c0 is None:
-                torch.mul(i_t[t], g_t[t], out=c_t[t + 1])
-            else:
+        i_t, f_t, g_t, o_t = (part.unbind(0) for part in acts.split(hidden, dim=2))
+        h_t, c_t, s_t = hh.unbind(0), c2.unbind(0), sig_c.unbind(0)
+        with _one_thread():
+            for t in range(steps):
+                if t > 0 or h0 is not None:
+                    gates[t].addmm_(h_t[t], w_rec)
+                gates[t].sigmoid_()  # g_t[t] now holds sigmoid(2 z_g) = (1 + tanh(z_g)) / 2
+                # 2 c_t = f (2 c_{t-1}) + 2 i tanh(z_g) = f c2 + 4 i sig_g - 2 i
                 torch.mul(f_t[t], c_t[t], out=c_t[t + 1])
-                c_t[t + 1].addcmul_(i_t[t], g_t[t])
-            torch.tanh(c_t[t + 1], out=tc_t[t])
-            torch.mul(o_t[t], tc_t[t], out=h_t[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, acts, hs, cs, tanh_c)
-        ctx.record = record
-        return hs[1:], cs[steps]
+                c_t[t + 1].addcmul_(i_t[t], g_t[t], value=4.0).sub_(i_t[t], alpha=2.0)
+                torch.sigmoid(c_t[t + 1], out=s_t[t])
+                # h_t / 2 = o tanh(c_t) / 2 = o sig_c - o / 2
+                torch.mul(o_t[t], s_t[t], out=h_t[t + 1]).sub_(o_t[t], alpha=0.5)
+        ctx.save_for_backward(x, w_ih, w_hh, acts, hh, c2, sig_c)
+        ctx.record, ctx.workspace = record, workspace
+        out = x.new_empty(batch, steps, hidden)  # batch-major, as the model reads it
+        torch.mul(hh[1:].transpose(0, 1), 2.0, out=out)
+        return out, c2[steps] * 0.5
 
     @staticmethod
     def backward(ctx, grad_out, grad_c_last):
-        x, w_ih, w_hh, acts, hs, cs, tanh_c = ctx.saved_tensors
+        x, w_ih, w_hh, acts, hh, c2, sig_c = ctx.saved_tensors
         steps, batch, four_h = acts.shape
         hidden = four_h // 4
-        i, f, o, g = acts.split(hidden, dim=2)
-        sig = acts[..., : 3 * hidden]
-        dsig_i, dsig_f, dsig_o = (sig - sig * sig).split(hidden, dim=2)
-        # d(gate pre-activation) / d(gate value) times what multiplies the gate value, for all
-        # hours at once, in nn.LSTM's gate order (i, f, g, o).
-        m = acts.new_empty(steps, batch, 4, hidden)
-        torch.mul(g, dsig_i, out=m[:, :, 0])
-        torch.mul(cs[:-1], dsig_f, out=m[:, :, 1])
-        torch.mul(i, 1 - g * g, out=m[:, :, 2])
-        torch.mul(tanh_c, dsig_o, out=m[:, :, 3])
-        dc_dh = o * (1 - tanh_c * tanh_c)  # d c_t contribution per unit d h_t
-        delta = acts.new_empty(steps, batch, 4, hidden)  # d loss / d gate pre-activations
+        take = _taker(ctx.workspace)
+        i, f, sig_g, o = acts.split(hidden, dim=2)
+        # m = d gate value / d pre-activation times what multiplies the gate value in the cell
+        # (per unit d c_t; per unit d h_t for the output gate), for all hours at once:
+        # sigmoid' = s (1 - s) and, for the cell gate, tanh'(z) = 1 - tanh^2 = 4 s (1 - s).
+        m = torch.addcmul(acts, acts, acts, value=-1.0, out=take("m", acts.shape, acts))
+        m_i, m_f, m_g, m_o = m.split(hidden, dim=2)
+        scratch = take("scratch", sig_c.shape, acts)
+        m_i.mul_(torch.mul(sig_g, 2.0, out=scratch).sub_(1.0))  # tanh(z_g)
+        m_f.mul_(c2[:-1]).mul_(0.5)  # c_{t-1}
+        m_g.mul_(i).mul_(4.0)
+        m_o.mul_(torch.mul(sig_c, 2.0, out=scratch).sub_(1.0))  # tanh(c_t)
+        m = m.view(steps, batch, 4, hidden)
+        # d c_t per unit d h_t: o (1 - tanh(c_t)^2) = 4 o sig_c (1 - sig_c)
+        dc_dh = torch.addcmul(sig_c, sig_c, sig_c, value=-1.0, out=take("dc_dh", sig_c.shape, acts))
+        dc_dh.mul_(o).mul_(4.0)
+        delta = take("delta", (steps, batch, 4, hidden), acts)  # d loss / d gate pre-activations
         m_ifg, m_o = m[:, :, :3].unbind(0), m[:, :, 3].unbind(0)
         d_ifg, d_o = delta[:, :, :3].unbind(0), delta[:, :, 3].unbind(0)
         delta_flat = delta.view(steps, batch, four_h).unbind(0)
-        dc_dh_t, f_t, grad_out_t = dc_dh.unbind(0), f.unbind(0), grad_out.unbind(0)
+        dc_dh_t, f_t, grad_out_t = dc_dh.unbind(0), f.unbind(0), grad_out.unbind(1)
         dc_carry = grad_c_last
-        for t in range(steps - 1, -1, -1):
-            if t == steps - 1:
-                dh = grad_out_t[t]
-            else:
-                dh = torch.addmm(grad_out_t[t], delta_flat[t + 1], w_hh)
-            dc = torch.addcmul(dc_carry, dh, dc_dh_t[t])
-            torch.mul(m_ifg[t], dc.unsqueeze(1), out=d_ifg[t])
-            torch.mul(m_o[t], dh, out=d_o[t])
-            dc_carry = dc * f_t[t]
+        with _one_thread():
+            for t in range(steps - 1, -1, -1):
+                if t == steps - 1:
+                    dh = grad_out_t[t]
+                else:
+                    dh = torch.addmm(grad_out_t[t], delta_flat[t + 1], w_hh)
+                dc = torch.addcmul(dc_carry, dh, dc_dh_t[t])
+                torch.mul(m_ifg[t], dc.unsqueeze(1), out=d_ifg[t])
+                torch.mul(m_o[t], dh, out=d_o[t])
+                dc_carry = dc * f_t[t]
         needs = ctx.needs_input_grad
         grad_h0 = delta_flat[0] @ w_hh if needs[1] else None
         grad_c0 = dc_carry if needs[2] else None
         delta = delta.view(steps, batch, four_h)
         grad_x = (delta.view(-1, four_h) @ w_ih).view(steps, batch, -1) if needs[0] else None
-        h_prev = hs[:-1]
         if ctx.record is not None:
+            # batch-major copies make each stay's matrices contiguous for the batched products
+            n_in = x.shape[2]
+            delta_b = take("delta_b", (batch, steps, four_h), acts).copy_(delta.transpose(0, 1))
+            x_b = take("x_b", (batch, steps, n_in), x).copy_(x.transpose(0, 1))
+            h_prev_b = torch.mul(hh[:-1].transpose(0, 1), 2.0, out=take("h_prev_b", (batch, steps, hidden), x))
             p_ih, p_hh, p_bih, p_bhh = ctx.record
-            _store_grad_sample(p_ih, torch.einsum("tbg,tbi->bgi", delta, x))
-            _store_grad_sample(p_hh, torch.einsum("tbg,tbh->bgh", delta, h_prev))
-            bias = delta.sum(0)
+            delta_bt = delta_b.transpose(1, 2)  # [B, 4H, T]
+            _store_grad_sample(p_ih, torch.bmm(delta_bt, x_b, out=take("gs_ih", (batch, four_h, n_in), x)))
+            _store_grad_sample(p_hh, torch.bmm(delta_bt, h_prev_b, out=take("gs_hh", (batch, four_h, hidden), x)))
+            bias = delta_b.sum(1)
             _store_grad_sample(p_bih, bias)
             _store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
-            return grad_x, grad_h0, grad_c0, None, None, None, None, None
+            return grad_x, grad_h0, grad_c0, None, None, None, None, None, None
         flat = delta.view(-1, four_h)
         grad_w_ih = flat.t() @ x.reshape(-1, x.shape[2]) if needs[3] else None
-        grad_w_hh = flat.t() @ h_prev.reshape(-1, hidden) if needs[4] else None
+        grad_w_hh = flat.t() @ (hh[:-1].reshape(-1, hidden) * 2) if needs[4] else None
         grad_b = flat.sum(0) if needs[5] or needs[6] else None
-        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None, None
 
 
 class PerSampleLSTM(nn.Module):
@@ -251,6 +324,7 @@ class PerSampleLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout = float(dropout)
         self.batch_first, self.bidirectional, self.bias, self.proj_size = True, False, True, 0
+        self._workspaces = [_Workspace() for _ in range(num_layers)]
         for layer in range(num_layers):
             n_in = input_size if layer == 0 else hidden_size
             for name, shape in (
@@ -286,18 +360,27 @@ class PerSampleLSTM(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"expected input [batch, time, features], got shape {tuple(x.shape)}")
         record = self.grad_sample_enabled and torch.is_grad_enabled()
-        layer_in = x.transpose(0, 1).contiguous()  # time-major inside
+        out = x
         h_n, c_n = [], []
         for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                out = F.dropout(out, self.dropout, training=True)
             params = self.layer_parameters(layer)
             h0, c0 = (None, None) if hx is None else (hx[0][layer], hx[1][layer])
-            out, c_last = _LSTMLayerFunction.apply(layer_in, h0, c0, *params, params if record else None)
-            h_n.append(out[-1])
+            out, c_last = _LSTMLayerFunction.apply(
+                out.transpose(0, 1).contiguous(),  # time-major inside a layer
+                h0, c0, *params,
+                params if record else None,
+                self._workspaces[layer] if record else None,
+            )  # fmt: skip
+            h_n.append(out[:, -1])
             c_n.append(c_last)
-            layer_in = out
-            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
-        return layer_in.transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))
+        return out, (torch.stack(h_n), torch.stack(c_n))
+
+    def release_buffers(self) -> None:
+        """Free the buffers kept between DP steps (they come back at the next recorded step)."""
+        for workspace in self._workspaces:
+            workspace.clear()
 
     def extra_repr(self) -> str:
         return (
@@ -503,4 +586,7 @@ def train_epochs_dp(
                 epoch_loss = total / seen if seen else float("nan")
         finally:
             optimizer.zero_grad(set_to_none=True)
+            for module in model.modules():
+                if isinstance(module, PerSampleLSTM):
+                    module.release_buffers()
     return epoch_loss
