@@ -76,6 +76,10 @@ class UserError(Exception):
     """A mistake in the command's input: reported in one line, exit code 2."""
 
 
+class RunFailed(Exception):
+    """A run that started but could not finish (e.g. too few hospitals replied): exit code 1."""
+
+
 def run_options(command):
     """Give a command every RunConfig field as an option; it receives `config`."""
     names = [f.name for f in fields(RunConfig)]
@@ -109,6 +113,8 @@ def _prepare(config: RunConfig) -> Federation:
             federation = prepare(config)
     except ValueError as error:  # configuration that does not fit the data
         raise UserError(str(error)) from error
+    if config.min_hospitals > len(federation.hospitals):
+        raise UserError(f"--min-hospitals {config.min_hospitals} exceeds the {len(federation.hospitals)} hospitals")
     smallest = min(federation.hospitals, key=lambda h: len(h.train))
     if config.dp and config.delta >= 1 / len(smallest.train):
         raise UserError(
@@ -195,6 +201,8 @@ def _federated(
     bar = RoundBar(f"Federated {config.strategy}")
     try:
         result = run_simulation(config, federation, run_dir, bar, state)
+    except RuntimeError as error:  # the run directory's run.json says "failed" and why
+        raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
     finally:
         bar.close()
     console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json("metrics.json")))
@@ -423,6 +431,9 @@ def main() -> None:
     except (UserError, DataError) as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
         sys.exit(2)
+    except RunFailed as error:
+        console.print(f"[bold red]run failed:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
+        sys.exit(1)
     except click.ClickException as error:  # unknown option, bad value: click's own message
         error.show()
         sys.exit(error.exit_code)

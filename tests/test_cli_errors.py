@@ -28,6 +28,7 @@ def run(monkeypatch, capsys, *args):
         (["simulate", "--dp", "--target-epsilon", "1", "--delta", "0.1"], "--delta 0.1 must be below 1/n"),
         (["simulate", "--dp"], "--dp needs --target-epsilon"),
         (["audit", "/nonexistent/run"], "/nonexistent/run"),
+        (["simulate", "--min-hospitals", "9"], "--min-hospitals 9 exceeds the 4 hospitals"),
     ],
 )
 def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, args, expected):
