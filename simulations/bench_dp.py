@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'setting':<24} {'median s':>9} {'min s':>7} {'x plain':>8}")
     for name, (label, _) in SETTINGS.items():
         seconds = result["epoch_seconds"][name]
-        print(f"{label:<24} {seconds['median']:>9.3f} {min(seconds['runs']):>7.3f} {result['over_plain'][name]:>8.2f}")
+        ratio = result["over_plain"][name]
+        print(f"{label:<24} {seconds['median']:>9.3f} {min(seconds['runs']):>7.3f} {ratio:>8.2f}")
     print(f"dp_over_plain_epoch_ratio = {result['dp_over_plain_epoch_ratio']:.2f}")
 
 

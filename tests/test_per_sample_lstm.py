@@ -147,7 +147,8 @@ def test_per_stay_gradients_are_exact_with_dropout_masks(layers, attention):
     torch.manual_seed(11)
     logits = dp(x)
     losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    expected = [torch.stack(g) for g in zip(*(torch.autograd.grad(l, params, retain_graph=True) for l in losses))]
+    per_stay = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+    expected = [torch.stack(g) for g in zip(*per_stay)]
     torch.manual_seed(11)
     with grad_sample_recording(dp):
         logits_again = dp(x)
@@ -267,7 +268,9 @@ def test_an_empty_poisson_batch_still_steps_on_noise_and_is_accounted():
     assert private_step(dp, optimizer, empty_x, empty_y) == 0.0
     for p in dp.parameters():
         assert torch.equal(p.grad, torch.zeros_like(p))
-    noisy = dp_optimizer(dp, noise=1.0, clip=2.0, expected_batch_size=4, lr=1.0, generator=torch.Generator().manual_seed(0))
+    noisy = dp_optimizer(
+        dp, noise=1.0, clip=2.0, expected_batch_size=4, lr=1.0, generator=torch.Generator().manual_seed(0)
+    )
     noisy.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=0.25))
     private_step(dp, noisy, empty_x, empty_y)
     assert accountant.history == [(0.0, 0.25, 1), (1.0, 0.25, 1)]

@@ -60,6 +60,7 @@ from torch import nn
 
 from shared.model import ModelConfig, MortalityLSTM
 
+
 @contextmanager
 def _one_thread():
     """Run the per-hour loops on one intra-op thread.
@@ -182,8 +183,8 @@ class PerSampleLinear(nn.Linear):
 class _LSTMLayerFunction(torch.autograd.Function):
     """One unidirectional LSTM layer over a time-major sequence `[T, B, I]`.
 
-    Returns all hidden states, batch-major `[B, T, H]`, and the last cell state `[B, H]`. Same math as
-    `nn.LSTM`: gates = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, split as (i, f, g, o);
+    Returns all hidden states, batch-major `[B, T, H]`, and the last cell state `[B, H]`.
+    Same math as `nn.LSTM`: gates = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, split as (i, f, g, o);
     c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g); h_t = sigmoid(o) tanh(c_t).
 
     The forward loop uses only sigmoids (on CPU a sigmoid costs a fraction of a tanh):
@@ -288,11 +289,14 @@ class _LSTMLayerFunction(torch.autograd.Function):
             n_in = x.shape[2]
             delta_b = take("delta_b", (batch, steps, four_h), acts).copy_(delta.transpose(0, 1))
             x_b = take("x_b", (batch, steps, n_in), x).copy_(x.transpose(0, 1))
-            h_prev_b = torch.mul(hh[:-1].transpose(0, 1), 2.0, out=take("h_prev_b", (batch, steps, hidden), x))
+            h_prev_b = take("h_prev_b", (batch, steps, hidden), x)
+            torch.mul(hh[:-1].transpose(0, 1), 2.0, out=h_prev_b)
             p_ih, p_hh, p_bih, p_bhh = ctx.record
             delta_bt = delta_b.transpose(1, 2)  # [B, 4H, T]
-            _store_grad_sample(p_ih, torch.bmm(delta_bt, x_b, out=take("gs_ih", (batch, four_h, n_in), x)))
-            _store_grad_sample(p_hh, torch.bmm(delta_bt, h_prev_b, out=take("gs_hh", (batch, four_h, hidden), x)))
+            gs_ih = torch.bmm(delta_bt, x_b, out=take("gs_ih", (batch, four_h, n_in), x))
+            gs_hh = torch.bmm(delta_bt, h_prev_b, out=take("gs_hh", (batch, four_h, hidden), x))
+            _store_grad_sample(p_ih, gs_ih)
+            _store_grad_sample(p_hh, gs_hh)
             bias = delta_b.sum(1)
             _store_grad_sample(p_bih, bias)
             _store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
