@@ -106,6 +106,10 @@ def test_make_dp_model_starts_from_the_same_weights_as_the_plain_model():
     dp = make_dp_model(config)
     for a, b in zip(plain.state_dict().values(), dp.state_dict().values()):
         assert torch.equal(a, b)
+    again = to_dp_model(copy.deepcopy(dp))  # converting a converted model is harmless
+    assert isinstance(again.lstm, PerSampleLSTM)
+    for a, b in zip(again.state_dict().values(), dp.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("with_state", [False, True])

@@ -35,6 +35,9 @@ contractions: dW_ih = sum_t delta_t x_t^T, dW_hh = sum_t delta_t h_{t-1}^T and
 db_ih = db_hh = sum_t delta_t. `PerSampleLinear` does the same for the attention scorer and the
 output head (per-stay outer products of inputs and output gradients, summed over hours).
 
+The per-hour loops run on one intra-op thread and, while recording, large temporaries live in
+per-layer buffers reused from step to step (see `_one_thread` and `_Workspace`).
+
 With per-stay recording on (`enable_grad_sample`), a backward pass stores each trainable
 parameter's per-stay gradients as `param.grad_sample` (`[batch, *param.shape]`), the layout
 Opacus's `DPOptimizer` reads; it then clips, sums, adds noise, scales and steps, and its step
@@ -83,9 +86,9 @@ def _one_thread():
 class _Workspace:
     """Buffers one LSTM layer reuses from step to step while recording per-stay gradients.
 
-    A DP step needs some thirty megabytes of temporaries (gate activations, gate gradients,
-    per-stay gradients); fresh allocations of that size are page-faulted in again at every
-    step, reused ones are not. Reuse is safe: the tensors saved for backward are views of these
+    A DP step needs tens of megabytes of temporaries (gate activations, gate gradients,
+    per-stay gradients: some 30 MB for 64 stays of 48 hours at hidden size 64); fresh
+    allocations of that size are page-faulted in again at every step, reused ones are not. Reuse is safe: the tensors saved for backward are views of these
     buffers, and a later forward that overwrites them bumps their version counter, so autograd
     refuses a stale backward instead of computing with overwritten values. Per-stay gradients
     handed to the optimizer live here too: they stay valid until the next backward pass.
