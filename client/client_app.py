@@ -1,15 +1,24 @@
 """The ClientApp a hospital runs: it trains and evaluates on that hospital's stays only.
 
 What leaves the hospital, per message:
-- `query.feature_stats`: per-channel counts, sums and sums of squares of its
-  training data (40 channels), its number of training stays, its name;
-- `train`: the locally trained model weights, the number of training stays,
-  the mean training loss and the local model's validation AUROC; with DP-SGD
-  also its privacy ledger (noise multiplier, sample rate and steps per round)
-  and epsilon so far, or, when its budget is spent, a refusal saying so;
+- `query.feature_stats`: its name and number of training stays; without DP also
+  per-channel counts, sums and sums of squares of its training data (40
+  channels). Runs with DP-SGD standardize with public reference ranges instead,
+  so these statistics are never computed from training stays and sent;
+- `train`: the locally trained model weights and the number of training stays;
+  without DP also the mean training loss and the local model's validation
+  AUROC; with DP-SGD instead its privacy ledger (noise multiplier, sample rate
+  and steps per round) and epsilon so far, or, when its budget is spent, a
+  refusal saying so. Under DP nothing computed from the training stays is sent
+  except the DP-SGD weights (and the number of stays, which sets the sample rate);
 - `evaluate`: the global model's validation metrics (n, AUROC, AUPRC, Brier,
   loss) and a 1,000-bin histogram of its validation scores per class.
 No stay, measurement or individual prediction is ever sent.
+
+A deployed site (node config `data-dir`) draws DP-SGD's noise and batches from the
+operating system's entropy (Opacus's secure mode); simulations draw them from generators
+seeded by the run's seed, so a study reproduces exactly (and anyone who knows the seed could
+regenerate the noise: fine for a simulation, not for patients' data).
 """
 
 from __future__ import annotations
@@ -79,14 +88,11 @@ def feature_stats(msg: Message, context: Context) -> Message:
             f"1/{len(hospital.train)} training stays"
         )
         return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
-    stats = FeatureStats.of(hospital.train)
-    arrays = {k: Array(getattr(stats, k)) for k in ("count", "total", "total_sq")}
-    return _reply(
-        msg,
-        hospital,
-        stats=ArrayRecord(arrays),
-        metrics=MetricRecord({"num-examples": len(hospital.train)}),
-    )
+    records = {"metrics": MetricRecord({"num-examples": len(hospital.train)})}
+    if not bool(config["dp"]):
+        stats = FeatureStats.of(hospital.train)
+        records["stats"] = ArrayRecord({k: Array(getattr(stats, k)) for k in ("count", "total", "total_sq")})
+    return _reply(msg, hospital, **records)
 
 
 @app.train()
@@ -102,26 +108,27 @@ def train(msg: Message, context: Context) -> Message:
             [int(config["seed"]), int(config["server-round"]), *hospital.name.encode()]
         ).generate_state(1)[0]
     )
-    records = {}
+    metrics = {"num-examples": len(hospital.train)}
     if bool(config["dp"]):
         from client import private_training  # Opacus takes seconds to import: only DP runs pay
 
         try:
-            model, loss, ledger = private_training.train_round(msg, context, model, x_train, hospital.train.labels, seed)
+            model, ledger = private_training.train_round(
+                msg, context, model, x_train, hospital.train.labels, seed, secure_rng="data-dir" in context.node_config
+            )
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
-        records["privacy"] = ConfigRecord({"ledger": ledger})
+        extra = {"privacy": ConfigRecord({"ledger": ledger})}
     else:
         loss = train_epochs(
             model, x_train, hospital.train.labels,
             epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
             seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)),
         )  # fmt: skip
-    local_val = binary_metrics(hospital.val.labels, predict(model, x_val), threshold=0.5)
-    metrics = {"num-examples": len(hospital.train), "train-loss": loss, "local-val-auroc": local_val["auroc"]}
-    return _reply(
-        msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics), **records
-    )
+        local_val = binary_metrics(hospital.val.labels, predict(model, x_val), threshold=0.5)
+        metrics.update({"train-loss": loss, "local-val-auroc": local_val["auroc"]})
+        extra = {}
+    return _reply(msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics), **extra)
 
 
 @app.query("restore_privacy")

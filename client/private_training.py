@@ -27,12 +27,13 @@ def _ledger(context: Context, config: ConfigRecord) -> PrivacyLedger:
 
 
 def train_round(
-    msg: Message, context: Context, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int
-) -> tuple[MortalityLSTM, float, str]:
+    msg: Message, context: Context, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int, secure_rng: bool
+) -> tuple[MortalityLSTM, str]:
     """DP-SGD for this round, within the hospital's budget for the whole run.
 
-    Returns the trained model, its mean training loss and the updated ledger as JSON.
-    Raises `BudgetExhausted` instead of training when the round would overspend.
+    Returns the trained model and the updated ledger as JSON. Raises `BudgetExhausted`
+    instead of training when the round would overspend. `secure_rng` draws noise and
+    batches from the operating system's entropy instead of generators seeded by `seed`.
     """
     config = msg.content["config"]
     ledger = _ledger(context, config)
@@ -45,16 +46,17 @@ def train_round(
         sigma = calibrate_noise(ledger.accountant, target, ledger.delta, schedule.sample_rate, planned)
     ledger.check_budget(sigma, schedule.sample_rate, steps, target)
     model = to_dp_model(model)
-    loss = train_epochs_dp(
+    train_epochs_dp(
         model, x, y,
         epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
         seed=seed, noise_multiplier=sigma, max_grad_norm=float(config["max-grad-norm"]),
         accountant=new_accountant(ledger.accountant), proximal_mu=float(config.get("proximal-mu", 0.0)),
+        secure_mode=secure_rng,
     )  # fmt: skip
     ledger.record(sigma, schedule.sample_rate, steps)
     record = json.dumps(ledger.to_json())
     context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})
-    return model, loss, record
+    return model, record
 
 
 def restore(context: Context, ledger: str) -> None:

@@ -38,11 +38,12 @@ from server.run_dir import (
     CHECKPOINT,
     CONFIG_FILE,
     FINAL_MODEL,
+    HOSPITAL_PRIVACY_FILE,
     PRIVACY_FILE,
     RunDirectory,
     write_model_card,
 )
-from server.strategies import make_strategy
+from server.strategies import EQUAL_WEIGHT, make_strategy
 from shared.config import RunConfig
 from shared.federation import Federation, save
 from shared.metrics import ScoreHistogram, binary_metrics
@@ -88,6 +89,7 @@ class RunState:
     best: dict | None = None
     strategy: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     privacy: dict[str, dict] = field(default_factory=dict)  # hospital -> ledger (DP runs)
+    hospital_privacy: dict | None = None  # the server's hospital-level ledger (hospital-level DP)
 
     def to_checkpoint(self) -> dict:
         return {
@@ -99,6 +101,7 @@ class RunState:
             "best": self.best,
             "strategy": self.strategy,
             "privacy": json.dumps(self.privacy),
+            "hospital_privacy": json.dumps(self.hospital_privacy),
         }
 
     @staticmethod
@@ -106,7 +109,7 @@ class RunState:
         norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
         return RunState(
             c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"],
-            json.loads(c["privacy"]),
+            json.loads(c["privacy"]), json.loads(c["hospital_privacy"]),
         )  # fmt: skip
 
 
@@ -162,18 +165,23 @@ def _exchange(
 def federated_normalization(
     grid: Grid, node_ids: list[int], base: dict, timeout: float
 ) -> tuple[Normalization, dict[int, str]]:
-    """Pooled normalization statistics, and which node holds which hospital."""
+    """Pooled normalization statistics, and which node holds which hospital.
+
+    With DP-SGD hospitals send no statistics (they would reveal training stays outside the
+    guarantee) and inputs are standardized with `Normalization.reference()`."""
     messages = [
         Message(RecordDict({"config": ConfigRecord(base)}), dst_node_id=n, message_type=QUERY_FEATURE_STATS)
         for n in node_ids
     ]
     # Statistics from only some hospitals would give every hospital the wrong scale.
     replies = _exchange(grid, messages, timeout, "normalization statistics", len(node_ids), {})
+    names = {m.metadata.src_node_id: name for name, m in replies.ok.items()}
+    if base["dp"]:
+        return Normalization.reference(), names
     parts = [
         FeatureStats(*(m.content["stats"][k].numpy() for k in ("count", "total", "total_sq")))
         for m in replies.ok.values()
     ]
-    names = {m.metadata.src_node_id: name for name, m in replies.ok.items()}
     return Normalization.from_stats(FeatureStats.sum(parts)), names
 
 
@@ -208,6 +216,24 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
             "run one SuperNode per hospital (in simulation: num-supernodes = hospitals)"
         )
     return nodes
+
+
+def _account_hospital_dp(state: RunState, config: RunConfig, replied: int, hospitals: int) -> float:
+    """Add this round's release to the hospital-level ledger; return epsilon so far.
+
+    The noise is calibrated to average `hospitals` updates; when fewer replied, each
+    weighs more and the round's effective noise multiplier is z * replied / hospitals.
+    """
+    from shared.privacy.accounting import PrivacyLedger  # Opacus is slow to import: only these runs pay
+
+    ledger = (
+        PrivacyLedger.from_json(state.hospital_privacy)
+        if state.hospital_privacy
+        else PrivacyLedger(config.accountant, config.delta)
+    )
+    ledger.record(config.hospital_dp_noise * replied / hospitals, 1.0, 1)
+    state.hospital_privacy = {"unit": "hospital", "clip": config.hospital_dp_clip, **ledger.to_json()}
+    return state.hospital_privacy["epsilon"]
 
 
 def _histogram(reply: Message) -> ScoreHistogram:
@@ -282,6 +308,9 @@ def run_federated(
             grid, strategy.configure_train(rnd, arrays, train_config, grid),
             config.round_timeout, f"round {rnd} training", config.min_hospitals, names,
         )  # fmt: skip
+        if config.hospital_dp_noise:
+            for reply in trained.ok.values():
+                reply.content["metrics"][EQUAL_WEIGHT] = 1.0
         arrays, _ = strategy.aggregate_train(rnd, list(trained.ok.values()))
         evaluated = _exchange(
             grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), grid),
@@ -298,6 +327,9 @@ def run_federated(
         for name, reply in trained.ok.items():
             if "privacy" in reply.content:
                 state.privacy[name] = json.loads(str(reply.content["privacy"]["ledger"]))
+        if config.hospital_dp_noise:
+            row["hospital_epsilon"] = _account_hospital_dp(state, config, len(trained.ok), len(hospitals))
+            run_dir.write_json(HOSPITAL_PRIVACY_FILE, state.hospital_privacy)
         for hospital_row in hospital_rows:
             hospital_row["epsilon"] = state.privacy.get(hospital_row["hospital"], {}).get("epsilon", 0.0)
         if config.dp:
@@ -349,6 +381,8 @@ def _round_metrics(
     n_train = sum(m["num-examples"] for m in train_metrics.values())
     n_val = sum(m["num-examples"] for m in eval_metrics.values())
 
+    nan = float("nan")
+
     def pooled_mean(key: str) -> float:
         return sum(m[key] * m["num-examples"] for m in eval_metrics.values()) / n_val
 
@@ -356,7 +390,8 @@ def _round_metrics(
         "round": rnd,
         "hospitals_trained": len(trained.ok),
         "hospitals_failed": len(hospitals) - len(set(trained.ok) & set(evaluated.ok)),
-        "train_loss": sum(m["train-loss"] * m["num-examples"] for m in train_metrics.values()) / n_train,
+        # Absent under DP-SGD: hospitals send nothing computed from training stays but the weights.
+        "train_loss": sum(m.get("train-loss", nan) * m["num-examples"] for m in train_metrics.values()) / n_train,
         "val_auroc": pooled.auroc(),
         "val_auroc_tie_bound": pooled.auroc_tie_bound(),
         "val_auprc": pooled.auprc(),
@@ -366,7 +401,6 @@ def _round_metrics(
         "threshold": threshold,
         **{f"test_{k}": v for k, v in test.items() if k != "n"},
     }
-    nan = float("nan")
     hospital_rows = []
     for name in hospitals:
         t, e = train_metrics.get(name), eval_metrics.get(name)
@@ -376,8 +410,8 @@ def _round_metrics(
                 "hospital": name,
                 "status": "ok" if t and e else f"failed: {trained.failures.get(name) or evaluated.failures.get(name)}",
                 "train_stays": t["num-examples"] if t else 0,
-                "train_loss": t["train-loss"] if t else nan,
-                "local_val_auroc": t["local-val-auroc"] if t else nan,
+                "train_loss": t.get("train-loss", nan) if t else nan,
+                "local_val_auroc": t.get("local-val-auroc", nan) if t else nan,
                 "val_stays": e["num-examples"] if e else 0,
                 **{f"val_{k}": e[k] if e else nan for k in ("auroc", "auprc", "brier", "loss")},
                 "val_event1": histograms[name].event1(threshold) if e else nan,

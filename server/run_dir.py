@@ -30,6 +30,7 @@ MODEL_CARD = "model_card.json"
 BEST_MODEL, FINAL_MODEL = "model_best.pt", "model_final.pt"
 CHECKPOINT = "checkpoint.pt"
 PRIVACY_FILE = "privacy.json"
+HOSPITAL_PRIVACY_FILE = "hospital_privacy.json"
 CURVES_PNG = "learning_curves.png"
 
 

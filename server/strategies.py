@@ -1,15 +1,32 @@
-"""The aggregation strategies a run can choose, all from Flower's Message API."""
+"""The aggregation strategies a run can choose, all from Flower's Message API.
+
+Hospital-level (central) DP wraps FedAvg or FedProx in Flower's
+`DifferentialPrivacyServerSideFixedClipping`: the server clips each hospital's
+update (new weights minus the global weights) to L2 norm `hospital_dp_clip` (C),
+averages the hospitals equally and adds Gaussian noise of standard deviation
+z * C / n to every weight (z = `hospital_dp_noise`, n hospitals). Privacy unit:
+one hospital (all its stays). Each round is a Gaussian mechanism on the sum of
+clipped updates with noise multiplier z (every hospital takes part: no sampling
+amplification), composed over rounds by the server's accountant. It protects the
+released global models against anyone but the server, which sees the raw updates.
+"""
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx, Strategy
 
 from shared.config import RunConfig
 
 
+# Under hospital-level DP every hospital weighs the same: a weight by stays would let a large
+# hospital move the average by more than C / n, the sensitivity the noise is calibrated for.
+EQUAL_WEIGHT = "equal-weight"
+
+
 def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
     """FedAvg weighted by training stays; FedProx adds a proximal term at the
-    hospitals; FedAdam applies Adam on the server to the averaged update."""
+    hospitals; FedAdam applies Adam on the server to the averaged update.
+    With `hospital_dp_noise`, FedAvg or FedProx inside Flower's central-DP wrapper."""
     sampling = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
@@ -17,6 +34,12 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
         min_evaluate_nodes=hospitals,
         min_available_nodes=hospitals,
     )
+    if config.hospital_dp_noise:
+        sampling["weighted_by_key"] = EQUAL_WEIGHT
+        inner = FedProx(**sampling, proximal_mu=config.proximal_mu) if config.strategy == "fedprox" else FedAvg(**sampling)
+        return DifferentialPrivacyServerSideFixedClipping(
+            inner, config.hospital_dp_noise, config.hospital_dp_clip, num_sampled_clients=hospitals
+        )
     if config.strategy == "fedavg":
         return FedAvg(**sampling)
     if config.strategy == "fedprox":

@@ -49,6 +49,9 @@ class RunConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
+    # Hospital-level (central) DP: the server clips each hospital's update and noises their average
+    hospital_dp_noise: float = 0.0  # noise multiplier per round; 0: off
+    hospital_dp_clip: float = 1.0  # L2 bound on one hospital's model update
     # Output
     out: str = ""  # empty: runs/<timestamp>
 
@@ -70,6 +73,11 @@ class RunConfig:
             (self.accountant in ("rdp", "prv"), "--accountant must be rdp or prv"),
             (not self.dp or self.target_epsilon > 0 or self.noise_multiplier > 0,
              "--dp needs --target-epsilon > 0 or --noise-multiplier > 0"),
+            (self.hospital_dp_noise >= 0, "--hospital-dp-noise must not be negative"),
+            (self.hospital_dp_clip > 0, "--hospital-dp-clip must be positive"),
+            (not self.hospital_dp_noise or self.strategy in ("fedavg", "fedprox"),
+             "--hospital-dp-noise works with --strategy fedavg or fedprox: the noise goes on the average of "
+             "the clipped updates, which FedAdam's server step does not release as such"),
             (self.hospitals >= 1, "--hospitals must be at least 1"),
             (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
              "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),

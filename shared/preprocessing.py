@@ -8,7 +8,9 @@
 3. `FeatureStats` holds per-channel counts, sums and sums of squares. A hospital
    computes them on its own training stays; the server adds them up. Because
    these are sufficient statistics, the sum equals the statistics of the pooled
-   data exactly: no row ever leaves a hospital.
+   data exactly: no row ever leaves a hospital. Runs with DP-SGD use
+   `Normalization.reference()` instead, built from clinical reference ranges,
+   since these statistics would reveal the training stays outside the guarantee.
 4. `to_features` standardizes with those statistics and lays out one
    `[stays, 48, N_FEATURES]` float32 tensor.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from shared.cohort import Cohort
-from shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, REFERENCE_RANGES, TIME_SERIES
 
 HOURS = 48
 MAX_MINUTE = HOURS * 60
@@ -181,6 +183,16 @@ class Normalization:
     @staticmethod
     def from_stats(stats: FeatureStats) -> Normalization:
         return Normalization(*stats.mean_std())
+
+    @staticmethod
+    def reference() -> Normalization:
+        """Data-independent scales from `REFERENCE_RANGES`: nothing about any stay goes in."""
+        names = TIME_SERIES + ("Age", "Height", "Weight")
+        bounds = np.array([REFERENCE_RANGES[v] for v in names], dtype=np.float64)
+        logged = np.array([v in LOG_TRANSFORMED for v in names])
+        bounds[logged] = np.log1p(bounds[logged])
+        low, high = bounds[:, 0], bounds[:, 1]
+        return Normalization((low + high) / 2, (high - low) / 4)
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}

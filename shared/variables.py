@@ -77,3 +77,50 @@ LOG_TRANSFORMED: frozenset[str] = frozenset(
     {"ALP", "ALT", "AST", "Bilirubin", "BUN", "Creatinine", "Glucose", "Lactate",
      "Platelets", "TroponinI", "TroponinT", "Urine", "WBC"}
 )  # fmt: skip
+
+# Typical ranges of each variable in adult ICU patients (roughly the central 95 %), from
+# clinical reference values, not from any dataset. Runs with DP-SGD standardize inputs with
+# these (centre = midpoint, scale = a quarter of the range, on the log scale for skewed labs),
+# because statistics computed from the training stays would be released outside the
+# DP guarantee.
+REFERENCE_RANGES: dict[str, tuple[float, float]] = {
+    "Albumin": (1.5, 4.5),
+    "ALP": (30.0, 300.0),
+    "ALT": (7.0, 300.0),
+    "AST": (10.0, 400.0),
+    "Bilirubin": (0.2, 5.0),
+    "BUN": (7.0, 80.0),
+    "Cholesterol": (80.0, 250.0),
+    "Creatinine": (0.5, 4.0),
+    "DiasABP": (40.0, 85.0),
+    "FiO2": (0.3, 1.0),
+    "GCS": (3.0, 15.0),
+    "Glucose": (70.0, 250.0),
+    "HCO3": (16.0, 32.0),
+    "HCT": (22.0, 42.0),
+    "HR": (55.0, 125.0),
+    "K": (3.2, 5.3),
+    "Lactate": (0.6, 6.0),
+    "Mg": (1.5, 2.8),
+    "MAP": (55.0, 110.0),
+    "MechVent": (0.0, 1.0),
+    "Na": (130.0, 148.0),
+    "NIDiasABP": (35.0, 85.0),
+    "NIMAP": (55.0, 110.0),
+    "NISysABP": (85.0, 165.0),
+    "PaCO2": (28.0, 55.0),
+    "PaO2": (60.0, 300.0),
+    "pH": (7.2, 7.52),
+    "Platelets": (50.0, 450.0),
+    "RespRate": (10.0, 32.0),
+    "SaO2": (90.0, 100.0),
+    "SysABP": (85.0, 165.0),
+    "Temp": (35.5, 38.8),
+    "TroponinI": (0.0, 30.0),
+    "TroponinT": (0.0, 3.0),
+    "Urine": (0.0, 600.0),  # mL per hour
+    "WBC": (4.0, 25.0),
+    "Weight": (50.0, 130.0),
+    "Age": (25.0, 90.0),
+    "Height": (150.0, 190.0),
+}

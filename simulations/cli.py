@@ -13,7 +13,7 @@ from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -68,6 +68,8 @@ OPTION_HELP = {
     "delta": "DP delta per hospital; must be below 1 / its training stays.",
     "max_grad_norm": "DP-SGD per-stay gradient clipping norm.",
     "accountant": "Privacy accountant: rdp or prv.",
+    "hospital_dp_noise": "Hospital-level DP: noise multiplier on the average of clipped hospital updates (0: off).",
+    "hospital_dp_clip": "Hospital-level DP: L2 bound on each hospital's model update.",
     "out": "Run directory to create (default: runs/<timestamp>).",
 }
 
@@ -162,6 +164,8 @@ class RoundBar:
 
 
 def _fmt(value) -> str:
+    if value is None:  # NaN in the run's JSON files: a metric that does not exist (e.g. train loss under DP)
+        return "–"
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}"
     return str(value)
@@ -403,6 +407,79 @@ def audit(
     console.print(f"Wrote {run_dir / 'audit.json'} and {run_dir / 'audit_roc.png'}")
 
 
+@app.command()
+@run_options
+def sweep(
+    config: RunConfig,
+    epsilons: Annotated[
+        str, typer.Option(help="Target epsilons per hospital for federated DP-SGD, comma-separated; inf = no DP.")
+    ] = "0.5,1,2,4,8,inf",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: each changes splits, initialization and noise.")] = "0,1,2",
+    baselines: Annotated[bool, typer.Option(help="Also run the non-private centralized and local-only baselines.")] = True,
+    shadow_models: Annotated[int, typer.Option(help="Shadow models per membership-inference audit (0: loss attack only).")] = 4,
+    max_targets: Annotated[int, typer.Option(help="At most this many members (and non-members) per audit.")] = 1000,
+) -> None:
+    """The privacy-accuracy study: federated DP-SGD over epsilons x seeds, baselines, audits; resumable."""
+    from rich.progress import TimeRemainingColumn
+
+    from simulations import sweep as study
+
+    if config.dp or config.target_epsilon or config.noise_multiplier:
+        raise UserError("sweep sets --dp and --target-epsilon for each cell; give the grid with --epsilons")
+    try:
+        cells = study.grid(study.parse_epsilons(epsilons), _parse_seeds(seeds), baselines)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    root = Path(config.out) if config.out else Path(f"{default_run_dir()}-sweep")
+    plan = study.Sweep(root, config, cells, shadow_models, max_targets)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        speed_estimate_period=24 * 3600,  # cells take minutes: average over the whole sweep
+    )  # fmt: skip
+    overall = bar.add_task("Sweep", total=len(cells), status="")
+    current = bar.add_task("", total=1, status="", visible=False)
+
+    class CellProgress:
+        def __init__(self, cell):
+            self.cell = cell
+
+        def begin(self, rounds: int, done: int) -> None:
+            bar.reset(current, total=rounds, completed=done, description=self.cell.name, status="", visible=True)
+
+        def round_done(self, row: dict) -> None:
+            bar.update(current, advance=1, status=f"test AUROC {row['test_auroc']:.3f}")
+
+    def on_cell(cell, row, skipped: bool) -> None:
+        verb = "done before" if skipped else "done"
+        bar.update(overall, advance=1, status=f"{cell.name} {verb}: test AUROC {row['test_auroc']:.3f}")
+
+    try:
+        with bar:
+            rows = study.run(plan, CellProgress, on_cell)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    except RuntimeError as error:
+        raise RunFailed(f"{error} (the sweep continues from here when rerun with the same options)") from error
+    table = Table(title=f"Privacy-accuracy sweep ({config.dataset}, mean ± sd over seeds)")
+    for column in study.TABLE_HEADER:
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for row in study.table_rows(study.summarize(rows)):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"Wrote {root / 'sweep.csv'}, {root / 'sweep.md'} and {root / 'sweep.png'}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, not {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("--seeds lists a seed twice")
+    return seeds
+
+
 @app.command("export-synthetic")
 def export_synthetic(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
@@ -422,6 +499,57 @@ def export_synthetic(
     except (ValueError, FileExistsError) as error:
         raise UserError(str(error)) from error
     console.print(f"Wrote {len(cohort)} stays to {written} and {out_dir / f'Outcomes-{set_name}.txt'}")
+
+
+site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
+
+
+@site_app.command("check")
+def check_site(
+    data_dir: Annotated[Path, typer.Option(help=OPTION_HELP["data_dir"])],
+    val_fraction: Annotated[float, typer.Option(help=OPTION_HELP["val_fraction"])] = RunConfig.val_fraction,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Validate a site's PhysioNet 2012 folder: exit 0 if it can be used (warnings allowed), 2 if not."""
+    from shared.site_check import check
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must lie in (0, 1), not {val_fraction:g}")
+    with console.status(f"Checking {escape(str(data_dir))}"):
+        report = check(data_dir, val_fraction)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        console.print(site_tables(report))
+    if not report.usable:
+        where = "the JSON report" if as_json else "the table above"
+        raise UserError(f"{report.first_error} ({report.error_count} problem(s) in all; see {where})")
+    warnings = sum(f.severity == "warning" for f in report.findings)
+    console.print(f"[green]{escape(str(data_dir))} can be used[/] ({warnings} warning(s))", highlight=False)
+
+
+def site_tables(report) -> Group:
+    """The per-set counts and the findings of a site check."""
+    counts = Table(title=f"Sets in {escape(report.data_dir)}", title_justify="left")
+    columns = {"record files": "record_files", "unusable": "unusable_records", "Outcomes rows": "outcome_rows",
+               "usable stays": "stays", "deaths": "deaths", "measurements": "measurements",
+               "descriptors only": "descriptors_only"}  # fmt: skip
+    counts.add_column("set")
+    for name in columns:
+        counts.add_column(name, justify="right")
+    for s in report.sets:
+        counts.add_row(s.name, *("–" if getattr(s, k) is None else f"{getattr(s, k):,}" for k in columns.values()))
+    findings = Table(title="Findings", title_justify="left", show_lines=True)
+    for column in ("severity", "check", "finding"):
+        findings.add_column(column)
+    for f in report.findings:
+        shown = [escape(f.message)] + [f"  {escape(str(p))}" for p in f.problems[:3]]
+        if len(f.problems) > 3:
+            shown.append(f"  ... and {len(f.problems) - 3} more")
+        findings.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.check, "\n".join(shown))
+    return Group(counts, findings) if report.sets else Group(findings)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from flwr.supercore.task_identity import TaskIdentity
@@ -45,16 +46,20 @@ def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
     assert counts.shape == (len(NORMALIZED_CHANNELS),) and counts.sum() > 0
 
 
-def test_a_deployed_hospital_trains_the_global_model(site):
+def _train_message(torch_state: dict, **extra) -> Message:
     model_config = model_config_of(RunConfig())
-    torch_state = MortalityLSTM(model_config).state_dict()
     config = _config(
         **{f"model-{k.replace('_', '-')}": v for k, v in model_config.to_dict().items()},
         **{"norm-mean": [0.0] * len(NORMALIZED_CHANNELS), "norm-std": [1.0] * len(NORMALIZED_CHANNELS)},
         **{"server-round": 1, "local-epochs": 1, "lr": 0.003, "batch-size": 64},
+        **extra,
     )
-    msg = Message(RecordDict({"arrays": ArrayRecord(torch_state), "config": config}), dst_node_id=7, message_type="train")
-    reply = app(msg, site)
+    return Message(RecordDict({"arrays": ArrayRecord(torch_state), "config": config}), dst_node_id=7, message_type="train")
+
+
+def test_a_deployed_hospital_trains_the_global_model(site):
+    torch_state = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    reply = app(_train_message(torch_state), site)
     assert not reply.has_error(), reply.error
     trained = reply.content["arrays"].to_torch_state_dict()
     assert set(trained) == set(torch_state)
@@ -74,3 +79,39 @@ def test_a_hospital_refuses_dp_with_delta_not_below_one_over_n_before_training(s
     reply = app(msg, site)
     assert reply.has_error()
     assert "st-elsewhere: --delta 0.01 must be below 1/n" in reply.error.reason
+
+
+DP_TRAIN = {
+    "dp": True, "target-epsilon": 0.0, "noise-multiplier": 1.0, "max-grad-norm": 1.0, "planned-rounds": 1,
+    "delta": 1e-3,
+}  # fmt: skip
+
+
+def test_under_dp_nothing_computed_from_training_stays_leaves_but_the_weights(site):
+    stats = app(Message(RecordDict({"config": _config(dp=True, delta=1e-3)}), dst_node_id=7, message_type="query.feature_stats"), site)
+    assert not stats.has_error(), stats.error
+    assert "stats" not in stats.content and set(stats.content["metrics"]) == {"num-examples"}
+
+    torch_state = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    reply = app(_train_message(torch_state, **DP_TRAIN), site)
+    assert not reply.has_error(), reply.error
+    assert set(reply.content["metrics"]) == {"num-examples"}  # no raw training loss, no local AUROC
+    assert set(reply.content) == {"arrays", "metrics", "privacy", "site"}
+
+
+def _fresh_site(site: Context) -> Context:
+    return Context(run_id=1, node_id=7, node_config=site.node_config, state=RecordDict(), run_config={})
+
+
+def _dp_weights(context: Context, torch_state: dict) -> dict:
+    reply = app(_train_message(torch_state, **DP_TRAIN), context)
+    assert not reply.has_error(), reply.error
+    return reply.content["arrays"].to_torch_state_dict()
+
+
+def test_a_deployed_site_draws_dp_noise_from_the_os_not_from_the_public_seed(site):
+    # Same seed, round, hospital and starting weights: seeded noise would give identical weights.
+    torch.manual_seed(0)
+    start = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    first, second = _dp_weights(_fresh_site(site), start), _dp_weights(_fresh_site(site), start)
+    assert any(not np.allclose(first[k].numpy(), second[k].numpy()) for k in first)

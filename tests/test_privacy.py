@@ -1,14 +1,17 @@
 """Privacy accounting across rounds, budget enforcement, and DP runs end to end."""
 
 import json
+import math
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
 from server.federated_run import LogProgress
 from server.run_dir import RunDirectory
 from shared.config import RunConfig
 from shared.federation import prepare
+from shared.model import MortalityLSTM, model_config_of
 from shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, epsilon_of
 from shared.privacy.per_sample_lstm import PoissonSchedule
 from simulations.simulate import simulate
@@ -91,3 +94,31 @@ def test_a_hospital_out_of_budget_declines_and_the_others_carry_on(tmp_path):
     ledgers = {entry["hospital"]: entry for entry in run_dir.read_json("privacy.json")}
     assert len(ledgers[hungriest]["history"]) == 1 and ledgers[hungriest]["epsilon"] <= target
     assert all(len(e["history"]) == 2 and e["epsilon"] <= target for n, e in ledgers.items() if n != hungriest)
+
+
+def test_hospital_level_dp_clips_noises_and_accounts_every_round(tmp_path):
+    z, clip = 2.0, 0.5
+    run_dir = _run(tmp_path, dp=False, rounds=2, hidden_size=16, hospital_dp_noise=z, hospital_dp_clip=clip)
+    assert run_dir.status == "complete"
+    ledger = run_dir.read_json("hospital_privacy.json")
+    assert ledger["unit"] == "hospital" and ledger["clip"] == clip
+    assert ledger["history"] == [{"noise_multiplier": z, "sample_rate": 1.0, "steps": 1}] * 2
+    accountant = RDPAccountant()
+    accountant.history = [(z, 1.0, 2)]
+    assert ledger["epsilon"] == pytest.approx(accountant.get_epsilon(ledger["delta"]), rel=0.01)
+    assert [r["hospital_epsilon"] for r in run_dir.read_json("metrics.json")] == pytest.approx(
+        [epsilon_of("rdp", [(z, 1.0, 1)], 1e-5), ledger["epsilon"]]
+    )
+    # Each round moves the global model by at most `clip` of signal plus noise of standard
+    # deviation z * clip / n per weight: after two rounds, far more than the signal could.
+    torch.manual_seed(SMALL["seed"])
+    start = MortalityLSTM(model_config_of(RunConfig(hidden_size=16))).state_dict()
+    final = torch.load(run_dir.path / "model_final.pt", weights_only=False)["state_dict"]
+    moved = math.sqrt(sum(float(((final[k] - v) ** 2).sum()) for k, v in start.items()))
+    noise = z * clip / SMALL["hospitals"] * math.sqrt(2 * sum(v.numel() for v in start.values()))
+    assert 0.8 * noise < moved < 1.2 * noise + 2 * clip
+
+
+def test_hospital_level_dp_refuses_fedadam():
+    with pytest.raises(ValueError, match="fedavg or fedprox"):
+        RunConfig(strategy="fedadam", hospital_dp_noise=1.0)

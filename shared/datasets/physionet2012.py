@@ -313,8 +313,12 @@ def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
     return records, skipped
 
 
-def _read_outcomes(path: Path) -> dict[int, tuple[int, int]]:
-    """RecordID -> (in-hospital death 0/1, line number) from an Outcomes file."""
+def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[int, tuple[int, int]]:
+    """RecordID -> (in-hospital death 0/1, line number) from an Outcomes file.
+
+    A bad data line raises `DataError`; with a `problems` list it is appended
+    there and left out instead (a missing, empty or mis-headed file still raises).
+    """
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as error:
@@ -330,25 +334,31 @@ def _read_outcomes(path: Path) -> dict[int, tuple[int, int]]:
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != len(columns):
-            raise DataError(
-                f"expected {len(columns)} comma-separated fields ({OUTCOMES_HEADER}), "
-                f"found {len(fields)}: {line.strip()!r}",
-                path, number,
-            )  # fmt: skip
-        if not re.fullmatch(r"[0-9]+", fields[0]):
-            raise DataError(f"RecordID {fields[0]!r} is not a whole number", path, number)
-        for column, field in zip(columns[1:5], fields[1:5]):
-            if not _is_number(field):
-                raise DataError(f"{column} {field!r} is not a number", path, number)
-        if fields[5] not in ("0", "1"):
-            raise DataError(f"In-hospital_death must be 0 or 1, not {fields[5]!r}", path, number)
-        record_id = int(fields[0])
-        if record_id in outcomes:
-            first = outcomes[record_id][1]
-            message = f"RecordID {record_id} appears twice (first on line {first})"
-            raise DataError(message, path, number)
+        try:
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) != len(columns):
+                raise DataError(
+                    f"expected {len(columns)} comma-separated fields ({OUTCOMES_HEADER}), "
+                    f"found {len(fields)}: {line.strip()!r}",
+                    path, number,
+                )  # fmt: skip
+            if not re.fullmatch(r"[0-9]+", fields[0]):
+                raise DataError(f"RecordID {fields[0]!r} is not a whole number", path, number)
+            for column, field in zip(columns[1:5], fields[1:5]):
+                if not _is_number(field):
+                    raise DataError(f"{column} {field!r} is not a number", path, number)
+            if fields[5] not in ("0", "1"):
+                raise DataError(f"In-hospital_death must be 0 or 1, not {fields[5]!r}", path, number)
+            record_id = int(fields[0])
+            if record_id in outcomes:
+                first = outcomes[record_id][1]
+                message = f"RecordID {record_id} appears twice (first on line {first})"
+                raise DataError(message, path, number)
+        except DataError as error:
+            if problems is None:
+                raise
+            problems.append(error)
+            continue
         outcomes[record_id] = (int(fields[5]), number)
     return outcomes
 
@@ -533,23 +543,33 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
     records, skipped = _read_records(source)
     if not records:
         raise DataError(f"no <RecordID>.txt record files in {source.label}", source.records)
-    too_large = [record for record in records if record.record_id > np.iinfo(np.int64).max]
-    if too_large:
-        raise DataError("RecordID in the file name is too large (above 2^63 - 1)", too_large[0].where)
-    record_ids = np.array([record.record_id for record in records], dtype=np.int64)
     for record in records:
         if record.record_id not in outcomes:
             message = f"record {record.record_id} has no line in {source.outcomes}"
             raise DataError(message, record.where)
     if len(outcomes) != len(records):
-        present = set(record_ids.tolist())
+        present = {record.record_id for record in records}
         record_id, (_, line) = min(
             ((rid, o) for rid, o in outcomes.items() if rid not in present), key=lambda x: x[1][1]
         )
         message = f"RecordID {record_id} has no record file in {source.records}"
         raise DataError(message, source.outcomes, line)
-    labels = np.array([outcomes[rid][0] for rid in record_ids.tolist()], dtype=np.int8)
+    arrays = _parse_records(records)
+    arrays["label"] = np.array([outcomes[rid][0] for rid in arrays["stay_id"].tolist()], dtype=np.int8)
+    arrays["version"] = np.array(FORMAT_VERSION)
+    arrays["set"] = np.array(source.name)
+    arrays["skipped"] = np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1")
+    return arrays
 
+
+def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
+    """The stays of `records` (sorted by RecordID) as the cache's per-stay and
+    per-measurement arrays, without labels. Raises `DataError` at the first problem;
+    each record is checked on its own, so a subset of the records parses alike."""
+    too_large = [record for record in records if record.record_id > np.iinfo(np.int64).max]
+    if too_large:
+        raise DataError("RecordID in the file name is too large (above 2^63 - 1)", too_large[0].where)
+    record_ids = np.array([record.record_id for record in records], dtype=np.int64)
     rows = _Rows(records)
     minute = rows.minutes()
     codes, values = rows.parameters_and_values()
@@ -594,15 +614,11 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
         row = int(overflow[0])
         raise rows.error(row, f"Value {rows.field(row, 2)!r} is too large (above 3.4e38)")
     arrays = {
-        "version": np.array(FORMAT_VERSION),
-        "set": np.array(source.name),
         "stay_id": record_ids,
-        "label": labels,
         "counts": np.bincount(rows.file[measured], minlength=len(records)).astype(np.int64),
         "minute": minute[measured].astype(np.int32),
         "variable": codes[measured].astype(np.int8),
         "value": values[measured].astype(np.float32),
-        "skipped": np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1"),
     }
     for column, index in _DESCRIPTOR_COLUMN.items():
         arrays[column] = descriptors[:, index].copy()

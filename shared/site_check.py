@@ -1,0 +1,435 @@
+"""Check a hospital's data folder before its SuperNode joins a federation.
+
+`check(data_dir)` reads the folder as `shared.federation.load_site` does (every
+PhysioNet 2012 set in it: `set-X/` or `set-X.tar.gz`, plus `Outcomes-X.txt`),
+with the loader's own parser, but does not stop at the first problem: each
+record file and each Outcomes line that cannot be used becomes one `DataError`
+(file and line, the loader's message) in the report, and everything else is
+counted. A set is parsed whole; only when that fails is it halved until every
+bad record file is found, so a clean folder costs one parse.
+
+The report is a list of findings, each `ok`, `warning` (usable, but look) or
+`error` (`load_site` would refuse the folder, or training on it makes no
+sense). Statistics (counts, labels, variables, physiological limits) cover the
+usable stays: records that parse and have an Outcomes line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared.cohort import Cohort
+from shared.config import RunConfig
+from shared.datasets import physionet2012
+from shared.errors import DataError
+from shared.partition import stratified_pick
+from shared.preprocessing import STATIC_NUMERIC, clean
+from shared.variables import ICU_TYPES, PHYSIOLOGICAL_LIMITS, TIME_SERIES
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+# Fewest usable stays for a site to train on. At the default validation share (20 %)
+# 50 stays leave 40 for training and 10 for validation; at an ICU mortality of 10 %
+# that is 5 deaths, of which the stratified split puts round(0.2 x 5) = 1 in validation,
+# the least for a validation AUROC to exist. Smaller sites mostly add noise to the
+# federation and cannot measure their own model.
+MIN_STAYS = 50
+# In-hospital mortality outside this range suggests a wrong In-hospital_death column
+# (ICU cohorts usually lie between 5 % and 30 %).
+PLAUSIBLE_PREVALENCE = (0.02, 0.5)
+# More stays without any time series than this share suggests an export that lost them
+# (PhysioNet 2012 has 0.2 %).
+MAX_DESCRIPTORS_ONLY = 0.05
+# Values outside physiological limits are recording errors that cleaning drops; above this
+# share of all values they are worth a look (PhysioNet 2012: 0.13 %).
+MAX_OUTSIDE_LIMITS = 0.01
+# A variable with more than this share of its values outside its physiological limits
+# is probably recorded in other units (Temp in Fahrenheit, Weight in pounds, ...).
+UNITS_SUSPECT = 0.5
+SHOWN = 5  # names listed in a message before "..."
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report; an `error` finding carries at least one problem."""
+
+    check: str
+    severity: str  # ok, warning or error
+    message: str
+    problems: tuple[DataError, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "message": self.message,
+            "problems": [{"file": p.path, "line": p.line, "message": p.message} for p in self.problems],
+        }
+
+
+@dataclass
+class SetSummary:
+    """Counts for one set; None where the set could not be read far enough to count."""
+
+    name: str  # set-a
+    records: str  # the set-X/ folder or set-X.tar.gz read
+    outcomes: str
+    record_files: int | None = None
+    unusable_records: int | None = None  # record files that do not parse
+    skipped_files: int | None = None  # entries that are not <RecordID>.txt records
+    outcome_rows: int | None = None
+    unusable_outcome_rows: int | None = None
+    without_outcome: int | None = None  # record files with no Outcomes line
+    outcomes_without_record: int | None = None  # Outcomes lines with no record file
+    stays: int = 0  # usable: the record parses and has an Outcomes line
+    deaths: int = 0
+    measurements: int = 0
+    descriptors_only: int = 0  # usable stays without any time-series row
+
+
+@dataclass
+class SiteReport:
+    data_dir: str
+    val_fraction: float
+    sets: list[SetSummary] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    outside_limits: dict[str, int] = field(default_factory=dict)  # values per variable
+    never_observed: list[str] = field(default_factory=list)
+    split: dict[str, int] = field(default_factory=dict)  # train/val stays and deaths
+
+    @property
+    def usable(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def first_error(self) -> DataError | None:
+        return next((f.problems[0] for f in self.findings if f.severity == ERROR), None)
+
+    @property
+    def error_count(self) -> int:
+        return sum(len(f.problems) for f in self.findings if f.severity == ERROR)
+
+    def to_dict(self) -> dict:
+        first = self.first_error
+        return {
+            "data_dir": self.data_dir,
+            "usable": self.usable,
+            "first_error": str(first) if first else None,
+            "val_fraction": self.val_fraction,
+            "min_stays": MIN_STAYS,
+            "sets": {s.name: asdict(s) for s in self.sets},
+            "totals": {k: sum(getattr(s, k) for s in self.sets)
+                       for k in ("stays", "deaths", "measurements", "descriptors_only")},  # fmt: skip
+            "split": self.split,
+            "outside_limits": self.outside_limits,
+            "never_observed": self.never_observed,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def check(data_dir: str | Path, val_fraction: float = RunConfig.val_fraction) -> SiteReport:
+    """Check every set in `data_dir`; never raises for bad data (it is in the report)."""
+    folder = Path(data_dir)
+    report = SiteReport(data_dir=str(folder), val_fraction=val_fraction)
+    if not folder.is_dir():
+        message = "data directory does not exist" if not folder.exists() else "not a directory"
+        report.findings.append(_error("data folder", message, DataError(message, folder)))
+        return report
+    names = [
+        s for s in physionet2012.VALID_SETS
+        if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()
+    ]  # fmt: skip
+    report.findings += _layout_findings(folder, names)
+    cohorts = []
+    for name in names:
+        summary, cohort, findings = _check_set(folder, name)
+        report.sets.append(summary)
+        report.findings += findings
+        if cohort is not None:
+            cohorts.append(cohort)
+    if len(names) > 1:
+        report.findings.append(_duplicates_across_sets(folder, cohorts))
+    if names:
+        report.findings += _site_findings(report, cohorts)
+    return report
+
+
+# ----------------------------------------------------------------------- one set
+
+
+def _layout_findings(folder: Path, names: list[str]) -> list[Finding]:
+    if not names:
+        message = "no set-a, set-b or set-c (folder or .tar.gz) found"
+        return [_error("sets", message, DataError(message, folder))]
+    read = [f"set-{s}/" if (folder / f"set-{s}").is_dir() else f"set-{s}.tar.gz" for s in names]
+    findings = [Finding("sets", OK, f"reading {', '.join(read)}")]
+    for s in names:
+        if (folder / f"set-{s}").is_dir() and (folder / f"set-{s}.tar.gz").is_file():
+            message = f"both set-{s}/ and set-{s}.tar.gz exist: set-{s}/ is read, the tarball ignored"
+            findings.append(Finding("sets", WARNING, message))
+    for s in physionet2012.VALID_SETS:
+        if s not in names and (folder / f"Outcomes-{s}.txt").is_file():
+            message = f"Outcomes-{s}.txt is ignored: there is no set-{s}/ or set-{s}.tar.gz"
+            findings.append(Finding("sets", WARNING, message))
+    return findings
+
+
+def _check_set(folder: Path, name: str) -> tuple[SetSummary, Cohort | None, list[Finding]]:
+    """Counts, the usable stays (None if there are none) and the findings of one set."""
+    label = f"set-{name}"
+    try:
+        source = physionet2012._locate(folder, name)
+    except DataError as error:  # the Outcomes file is missing
+        summary = SetSummary(label, "", str(folder / f"Outcomes-{name}.txt"))
+        return summary, None, [_error(f"{label} outcomes", error.message, error)]
+    summary = SetSummary(label, str(source.records), str(source.outcomes))
+    findings = []
+
+    outcome_problems: list[DataError] = []
+    try:
+        outcomes = physionet2012._read_outcomes(source.outcomes, outcome_problems)
+    except DataError as error:  # unreadable, empty or without the header
+        outcomes = None
+        findings.append(_error(f"{label} outcomes", "the Outcomes file cannot be read", error))
+    if outcomes is not None:
+        summary.outcome_rows = len(outcomes) + len(outcome_problems)
+        summary.unusable_outcome_rows = len(outcome_problems)
+        findings.append(_problems_finding(
+            f"{label} outcomes", outcome_problems, summary.outcome_rows, "Outcomes rows",
+            f"{summary.outcome_rows:,} rows; header and columns as expected",
+        ))  # fmt: skip
+
+    try:
+        records, skipped = physionet2012._read_records(source)
+        if not records:
+            raise DataError(f"no <RecordID>.txt record files in {label}", source.records)
+    except DataError as error:  # an unreadable archive, a RecordID given twice, no records
+        findings.append(_error(f"{label} records", error.message, error))
+        return summary, None, findings
+    except OSError as error:  # the folder itself cannot be listed
+        problem = DataError(f"cannot read: {error.strerror}", source.records)
+        findings.append(_error(f"{label} records", problem.message, problem))
+        return summary, None, findings
+    summary.record_files, summary.skipped_files = len(records), len(skipped)
+    if outcomes is not None:  # before parsing: the loader, too, reports these first
+        findings += _matching_findings(summary, source, records, outcomes, bool(outcome_problems))
+    parts, record_problems = _parse_leniently(records)
+    summary.unusable_records = len(record_problems)
+    findings.append(_problems_finding(
+        f"{label} records", record_problems, len(records), "record files",
+        f"{len(records):,} record files; header {physionet2012.RECORD_HEADER}, 3 fields a line, "
+        "times 00:00-48:00, known parameters, finite values, descriptors once at 00:00",
+    ))  # fmt: skip
+    if skipped:
+        message = f"{len(skipped)} skipped, not <RecordID>.txt records: {_names(skipped)}"
+        findings.append(Finding(f"{label} records", WARNING, message))
+    if outcomes is None or not parts:
+        return summary, None, findings
+    arrays = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    labelled = np.array([rid in outcomes for rid in arrays["stay_id"].tolist()], dtype=bool)
+    per_measurement = np.repeat(labelled, arrays["counts"])
+    arrays = {
+        key: values[per_measurement if key in ("minute", "variable", "value") else labelled]
+        for key, values in arrays.items()
+    }
+    arrays["label"] = np.array([outcomes[rid][0] for rid in arrays["stay_id"].tolist()], dtype=np.int8)
+    cohort = physionet2012._to_cohort(arrays, label)
+    summary.stays = len(cohort)
+    summary.deaths = int(arrays["label"].sum())
+    summary.measurements = len(cohort.measurements)
+    summary.descriptors_only = int((arrays["counts"] == 0).sum())
+    return summary, (cohort if len(cohort) else None), findings
+
+
+def _parse_leniently(records: list) -> tuple[list[dict[str, np.ndarray]], list[DataError]]:
+    """Parsed arrays of the records that parse, and the first problem in each that does
+    not: the whole list at once, halved on failure (records are parsed independently)."""
+    try:
+        return [physionet2012._parse_records(records)], []
+    except DataError as error:
+        if len(records) == 1:
+            return [], [error]
+    middle = len(records) // 2
+    first, first_problems = _parse_leniently(records[:middle])
+    second, second_problems = _parse_leniently(records[middle:])
+    return first + second, first_problems + second_problems
+
+
+def _matching_findings(
+    summary: SetSummary, source, records: list, outcomes: dict, bad_outcome_lines: bool
+) -> list[Finding]:
+    """Record files without an Outcomes line and Outcomes lines without a record file,
+    worded as the loader words them."""
+    label = summary.name
+    line = "readable line" if bad_outcome_lines else "line"  # its line may be one of the bad ones
+    unlabelled = [
+        DataError(f"record {r.record_id} has no {line} in {source.outcomes}", r.where)
+        for r in records if r.record_id not in outcomes
+    ]  # fmt: skip
+    present = {r.record_id for r in records}
+    orphans = [
+        DataError(f"RecordID {record_id} has no record file in {source.records}", source.outcomes, line)
+        for record_id, (_, line) in sorted(outcomes.items(), key=lambda item: item[1][1])
+        if record_id not in present
+    ]  # fmt: skip
+    summary.without_outcome, summary.outcomes_without_record = len(unlabelled), len(orphans)
+    return [
+        _problems_finding(f"{label} labels", unlabelled, len(records), "record files",
+                          "every record file has an Outcomes line", "have no Outcomes line"),
+        _problems_finding(f"{label} labels", orphans, len(outcomes), "Outcomes rows",
+                          "every Outcomes row has a record file", "have no record file"),
+    ]  # fmt: skip
+
+
+def _duplicates_across_sets(folder: Path, cohorts: list[Cohort]) -> Finding:
+    problems = []
+    for i, first in enumerate(cohorts):
+        for second in cohorts[i + 1 :]:
+            common = first.stays.index.intersection(second.stays.index)
+            a, b = first.stays["source"].iloc[0], second.stays["source"].iloc[0]
+            problems += [DataError(f"RecordID {rid} is in both {a} and {b}", folder) for rid in common]
+    if problems:
+        return _error("RecordIDs", f"{len(problems)} RecordIDs are in two sets", *problems)
+    return Finding("RecordIDs", OK, "no RecordID is in two sets")
+
+
+# -------------------------------------------------------------------- whole site
+
+
+def _site_findings(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
+    folder = Path(report.data_dir)
+    stays = sum(s.stays for s in report.sets)
+    deaths = sum(s.deaths for s in report.sets)
+    measurements = sum(s.measurements for s in report.sets)
+    per_set = "; ".join(f"{s.name}: {s.stays:,} stays, {s.measurements:,} measurements" for s in report.sets)
+    findings = [Finding("counts", OK, f"{stays:,} usable stays, {measurements:,} measurements ({per_set})")]
+
+    labels = np.concatenate([c.stays["label"].to_numpy() for c in cohorts]) if cohorts else np.zeros(0)
+    val = stratified_pick(np.arange(len(labels)), labels, report.val_fraction, np.random.default_rng(0))
+    val_deaths = int(labels[val].sum())
+    report.split = {"train_stays": stays - len(val), "train_deaths": deaths - val_deaths,
+                    "val_stays": len(val), "val_deaths": val_deaths}  # fmt: skip
+    if stays < MIN_STAYS:
+        message = (
+            f"{stays} usable stays; a site needs at least {MIN_STAYS} for a training and a "
+            f"validation split (validation share {report.val_fraction:g}) that holds a death"
+        )
+        findings.append(_error("stays for training", message, DataError(message, folder)))
+    else:
+        message = f"{stays - len(val):,} for training, {len(val):,} for validation (share {report.val_fraction:g})"
+        findings.append(Finding("stays for training", OK, message))
+    if stays:
+        findings.append(_prevalence(stays, deaths, len(val), val_deaths, folder))
+
+    if cohorts:
+        descriptors_only = sum(s.descriptors_only for s in report.sets)
+        findings.append(_descriptors_only(stays, descriptors_only, measurements, folder))
+        findings += _variables(report, cohorts)
+        findings.append(_descriptors(cohorts))
+    return findings
+
+
+def _prevalence(stays: int, deaths: int, val: int, val_deaths: int, folder: Path) -> Finding:
+    share = deaths / stays
+    message = f"{deaths:,} deaths in {stays:,} stays ({share:.2%}); {val_deaths:,} of them in validation"
+    if deaths in (0, stays):
+        message = f"every stay has In-hospital_death = {int(deaths > 0)}: no outcome to learn"
+        return _error("label prevalence", message, DataError(message, folder))
+    if val_deaths in (0, val):
+        return Finding("label prevalence", WARNING, f"{message}: the site's validation AUROC is undefined")
+    low, high = PLAUSIBLE_PREVALENCE
+    if not low <= share <= high:
+        return Finding("label prevalence", WARNING, f"{message}: outside {low:.0%}-{high:.0%}, check the labels")
+    return Finding("label prevalence", OK, message)
+
+
+def _descriptors_only(stays: int, count: int, measurements: int, folder: Path) -> Finding:
+    message = f"{count:,} of {stays:,} stays have descriptors only (kept; the model sees their descriptors)"
+    if measurements == 0:
+        message = "no stay has any time-series row: the records hold descriptors only"
+        return _error("descriptor-only stays", message, DataError(message, folder))
+    return Finding("descriptor-only stays", WARNING if count > MAX_DESCRIPTORS_ONLY * stays else OK, message)
+
+
+def _variables(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
+    """Variables never observed; values outside physiological limits (what `clean` drops)."""
+    observed = np.zeros(len(TIME_SERIES), dtype=np.int64)
+    removed: dict[str, int] = {}
+    for cohort in cohorts:
+        codes = cohort.measurements["variable"].cat.codes.to_numpy()
+        observed += np.bincount(codes, minlength=len(TIME_SERIES))
+        for name, count in clean(cohort)[1].items():
+            removed[name] = removed.get(name, 0) + count
+    report.never_observed = [v for v, n in zip(TIME_SERIES, observed) if n == 0]
+    if report.never_observed:
+        message = (f"{len(report.never_observed)} of {len(TIME_SERIES)} variables never observed (their inputs "
+                   f"are always missing here): {', '.join(report.never_observed)}")  # fmt: skip
+        findings = [Finding("variables", WARNING, message)]
+    else:
+        findings = [Finding("variables", OK, f"all {len(TIME_SERIES)} time series observed")]
+
+    values = int(observed.sum()) + sum(int(c.stays[list(STATIC_NUMERIC)].notna().sum().sum()) for c in cohorts)
+    # clean() names the static descriptors age, height, weight: report them as such
+    report.outside_limits = {(k if k in TIME_SERIES else f"{k.capitalize()} (descriptor)"): v
+                             for k, v in sorted(removed.items(), key=lambda kv: -kv[1])}  # fmt: skip
+    if report.outside_limits:
+        total = sum(report.outside_limits.values())
+        listed = ", ".join(f"{k} {v:,}" for k, v in report.outside_limits.items())
+        message = (f"{total:,} values ({total / values:.2%}) outside physiological limits, dropped by "
+                   f"cleaning: {listed}")  # fmt: skip
+        severity = WARNING if total > MAX_OUTSIDE_LIMITS * values else OK
+        findings.append(Finding("physiological limits", severity, message))
+    else:
+        findings.append(Finding("physiological limits", OK, "no value outside physiological limits"))
+    suspect = [
+        f"{v} {removed[v] / n:.0%} outside {_limits(v)}"
+        for v, n in zip(TIME_SERIES, observed) if n and removed.get(v, 0) > UNITS_SUSPECT * n
+    ]  # fmt: skip
+    if suspect:
+        message = f"mostly outside physiological limits, other units? {'; '.join(suspect)}"
+        findings.append(Finding("units", WARNING, message))
+    return findings
+
+
+def _descriptors(cohorts: list[Cohort]) -> Finding:
+    stays = [c.stays for c in cohorts]
+    missing = {name: sum(int(s[column].isna().sum()) for s in stays) for name, column in
+               (("Age", "age"), ("Gender", "gender"), ("Height", "height"), ("Weight", "weight"),
+                ("ICUType", "icu_type"))}  # fmt: skip
+    odd_gender = sum(int((s["gender"].notna() & ~s["gender"].isin([0, 1])).sum()) for s in stays)
+    odd_icu = sum(int((s["icu_type"].notna() & ~s["icu_type"].isin(list(ICU_TYPES))).sum()) for s in stays)
+    message = "not recorded: " + ", ".join(f"{k} {v:,}" for k, v in missing.items())
+    odd = []
+    if odd_gender:
+        odd.append(f"{odd_gender} stays with Gender other than 0 or 1")
+    if odd_icu:
+        odd.append(f"{odd_icu} stays with ICUType other than 1-4")
+    if odd:
+        return Finding("descriptors", WARNING, f"{'; '.join(odd)} (read as unknown); {message}")
+    return Finding("descriptors", OK, message)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _error(check: str, message: str, *problems: DataError) -> Finding:
+    return Finding(check, ERROR, message, problems)
+
+
+def _problems_finding(check: str, problems: list[DataError], total: int, what: str, fine: str,
+                      verb: str = "cannot be used") -> Finding:  # fmt: skip
+    if not problems:
+        return Finding(check, OK, fine)
+    return _error(check, f"{len(problems)} of {total} {what} {verb}", *problems)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+
+
+def _limits(variable: str) -> str:
+    low, high = PHYSIOLOGICAL_LIMITS[variable]
+    return f"{low:g}-{high:g}"
