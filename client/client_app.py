@@ -23,6 +23,8 @@ regenerate the noise: fine for a simulation, not for patients' data).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -55,6 +57,12 @@ def _inputs(hospital: HospitalData, config: ConfigRecord) -> tuple[np.ndarray, n
         norm = Normalization(np.asarray(mean), np.asarray(std))
         _features[key] = (to_features(hospital.train, norm), to_features(hospital.val, norm))
     return _features[key]
+
+
+def _ledger_file(context: Context, hospital: str) -> Path:
+    """Where a deployed site keeps its privacy ledger for this run (node config `state-dir`)."""
+    folder = Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
+    return folder / f"privacy-{hospital}-run{context.run_id}.json"
 
 
 def _model(msg: Message) -> MortalityLSTM:
@@ -112,10 +120,12 @@ def train(msg: Message, context: Context) -> Message:
     if bool(config["dp"]):
         from client import private_training  # Opacus takes seconds to import: only DP runs pay
 
+        deployed = "data-dir" in context.node_config
         try:
             model, ledger = private_training.train_round(
-                msg, context, model, x_train, hospital.train.labels, seed, secure_rng="data-dir" in context.node_config
-            )
+                msg, context, model, x_train, hospital.train.labels, seed,
+                secure_rng=deployed, state_file=_ledger_file(context, hospital.name) if deployed else None,
+            )  # fmt: skip
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
         extra = {"privacy": ConfigRecord({"ledger": ledger})}

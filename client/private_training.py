@@ -1,16 +1,20 @@
 """A hospital's DP-SGD round: noise calibrated for the whole run, the privacy ledger
 kept in the node's state across rounds, and a refusal instead of overspending.
 
-Imported only by runs with `--dp`, since Opacus is slow to import.
+At a deployed site the ledger is also written to a state file after every round, so a
+SuperNode that restarts in the middle of a run goes on from what it has spent instead of
+starting again at zero. Imported only by runs with `--dp`, since Opacus is slow to import.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
+from shared.files import atomic_write_bytes
 from shared.model import MortalityLSTM
 from shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, new_accountant
 from shared.privacy.per_sample_lstm import PoissonSchedule, to_dp_model, train_epochs_dp
@@ -20,23 +24,33 @@ __all__ = ["BudgetExhausted", "restore", "train_round"]
 LEDGER_STATE = "privacy"  # node state record holding the hospital's privacy ledger
 
 
-def _ledger(context: Context, config: ConfigRecord) -> PrivacyLedger:
+def _ledger(context: Context, config: ConfigRecord, state_file: Path | None) -> PrivacyLedger:
     if LEDGER_STATE in context.state:
         return PrivacyLedger.from_json(json.loads(str(context.state[LEDGER_STATE]["ledger"])))
+    if state_file is not None and state_file.is_file():
+        return PrivacyLedger.from_json(json.loads(state_file.read_text()))
     return PrivacyLedger(str(config["accountant"]), float(config["delta"]))
 
 
 def train_round(
-    msg: Message, context: Context, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int, secure_rng: bool
+    msg: Message,
+    context: Context,
+    model: MortalityLSTM,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    secure_rng: bool,
+    state_file: Path | None,
 ) -> tuple[MortalityLSTM, str]:
     """DP-SGD for this round, within the hospital's budget for the whole run.
 
     Returns the trained model and the updated ledger as JSON. Raises `BudgetExhausted`
     instead of training when the round would overspend. `secure_rng` draws noise and
-    batches from the operating system's entropy instead of generators seeded by `seed`.
+    batches from the operating system's entropy instead of generators seeded by `seed`;
+    `state_file` (a deployed site's) keeps the ledger on disk as well.
     """
     config = msg.content["config"]
-    ledger = _ledger(context, config)
+    ledger = _ledger(context, config, state_file)
     schedule = PoissonSchedule.of(len(x), int(config["batch-size"]))
     steps = int(config["local-epochs"]) * schedule.steps_per_epoch
     target = float(config["target-epsilon"])
@@ -56,6 +70,9 @@ def train_round(
     ledger.record(sigma, schedule.sample_rate, steps)
     record = json.dumps(ledger.to_json())
     context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})
+    if state_file is not None:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(state_file, (record + "\n").encode())
     return model, record
 
 

@@ -12,13 +12,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shared.files import atomic_write_bytes
 from shared.model import ModelConfig, MortalityLSTM
 from shared.preprocessing import FEATURE_NAMES, NORMALIZED_CHANNELS, Normalization
 
@@ -32,19 +31,6 @@ CHECKPOINT = "checkpoint.pt"
 PRIVACY_FILE = "privacy.json"
 HOSPITAL_PRIVACY_FILE = "hospital_privacy.json"
 CURVES_PNG = "learning_curves.png"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_safe(value: Any) -> Any:

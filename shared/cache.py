@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from shared.files import atomic_file
 
 logger = logging.getLogger("fedicu")
 
@@ -61,17 +62,8 @@ def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         if np.asarray(array).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; store strings as unicode arrays")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path) as file:
+        np.savez(file, **arrays)
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:

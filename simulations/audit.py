@@ -77,10 +77,10 @@ from server.run_dir import (  # noqa: E402
     FINAL_MODEL,
     MODEL_CARD,
     RunDirectory,
-    atomic_write_bytes,
     load_trained,
 )
 from shared.config import RunConfig  # noqa: E402
+from shared.files import atomic_write_bytes  # noqa: E402
 from shared.federation import prepare  # noqa: E402
 from shared.model import ModelConfig, MortalityLSTM, model_config_of  # noqa: E402
 from shared.preprocessing import Normalization, Sequences, to_features  # noqa: E402

@@ -34,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from server.federated_run import Progress, RunState  # noqa: E402
-from server.run_dir import CHECKPOINT, RunDirectory, atomic_write_bytes  # noqa: E402
+from server.run_dir import CHECKPOINT, RunDirectory  # noqa: E402
+from shared.files import atomic_write_bytes  # noqa: E402
 from shared.config import RunConfig  # noqa: E402
 from shared.federation import Federation, prepare  # noqa: E402
 

@@ -1,5 +1,8 @@
 """The ClientApp as deployed: its data comes from the node config, not from a simulation."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +28,8 @@ def _task_identity(monkeypatch):
 def site(tmp_path):
     physionet2012.write(synthetic.generate(hospitals=2, stays=300, seed=8), tmp_path, "b")
     return Context(
-        run_id=1, node_id=7, node_config={"data-dir": str(tmp_path), "hospital": "st-elsewhere"},
+        run_id=1, node_id=7,
+        node_config={"data-dir": str(tmp_path), "hospital": "st-elsewhere", "state-dir": str(tmp_path / "state")},
         state=RecordDict(), run_config={},
     )  # fmt: skip
 
@@ -115,3 +119,15 @@ def test_a_deployed_site_draws_dp_noise_from_the_os_not_from_the_public_seed(sit
     start = MortalityLSTM(model_config_of(RunConfig())).state_dict()
     first, second = _dp_weights(_fresh_site(site), start), _dp_weights(_fresh_site(site), start)
     assert any(not np.allclose(first[k].numpy(), second[k].numpy()) for k in first)
+
+
+def test_a_deployed_site_keeps_its_ledger_on_disk_and_a_restart_goes_on_from_it(site):
+    torch.manual_seed(0)
+    start = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    _dp_weights(site, start)
+    ledger_file = Path(site.node_config["state-dir"]) / "privacy-st-elsewhere-run1.json"
+    first = json.loads(ledger_file.read_text())
+    assert len(first["history"]) == 1 and first["epsilon"] > 0
+    _dp_weights(_fresh_site(site), start)  # the SuperNode restarted: its node state is gone
+    second = json.loads(ledger_file.read_text())
+    assert len(second["history"]) == 2 and second["epsilon"] > first["epsilon"]

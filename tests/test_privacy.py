@@ -98,16 +98,20 @@ def test_a_hospital_out_of_budget_declines_and_the_others_carry_on(tmp_path):
 
 def test_hospital_level_dp_clips_noises_and_accounts_every_round(tmp_path):
     z, clip = 2.0, 0.5
-    run_dir = _run(tmp_path, dp=False, rounds=2, hidden_size=16, hospital_dp_noise=z, hospital_dp_clip=clip)
+    # Together with DP-SGD at the hospitals: each guarantee holds for its own unit.
+    run_dir = _run(
+        tmp_path, rounds=2, hidden_size=16, noise_multiplier=1.0, delta=1e-3, hospital_dp_noise=z, hospital_dp_clip=clip
+    )
     assert run_dir.status == "complete"
     ledger = run_dir.read_json("hospital_privacy.json")
     assert ledger["unit"] == "hospital" and ledger["clip"] == clip
     assert ledger["history"] == [{"noise_multiplier": z, "sample_rate": 1.0, "steps": 1}] * 2
+    assert all(len(h["history"]) == 2 for h in run_dir.read_json("privacy.json"))
     accountant = RDPAccountant()
     accountant.history = [(z, 1.0, 2)]
     assert ledger["epsilon"] == pytest.approx(accountant.get_epsilon(ledger["delta"]), rel=0.01)
     assert [r["hospital_epsilon"] for r in run_dir.read_json("metrics.json")] == pytest.approx(
-        [epsilon_of("rdp", [(z, 1.0, 1)], 1e-5), ledger["epsilon"]]
+        [epsilon_of("rdp", [(z, 1.0, 1)], 1e-3), ledger["epsilon"]]
     )
     # Each round moves the global model by at most `clip` of signal plus noise of standard
     # deviation z * clip / n per weight: after two rounds, far more than the signal could.
