@@ -103,10 +103,7 @@ def load_hospital(path: str, index: int) -> HospitalData:
 def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
     """A deployed hospital's stays from its own folder (read once per process)."""
     folder = Path(data_dir)
-    sets = [
-        s for s in physionet2012.VALID_SETS
-        if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()
-    ]  # fmt: skip
+    sets = physionet2012.sets_in(folder)
     if not sets:
         raise ValueError(f"node config data-dir {data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
     seqs = to_sequences(clean(physionet2012.load(folder, sets=sets))[0])

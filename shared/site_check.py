@@ -138,10 +138,7 @@ def check(data_dir: str | Path, val_fraction: float = RunConfig.val_fraction) ->
         message = "data directory does not exist" if not folder.exists() else "not a directory"
         report.findings.append(_error("data folder", message, DataError(message, folder)))
         return report
-    names = [
-        s for s in physionet2012.VALID_SETS
-        if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()
-    ]  # fmt: skip
+    names = physionet2012.sets_in(folder)
     report.findings += _layout_findings(folder, names)
     cohorts = []
     for name in names:

@@ -687,3 +687,14 @@ def test_real_sets_a_and_b(private_cache):
     assert cohort.measurements["minute"].between(0, 2880).all()
     # the cached reload is the same cohort
     assert_same_cohort(cohort, physionet2012.load(REAL_DATA, sets=("a", "b")))
+
+
+def test_an_unlistable_set_folder_is_a_clear_error(tmp_path, monkeypatch):
+    data_dir = copy_fixture(tmp_path)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(physionet2012.os, "scandir", refuse)
+    with pytest.raises(DataError, match=r"set-a: cannot list the folder: Permission denied"):
+        physionet2012.load(data_dir, sets="a", cache=False)

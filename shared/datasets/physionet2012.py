@@ -59,6 +59,12 @@ from shared.variables import TIME_SERIES
 logger = logging.getLogger("fedicu")
 
 VALID_SETS: tuple[str, ...] = ("a", "b", "c")
+
+
+def sets_in(folder: Path) -> list[str]:
+    """The sets a folder holds, as `set-X/` or `set-X.tar.gz` (a site reads all of them)."""
+    return [s for s in VALID_SETS if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()]
+
 # Bump whenever parsing or the cached arrays change: old cache entries are then ignored.
 FORMAT_VERSION = "fedicu-physionet2012-v2"
 RECORD_HEADER = "Time,Parameter,Value"
@@ -292,16 +298,19 @@ def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
             message = f"cannot read this archive; is it truncated? ({error})"
             raise DataError(message, source.records) from None
     else:
-        with os.scandir(source.records) as entries:
-            for entry in entries:
-                if not (entry.is_file() and _RECORD_NAME.fullmatch(entry.name)):
-                    skipped.append(entry.name)
-                    continue
-                try:
-                    data = Path(entry.path).read_bytes()
-                except OSError as error:
-                    raise DataError(f"cannot read file: {error.strerror}", entry.path) from None
-                records.append(_Record(int(entry.name[:-4]), entry.path, data))
+        try:
+            entries = list(os.scandir(source.records))
+        except OSError as error:
+            raise DataError(f"cannot list the folder: {error.strerror}", source.records) from None
+        for entry in entries:
+            if not (entry.is_file() and _RECORD_NAME.fullmatch(entry.name)):
+                skipped.append(entry.name)
+                continue
+            try:
+                data = Path(entry.path).read_bytes()
+            except OSError as error:
+                raise DataError(f"cannot read file: {error.strerror}", entry.path) from None
+            records.append(_Record(int(entry.name[:-4]), entry.path, data))
     records.sort(key=lambda r: r.record_id)
     for before, after in zip(records, records[1:]):
         if before.record_id == after.record_id:
