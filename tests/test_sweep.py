@@ -47,7 +47,7 @@ def test_every_cell_lands_in_the_csv_with_accuracy_privacy_and_audit(finished):
     assert table[2]["attack_auroc"] == "nan"  # local-only is several models: not audited
     assert all(0.3 < float(r["test_auroc"]) <= 1 for r in table)
     markdown = (root / "sweep.md").read_text()
-    assert "| federated (FedAvg) | 2 | 1 |" in markdown and "| centralized, no DP | – | 1 |" in markdown
+    assert "| federated | 2 | 1 |" in markdown and "| centralized, no DP | – | 1 |" in markdown
     assert (root / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Each cell is an ordinary run directory, complete and auditable on its own.
     assert json.loads((root / "cells" / "federated-eps2-seed0" / "run.json").read_text())["status"] == "complete"
@@ -84,11 +84,16 @@ def test_summary_gives_mean_and_spread_over_seeds():
          "epsilon_spent": 0.99, "attack_auroc": 0.5, "attack_tpr_at_1pct_fpr": 0.01}
         for s, a in ((0, 0.70), (1, 0.80), (2, 0.90))
     ]  # fmt: skip
-    (summary,) = study.summarize(rows)
-    assert summary["seeds"] == 3
-    assert summary["test_auroc"] == pytest.approx(0.80)
-    assert summary["test_auroc_sd"] == pytest.approx(0.10)  # sample standard deviation
-    assert study.table_rows([summary])[0][3] == "0.800 ± 0.100"
+    rows += [{**rows[0], "epsilon": math.inf, "seed": s, "test_auroc": a} for s, a in ((0, 0.75), (1, 0.86), (2, 0.95))]
+    private, no_dp = study.summarize(rows)
+    assert private["seeds"] == 3
+    assert private["test_auroc"] == pytest.approx(0.80)
+    assert private["test_auroc_sd"] == pytest.approx(0.10)  # sample standard deviation
+    # Paired by seed: 0.05, 0.06, 0.05 lost; far tighter than the spread between seeds.
+    assert private["cost_of_privacy"] == pytest.approx(0.16 / 3)
+    assert private["cost_of_privacy_sd"] < 0.01
+    assert study.table_rows([private])[0][3:5] == ("0.800 ± 0.100", "0.053 ± 0.006")
+    assert study.table_rows([no_dp])[0][4] == "–"
 
 
 @pytest.mark.parametrize(
