@@ -480,6 +480,38 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@app.command()
+def bench(
+    data_dir: Annotated[str, typer.Option(help="PhysioNet 2012 folder for the loader and epoch parts (else synthetic).")] = "",
+    quick: Annotated[bool, typer.Option(help="A small version for CI-sized checks.")] = False,
+    repeats: Annotated[int, typer.Option(help="Repeats of each timing (the median is reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")] = False,
+) -> None:
+    """Measure loading, DP cost, framework overhead and scale on this machine (see BENCHMARKS.md)."""
+    from simulations import bench as benchmark
+
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, not {repeats}")
+    if data_dir and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such folder")
+    table = Table(title=f"fedicu bench{' --quick' if quick else ''} (median of {repeats} where repeated)")
+    table.add_column("part")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+
+    with console.status("Benchmarking: loader") as status:
+
+        def on_step(part: str, result: dict) -> None:
+            for key, value in result.items():
+                table.add_row(part, key, _fmt(value))
+            status.update(f"Benchmarking: {part} done, next part running")
+
+        report = benchmark.run(data_dir, quick, repeats, on_step)
+    console.print(table)
+    if as_json:
+        print(json.dumps(report, default=str))
+
+
 @app.command("export-synthetic")
 def export_synthetic(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],

@@ -1,0 +1,255 @@
+"""`fedicu bench`: where the time and memory of a run go, measured on this machine.
+
+1. `loader`: parse + cache PhysioNet 2012 A+B into an empty cache, then reload it (needs
+   `--data-dir`; skipped otherwise).
+2. `epoch`: one centralized training epoch over the training stays, plain and with DP-SGD
+   (`shared.privacy.per_sample_lstm`), and their ratio. PhysioNet A+B with `--data-dir`,
+   the synthetic cohort otherwise.
+3. `overhead`: a federated simulation of four hospitals against the pure compute of the same
+   work (every hospital's local epoch and validation scoring, timed alone on one thread,
+   spread over the cores the simulation uses). Start-up (imports done, Ray, first contact) is
+   reported apart from the rounds. Plus the time per round with trivial compute.
+4. `scale`: three rounds with many virtual hospitals (iid split of a synthetic cohort with
+   at least 20 training stays per hospital): time per round and the peak resident memory of
+   the whole process tree (this process, Ray and its workers), sampled every 0.2 s.
+
+Every timing is the median of `repeats` runs (simulations: once each, they take minutes).
+`--quick` shrinks everything for a CI-sized check.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from server.run_dir import RunDirectory
+from shared.config import RunConfig
+from shared.federation import Federation, prepare
+from shared.model import MortalityLSTM, model_config_of
+from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
+from shared.training import predict, set_torch_threads, train_epochs
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _median_time(work: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Median wall time of `work` over `repeats` runs, after one untimed run (first-call costs)."""
+    if warm_up:
+        work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def loader(data_dir: str, repeats: int) -> dict:
+    from shared.datasets import physionet2012
+
+    cold, warm = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="fedicu-bench-cache-") as cache:
+            previous = os.environ.get("FEDICU_CACHE_DIR")
+            os.environ["FEDICU_CACHE_DIR"] = cache  # never the user's cache
+            try:
+                cold.append(_median_time(lambda: physionet2012.load(data_dir, sets="a,b"), 1, warm_up=False))
+                warm.append(_median_time(lambda: physionet2012.load(data_dir, sets="a,b"), 1, warm_up=False))
+            finally:
+                if previous is None:
+                    del os.environ["FEDICU_CACHE_DIR"]
+                else:
+                    os.environ["FEDICU_CACHE_DIR"] = previous
+    return {"parse_and_cache_s": statistics.median(cold), "cached_reload_s": statistics.median(warm)}
+
+
+def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
+    from opacus.accountants import RDPAccountant
+
+    from shared.privacy.per_sample_lstm import make_dp_model, train_epochs_dp
+
+    train = Sequences.concat([h.train for h in federation.hospitals])
+    x = to_features(train, Normalization.from_stats(FeatureStats.of(train)))
+    y = train.labels
+    set_torch_threads(os.cpu_count() or 1)
+    model_config = model_config_of(config)
+    args = dict(epochs=1, lr=config.lr, batch_size=config.batch_size, seed=0)
+    plain = _median_time(lambda: train_epochs(MortalityLSTM(model_config), x, y, **args), repeats)
+    private = _median_time(
+        lambda: train_epochs_dp(
+            make_dp_model(model_config), x, y, **args, noise_multiplier=1.0, max_grad_norm=1.0,
+            accountant=RDPAccountant(),
+        ),  # fmt: skip
+        repeats,
+    )
+    return {"stays": len(x), "plain_epoch_s": plain, "dp_epoch_s": private, "dp_over_plain": private / plain}
+
+
+class _PeakMemory:
+    """Peak resident memory of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def _tree_rss() -> int:
+        parents, rss = {}, {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(pid)] = int(fields[1])
+                rss[int(pid)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended meanwhile
+        root, total = os.getpid(), 0
+        for pid in rss:
+            p = pid
+            while p > 1 and p != root:
+                p = parents.get(p, 0)
+            if p == root:
+                total += rss[pid]
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._tree_rss())
+
+    def __enter__(self) -> _PeakMemory:
+        self.peak = self._tree_rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Rounds:
+    """Progress that notes when the first round begins (every hospital has answered)."""
+
+    def __init__(self):
+        self.first_contact: float | None = None
+        self.started = time.perf_counter()
+
+    def begin(self, rounds: int, done: int) -> None:
+        self.first_contact = time.perf_counter() - self.started  # normalization statistics are in
+
+    def round_done(self, row: dict) -> None:
+        pass
+
+
+def _simulate(config: RunConfig, federation: Federation) -> tuple[float, float, list[dict], int]:
+    """Wall time, time to first contact, metric rows and peak tree memory of one simulation."""
+    from simulations.simulate import simulate
+
+    with tempfile.TemporaryDirectory(prefix="fedicu-bench-run-") as out:
+        run_dir = RunDirectory(Path(out) / "run").create()
+        progress = _Rounds()
+        with _PeakMemory() as memory:
+            started = time.perf_counter()
+            simulate(config, federation, run_dir, progress)
+            wall = time.perf_counter() - started
+        return wall, progress.first_contact or 0.0, run_dir.read_json("metrics.json"), memory.peak
+
+
+def local_compute(federation: Federation, config: RunConfig) -> float:
+    """One round of every hospital's work, each timed alone on one thread, summed."""
+    set_torch_threads(1)
+    norm = Normalization.from_stats(FeatureStats.sum([FeatureStats.of(h.train) for h in federation.hospitals]))
+    total = 0.0
+    for h in federation.hospitals:
+        x, x_val = to_features(h.train, norm), to_features(h.val, norm)
+        model = MortalityLSTM(model_config_of(config))
+        started = time.perf_counter()
+        train_epochs(model, x, h.train.labels, epochs=config.local_epochs, lr=config.lr,
+                     batch_size=config.batch_size, seed=0)  # fmt: skip
+        predict(model, x_val)  # the evaluation each hospital does after aggregation
+        total += time.perf_counter() - started
+    return total
+
+
+def overhead(rounds: int, stays: int) -> dict:
+    config = RunConfig(synthetic_stays=stays, rounds=rounds)
+    federation = prepare(config)
+    cores = min(os.cpu_count() or 1, len(federation.hospitals))
+    compute_per_round = local_compute(federation, config) / cores
+    wall, first_contact, rows, _ = _simulate(config, federation)
+    round_s = statistics.median(r["seconds"] for r in rows)
+    trivial = replace(config, synthetic_stays=80, hidden_size=2)
+    _, _, trivial_rows, _ = _simulate(trivial, prepare(trivial))
+    return {
+        "hospitals": len(federation.hospitals),
+        "rounds": rounds,
+        "local_compute_per_round_s": compute_per_round,
+        "federated_round_s": round_s,
+        "federated_over_local_compute_ratio": round_s / compute_per_round,
+        "simulation_wall_s": wall,
+        "start_up_to_first_contact_s": first_contact,
+        "wall_over_local_compute_ratio": wall / (rounds * compute_per_round),
+        "trivial_round_s": statistics.median(r["seconds"] for r in trivial_rows),
+    }
+
+
+def scale(hospital_counts: list[int], on_done: Callable[[dict], None]) -> list[dict]:
+    results = []
+    for n in hospital_counts:
+        stays = 32 * n  # after 20 % test and 20 % validation: about 20 training stays each
+        config = RunConfig(synthetic_stays=stays, hospitals=n, partition="iid", rounds=3)
+        try:
+            federation = prepare(config)
+            smallest = min(len(h.train) for h in federation.hospitals)
+            wall, first_contact, rows, peak = _simulate(config, federation)
+            result = {
+                "hospitals": n, "stays": stays, "min_train_stays": smallest, "completed": True,
+                "round_s": statistics.median(r["seconds"] for r in rows), "wall_s": wall,
+                "start_up_to_first_contact_s": first_contact, "peak_memory_gb": peak / 1e9,
+            }  # fmt: skip
+        except Exception as error:  # a scale that fails is a result, not a crash of the bench
+            result = {"hospitals": n, "stays": stays, "completed": False, "error": f"{type(error).__name__}: {error}"}
+        results.append(result)
+        on_done(result)
+    return results
+
+
+def run(data_dir: str, quick: bool, repeats: int, on_step: Callable[[str, dict], None]) -> dict:
+    """All four parts; `on_step(name, result)` after each."""
+    report: dict = {"machine": machine(), "quick": quick}
+    if data_dir:
+        report["loader"] = loader(data_dir, repeats)
+        on_step("loader", report["loader"])
+        epoch_config = RunConfig(dataset="physionet2012", data_dir=data_dir)
+    else:
+        report["loader"] = {"skipped": "no --data-dir (PhysioNet 2012 A+B)"}
+        on_step("loader", report["loader"])
+        epoch_config = RunConfig(synthetic_stays=600 if quick else 2400)
+    report["epoch"] = {"cohort": epoch_config.dataset, **epoch(prepare(epoch_config), epoch_config, repeats)}
+    on_step("epoch", report["epoch"])
+    report["overhead"] = overhead(rounds=2 if quick else 5, stays=600 if quick else 2400)
+    on_step("overhead", report["overhead"])
+    counts = [4, 16] if quick else [4, 64, 256, 1000]
+    report["scale"] = scale(counts, lambda r: on_step("scale", r))
+    report["dp_over_plain_epoch_ratio"] = report["epoch"]["dp_over_plain"]
+    report["federated_over_local_compute_ratio"] = report["overhead"]["federated_over_local_compute_ratio"]
+    report["max_virtual_hospitals_completed"] = max((r["hospitals"] for r in report["scale"] if r["completed"]), default=0)
+    return report
+
