@@ -9,6 +9,8 @@ one hospital (all its stays). Each round is a Gaussian mechanism on the sum of
 clipped updates with noise multiplier z (every hospital takes part: no sampling
 amplification), composed over rounds by the server's accountant. It protects the
 released global models against anyone but the server, which sees the raw updates.
+Flower draws that noise from NumPy's global generator, unseeded: such runs do not
+reproduce exactly, and a resumed one continues with fresh noise.
 """
 
 from __future__ import annotations

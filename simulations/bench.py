@@ -69,8 +69,8 @@ def loader(data_dir: str, repeats: int) -> dict:
             previous = os.environ.get("FEDICU_CACHE_DIR")
             os.environ["FEDICU_CACHE_DIR"] = cache  # never the user's cache
             try:
-                cold.append(_median_time(lambda: physionet2012.load(data_dir, sets="a,b"), 1, warm_up=False))
-                warm.append(_median_time(lambda: physionet2012.load(data_dir, sets="a,b"), 1, warm_up=False))
+                cold.append(_median_time(lambda: physionet2012.load(data_dir, sets=("a", "b")), 1, warm_up=False))
+                warm.append(_median_time(lambda: physionet2012.load(data_dir, sets=("a", "b")), 1, warm_up=False))
             finally:
                 if previous is None:
                     del os.environ["FEDICU_CACHE_DIR"]

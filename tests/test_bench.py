@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from simulations import bench
+from tests.conftest import PHYSIONET_DIR, requires_physionet
 
 
 def test_peak_memory_counts_child_processes():
@@ -23,3 +24,11 @@ def test_scale_runs_virtual_hospitals_with_twenty_training_stays_each():
     assert result["min_train_stays"] >= 20
     assert 0 < result["round_s"] < result["wall_s"]
     assert result["peak_memory_gb"] > 0.1  # Ray and its workers are counted, not only this process
+
+
+@requires_physionet
+def test_loader_times_a_cold_parse_and_a_cached_reload_without_touching_the_users_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDICU_CACHE_DIR", str(tmp_path / "users-cache"))
+    result = bench.loader(str(PHYSIONET_DIR), repeats=1)
+    assert 0 < result["cached_reload_s"] < result["parse_and_cache_s"]
+    assert not (tmp_path / "users-cache").exists()
