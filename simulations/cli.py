@@ -512,6 +512,22 @@ def bench(
         print(json.dumps(report, default=str))
 
 
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder to create for the certificates and keys (never overwritten).")],
+    host: Annotated[list[str], typer.Option(help="The SuperLink's host name or IP address, as sites dial it (repeatable).")],
+    site: Annotated[list[str], typer.Option(help="A site name that gets a key pair for node authentication (repeatable).")],
+) -> None:
+    """Create a CA, the SuperLink's TLS certificate and one authentication key pair per site."""
+    from server.certs import create
+
+    try:
+        written = create(out, host, site)
+    except (ValueError, FileExistsError) as error:
+        raise UserError(str(error)) from error
+    console.print(f"Wrote {len(written)} files to {out}: give each site ca.crt and its own sites/<site>.key; keep ca.key private")
+
+
 @app.command("export-synthetic")
 def export_synthetic(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
