@@ -10,7 +10,10 @@ What leaves the hospital, per message:
   AUROC; with DP-SGD instead its privacy ledger (noise multiplier, sample rate
   and steps per round) and epsilon so far, or, when its budget is spent, a
   refusal saying so. Under DP nothing computed from the training stays is sent
-  except the DP-SGD weights (and the number of stays, which sets the sample rate);
+  except the DP-SGD weights (and the number of stays, which sets the sample rate).
+  With secure aggregation (`secagg`) the weights leave masked, so that the server
+  learns only their sum over hospitals (client/secure_aggregation.py), along with
+  the keys and key shares the protocol exchanges;
 - `evaluate`: the global model's validation metrics (n, AUROC, AUPRC, Brier,
   loss) and a 1,000-bin histogram of its validation scores per class.
 No stay, measurement or individual prediction is ever sent.
@@ -29,6 +32,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.secure_aggregation import secure_aggregation_mod
 from shared.federation import HospitalData, load_hospital, load_site
 from shared.metrics import ScoreHistogram, binary_metrics
 from shared.model import ModelConfig, MortalityLSTM
@@ -103,7 +107,7 @@ def feature_stats(msg: Message, context: Context) -> Message:
     return _reply(msg, hospital, **records)
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     set_torch_threads(1)  # one hospital per core
     hospital = _hospital(msg, context)

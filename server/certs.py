@@ -4,12 +4,12 @@ The coordinator runs this once and keeps `ca.key` private:
 - `ca.crt`, `ca.key`: a self-signed certificate authority (RSA 3072, 10 years). Every
   SuperNode gets `ca.crt` (`--root-certificates`) so it trusts only this SuperLink.
 - `superlink.crt`, `superlink.key`: the SuperLink's TLS certificate (RSA 3072, 2 years),
-  signed by the CA, valid for the given host names and IP addresses
+  signed by the CA, valid for the given host names and IP addresses and always for
+  127.0.0.1, where the SuperLink's own ServerApp launcher connects to it and checks it
   (`--ssl-ca-certfile ca.crt --ssl-certfile superlink.crt --ssl-keyfile superlink.key`).
 - `sites/<site>.key`, `sites/<site>.pub`: one elliptic-curve key pair (NIST P-384) per
-  site for SuperNode authentication, the private key as PEM for
-  `--auth-supernode-private-key`, the public key in OpenSSH format, the form Flower
-  registers. The private key belongs on that site's machine only.
+  site for SuperNode authentication, both in OpenSSH format: the private key for
+  `--auth-supernode-private-key`, the public key for `flwr supernode register`. The private key belongs on that site's machine only.
 
 Nothing is overwritten: an existing output folder is refused, and the files appear all
 at once (written into a temporary folder that is renamed into place).
@@ -28,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SUPERLINK_SELF = ("127.0.0.1",)  # the SuperLink dials itself here (for any --host, even 0.0.0.0)
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -98,7 +100,8 @@ def create(out_dir: Path, hosts: list[str], sites: list[str]) -> list[Path]:
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedicu federation CA")])
         ca_cert = _certificate("fedicu federation CA", ca_key.public_key(), ca_name, ca_key, 3650, ca=True, hosts=[])
         link_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-        link_cert = _certificate(hosts[0], link_key.public_key(), ca_name, ca_key, 730, ca=False, hosts=hosts)
+        names = [*hosts, *(h for h in SUPERLINK_SELF if h not in hosts)]
+        link_cert = _certificate(hosts[0], link_key.public_key(), ca_name, ca_key, 730, ca=False, hosts=names)
         files = {
             "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
             "ca.key": _private_pem(ca_key),
@@ -107,7 +110,9 @@ def create(out_dir: Path, hosts: list[str], sites: list[str]) -> list[Path]:
         }
         for site in sites:
             key = ec.generate_private_key(ec.SECP384R1())
-            files[f"sites/{site}.key"] = _private_pem(key)
+            files[f"sites/{site}.key"] = key.private_bytes(  # the OpenSSH form the SuperNode reads
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
             files[f"sites/{site}.pub"] = key.public_key().public_bytes(
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
             )

@@ -45,11 +45,11 @@ from server.run_dir import (
 )
 from server.strategies import EQUAL_WEIGHT, make_strategy
 from shared.config import RunConfig
-from shared.federation import Federation, save
-from shared.metrics import ScoreHistogram, binary_metrics
+from server.secure_aggregation import secure_train
+from shared.metrics import BINARY_METRICS, ScoreHistogram, binary_metrics
 from shared.model import MortalityLSTM, model_config_of
 from shared.plots import plot_learning_curves
-from shared.preprocessing import FeatureStats, Normalization, to_features
+from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from shared.training import predict
 
 QUERY_FEATURE_STATS = "query.feature_stats"
@@ -75,6 +75,21 @@ class LogProgress:
             "fedicu: round %d  hospitals %d (failed %d)  val AUROC %.4f  test AUROC %.4f",
             row["round"], row["hospitals_trained"], row["hospitals_failed"], row["val_auroc"], row["test_auroc"],
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What the server holds for a run.
+
+    In simulation the server prepared every hospital's data and saved it to
+    `prepared_data`, from which each virtual hospital reads its own part. In a
+    deployment it holds none: `hospitals` SuperNodes each read their own folder, and
+    `test` is the optional held-out folder of the server's site (None: no test metrics)."""
+
+    hospitals: int
+    test: Sequences | None
+    summary: dict  # for the model card
+    prepared_data: str = ""
 
 
 @dataclass
@@ -139,21 +154,34 @@ class Replies:
 def _exchange(
     grid: Grid, messages: Iterable[Message], timeout: float, stage: str, minimum: int, names: dict[int, str]
 ) -> Replies:
-    """Send, wait up to `timeout`, and sort the replies by hospital (a fixed order
-    keeps aggregation reproducible). Errors and missing replies become failures."""
+    """Send, wait up to `timeout`, and sort the replies by hospital."""
     sent = list(messages)
+    replies = grid.send_and_receive(sent, timeout=timeout)
+    return _sort_replies(replies, sent, f"no reply within {timeout:g} s", stage, minimum, names)
+
+
+def _sort_replies(
+    replies: Iterable[Message], sent: list[Message], missing: str, stage: str, minimum: int, names: dict[int, str]
+) -> Replies:
+    """The replies by hospital (a fixed order keeps aggregation reproducible); errors and
+    missing replies become failures, and fewer than `minimum` replies stop the run."""
     ok, failures, answered = {}, {}, set()
-    for msg in grid.send_and_receive(sent, timeout=timeout):
+    for msg in replies:
         node = msg.metadata.src_node_id
         answered.add(node)
         if msg.has_error():
             failures[names.get(node, f"node {node}")] = msg.error.reason
-        else:
-            ok[str(msg.content["site"]["hospital"])] = msg
+            continue
+        name = str(msg.content["site"]["hospital"])
+        if name in ok:
+            raise RuntimeError(
+                f"{stage}: two SuperNodes both hold hospital {name!r}; give each its own node config hospital"
+            )
+        ok[name] = msg
     for msg in sent:
         node = msg.metadata.dst_node_id
         if node not in answered:
-            failures[names.get(node, f"node {node}")] = f"no reply within {timeout:g} s"
+            failures[names.get(node, f"node {node}")] = missing
     for who, reason in failures.items():
         log(WARNING, "fedicu: %s: %s failed: %s", stage, who, reason)
     if len(ok) < minimum:
@@ -162,10 +190,32 @@ def _exchange(
     return Replies(dict(sorted(ok.items())), failures)
 
 
+def _secure_round(
+    grid: Grid, strategy: Strategy, rnd: int, instructions: list[Message], config: RunConfig,
+    names: dict[int, str], train_stays: dict[str, int],
+) -> tuple[Replies, ArrayRecord]:  # fmt: skip
+    """One round's training through SecAgg+: the strategy aggregates the secure average."""
+    stage = f"round {rnd} training (secure aggregation)"
+    average, replies = secure_train(grid, instructions, rnd, float(max(train_stays.values())), config.round_timeout)
+    # A hospital's masked weights are in the sum from the moment they arrive; it failed only if they did not.
+    masked = [m for m in replies if not m.has_error() and "site" in m.content]
+    delivered = {m.metadata.src_node_id for m in masked}
+    masked += [m for m in replies if m.has_error() and m.metadata.src_node_id not in delivered]
+    trained = _sort_replies(masked, instructions, "dropped out during secure aggregation", stage, config.min_hospitals, names)
+    if average is None:
+        raise RuntimeError(
+            f"{stage}: stopped with {len(trained.ok)} of {len(instructions)} hospitals; SecAgg+ needs at least "
+            f"half of them (and at least 2) to the end of the round to unmask the sum"
+        )
+    arrays, _ = strategy.aggregate_train(rnd, [average])
+    return trained, arrays
+
+
 def federated_normalization(
     grid: Grid, node_ids: list[int], base: dict, timeout: float
-) -> tuple[Normalization, dict[int, str]]:
-    """Pooled normalization statistics, and which node holds which hospital.
+) -> tuple[Normalization, dict[int, str], dict[str, int]]:
+    """Pooled normalization statistics, which node holds which hospital, and each
+    hospital's number of training stays.
 
     With DP-SGD hospitals send no statistics (they would reveal training stays outside the
     guarantee) and inputs are standardized with `Normalization.reference()`."""
@@ -176,13 +226,14 @@ def federated_normalization(
     # Statistics from only some hospitals would give every hospital the wrong scale.
     replies = _exchange(grid, messages, timeout, "normalization statistics", len(node_ids), {})
     names = {m.metadata.src_node_id: name for name, m in replies.ok.items()}
+    train_stays = {name: int(m.content["metrics"]["num-examples"]) for name, m in replies.ok.items()}
     if base["dp"]:
-        return Normalization.reference(), names
+        return Normalization.reference(), names, train_stays
     parts = [
         FeatureStats(*(m.content["stats"][k].numpy() for k in ("count", "total", "total_sq")))
         for m in replies.ok.values()
     ]
-    return Normalization.from_stats(FeatureStats.sum(parts)), names
+    return Normalization.from_stats(FeatureStats.sum(parts)), names, train_stays
 
 
 def restore_privacy(grid: Grid, names: dict[int, str], ledgers: dict[str, dict], base: dict, timeout: float) -> None:
@@ -207,13 +258,13 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"only {len(nodes)} of {expected} hospitals connected within {timeout:.0f} s; "
-                "the number of SuperNodes must equal the number of hospitals"
+                "one SuperNode per hospital must connect"
             )
         time.sleep(0.5)
     if len(nodes) > expected:
         raise RuntimeError(
-            f"{len(nodes)} SuperNodes are connected but the data has {expected} hospitals; "
-            "run one SuperNode per hospital (in simulation: num-supernodes = hospitals)"
+            f"{len(nodes)} SuperNodes are connected but the run expects {expected} hospitals; "
+            "run one SuperNode per hospital (deployment: run-config sites; simulation: num-supernodes = hospitals)"
         )
     return nodes
 
@@ -244,34 +295,36 @@ def _histogram(reply: Message) -> ScoreHistogram:
 def run_federated(
     grid: Grid,
     config: RunConfig,
-    federation: Federation,
-    data_file: str,
+    data: ServerData,
     run_dir: RunDirectory,
     progress: Progress,
     resume: RunState | None = None,
 ) -> dict:
     """Train, evaluate and checkpoint every round; return the final row of metrics."""
-    hospitals = [h.name for h in federation.hospitals]
-    if not 1 <= config.min_hospitals <= len(hospitals):
-        raise ValueError(f"--min-hospitals must lie in 1..{len(hospitals)} (the number of hospitals)")
+    if not 1 <= config.min_hospitals <= data.hospitals:
+        raise ValueError(f"--min-hospitals must lie in 1..{data.hospitals} (the number of hospitals)")
+    if config.secagg and data.hospitals < 2:
+        raise ValueError("--secagg needs at least 2 hospitals: the sum of one hospital's update is that update")
     if resume is None:
         run_dir.write_json(CONFIG_FILE, config.to_flower())
     run_dir.set_status("running", rounds_completed=resume.completed if resume else 0, started=time.time())
-    save(federation, data_file)
     base = {
-        "prepared-data": data_file,
         "seed": config.seed,
         "val-fraction": config.val_fraction,
         "dp": config.dp,
         "delta": config.delta,
         "accountant": config.accountant,
     }
-    node_ids = wait_for_nodes(grid, len(hospitals), max(config.round_timeout, JOIN_TIMEOUT))
+    if data.prepared_data:
+        base["prepared-data"] = data.prepared_data
+    node_ids = wait_for_nodes(grid, data.hospitals, max(config.round_timeout, JOIN_TIMEOUT))
 
     model_config = model_config_of(config)
     model = MortalityLSTM(model_config)
-    strategy = make_strategy(config, len(hospitals))
-    norm, names = federated_normalization(grid, node_ids, base, max(config.round_timeout, JOIN_TIMEOUT))
+    strategy = make_strategy(config, data.hospitals)
+    norm, names, train_stays = federated_normalization(grid, node_ids, base, max(config.round_timeout, JOIN_TIMEOUT))
+    hospitals = sorted(train_stays)
+    summary = {"hospitals": {name: {"train": {"stays": n}} for name, n in train_stays.items()}, **data.summary}
     if resume is None:
         torch.manual_seed(config.seed)
         state = RunState(0, MortalityLSTM(model_config).state_dict(), norm)
@@ -299,24 +352,27 @@ def run_federated(
             "max-grad-norm": config.max_grad_norm,
         }
     )
-    x_test, y_test = to_features(federation.test, norm), federation.test.labels
+    test = (to_features(data.test, norm), data.test.labels) if data.test is not None else None
 
     progress.begin(config.rounds, state.completed)
     for rnd in range(state.completed + 1, config.rounds + 1):
         started = time.monotonic()
-        trained = _exchange(
-            grid, strategy.configure_train(rnd, arrays, train_config, grid),
-            config.round_timeout, f"round {rnd} training", config.min_hospitals, names,
-        )  # fmt: skip
-        if config.hospital_dp_noise:
-            for reply in trained.ok.values():
-                reply.content["metrics"][EQUAL_WEIGHT] = 1.0
-        arrays, _ = strategy.aggregate_train(rnd, list(trained.ok.values()))
+        instructions = list(strategy.configure_train(rnd, arrays, train_config, grid))
+        if config.secagg:
+            trained, arrays = _secure_round(grid, strategy, rnd, instructions, config, names, train_stays)
+        else:
+            trained = _exchange(
+                grid, instructions, config.round_timeout, f"round {rnd} training", config.min_hospitals, names
+            )
+            if config.hospital_dp_noise:
+                for reply in trained.ok.values():
+                    reply.content["metrics"][EQUAL_WEIGHT] = 1.0
+            arrays, _ = strategy.aggregate_train(rnd, list(trained.ok.values()))
         evaluated = _exchange(
             grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), grid),
             config.round_timeout, f"round {rnd} evaluation", config.min_hospitals, names,
         )  # fmt: skip
-        row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, x_test, y_test)
+        row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, test)
         row["seconds"] = time.monotonic() - started
 
         state.completed = rnd
@@ -353,7 +409,7 @@ def run_federated(
         rows=state.rows,
         best=state.best,
         training=config.to_flower(),
-        data=federation.summary(),
+        data=summary,
     )
     plot_learning_curves(state.rows, run_dir.path / "learning_curves.png")
     run_dir.set_status("complete", finished=time.time())
@@ -367,21 +423,22 @@ def _round_metrics(
     evaluated: Replies,
     model: MortalityLSTM,
     arrays: ArrayRecord,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     histograms = {name: _histogram(m) for name, m in evaluated.ok.items()}
     pooled = ScoreHistogram.sum(list(histograms.values()))
     threshold = pooled.best_threshold()
-    model.load_state_dict(arrays.to_torch_state_dict())
-    test = binary_metrics(y_test, predict(model, x_test), threshold)
+    nan = float("nan")
+    if test is None:  # a deployment without a server test folder
+        test_metrics = dict.fromkeys(BINARY_METRICS, nan)
+    else:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        test_metrics = binary_metrics(test[1], predict(model, test[0]), threshold)
 
     train_metrics = {name: m.content["metrics"] for name, m in trained.ok.items()}
     eval_metrics = {name: m.content["metrics"] for name, m in evaluated.ok.items()}
     n_train = sum(m["num-examples"] for m in train_metrics.values())
     n_val = sum(m["num-examples"] for m in eval_metrics.values())
-
-    nan = float("nan")
 
     def pooled_mean(key: str) -> float:
         return sum(m[key] * m["num-examples"] for m in eval_metrics.values()) / n_val
@@ -399,7 +456,7 @@ def _round_metrics(
         "val_loss": pooled_mean("loss"),
         "val_event1": pooled.event1(threshold),
         "threshold": threshold,
-        **{f"test_{k}": v for k, v in test.items() if k != "n"},
+        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS},
     }
     hospital_rows = []
     for name in hospitals:

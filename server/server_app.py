@@ -1,4 +1,10 @@
-"""The ServerApp: prepares the federation, runs the rounds, writes the run directory."""
+"""The ServerApp: prepares the federation, runs the rounds, writes the run directory.
+
+Simulation (run-config `sites = 0`, `flwr run .` or `fedicu simulate`): the server
+prepares the cohort and hands each virtual hospital its part. Deployment (`sites = N`):
+the server holds no hospital data; it waits for N SuperNodes, each reading its own
+folder, and tests on `test-dir` if given.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.federated_run import LogProgress, Progress, RunState, run_federated
+from server.federated_run import LogProgress, Progress, RunState, ServerData, run_federated
 from server.run_dir import RunDirectory
 from shared.config import RunConfig
-from shared.federation import Federation, prepare
+from shared.federation import Federation, load_folder, prepare, save
+from shared.preprocessing import describe
 
 app = ServerApp()
 
@@ -24,16 +31,24 @@ def default_run_dir() -> Path:
 def serve(
     grid: Grid,
     config: RunConfig,
-    federation: Federation,
+    federation: Federation | None,
     run_dir: RunDirectory,
     progress: Progress,
     resume: RunState | None = None,
 ) -> dict:
-    """Run the whole federation into `run_dir`; mark it failed if anything goes wrong."""
+    """Run the whole federation into `run_dir`; mark it failed if anything goes wrong.
+
+    `federation`: the simulated hospitals' data; None in a deployment."""
     try:
         with tempfile.TemporaryDirectory(prefix="fedicu-") as tmp:
-            data_file = str(Path(tmp) / "federation.npz")
-            return run_federated(grid, config, federation, data_file, run_dir, progress, resume)
+            if federation is None:
+                test = load_folder(config.test_dir, "run-config test-dir") if config.test_dir else None
+                data = ServerData(config.sites, test, {"test": describe(test) if test is not None else None})
+            else:
+                data_file = Path(tmp) / "federation.npz"
+                save(federation, data_file)
+                data = ServerData(len(federation.hospitals), federation.test, federation.summary(), str(data_file))
+            return run_federated(grid, config, data, run_dir, progress, resume)
     except BaseException as error:
         run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -43,4 +58,5 @@ def serve(
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_flower(dict(context.run_config))
     run_dir = RunDirectory(Path(config.out).resolve() if config.out else default_run_dir().resolve())
-    serve(grid, config, prepare(config), run_dir.create(), LogProgress())
+    federation = prepare(config) if config.sites == 0 else None
+    serve(grid, config, federation, run_dir.create(), LogProgress())

@@ -8,6 +8,7 @@ and validates, so a typo or a bad value fails before any training starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -52,6 +53,11 @@ class RunConfig:
     # Hospital-level (central) DP: the server clips each hospital's update and noises their average
     hospital_dp_noise: float = 0.0  # noise multiplier per round; 0: off
     hospital_dp_clip: float = 1.0  # L2 bound on one hospital's model update
+    # Secure aggregation (SecAgg+): the server learns only the sum of the hospitals' updates
+    secagg: bool = False
+    # Deployment: 0 simulates the hospitals; N > 0 waits for N SuperNodes, each holding its own data
+    sites: int = 0
+    test_dir: str = ""  # deployment: a PhysioNet-format folder on the server for held-out testing
     # Output
     out: str = ""  # empty: runs/<timestamp>
 
@@ -78,6 +84,11 @@ class RunConfig:
             (not self.hospital_dp_noise or self.strategy in ("fedavg", "fedprox"),
              "--hospital-dp-noise works with --strategy fedavg or fedprox: the noise goes on the average of "
              "the clipped updates, which FedAdam's server step does not release as such"),
+            (not (self.secagg and self.hospital_dp_noise),
+             "--secagg cannot be combined with --hospital-dp-noise: the server would have to clip each "
+             "hospital's update, which secure aggregation hides from it"),
+            (self.sites >= 0, "run-config sites must not be negative"),
+            (self.sites or not self.test_dir, "run-config test-dir is for deployments (sites > 0)"),
             (self.hospitals >= 1, "--hospitals must be at least 1"),
             (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
              "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),
@@ -104,4 +115,7 @@ class RunConfig:
             if not isinstance(value, kind):
                 raise ValueError(f"run-config {key!r} must be {kind.__name__}, not {value!r}")
             values[name] = value
-        return RunConfig(**values)
+        try:
+            return RunConfig(**values)
+        except ValueError as error:  # say it in the run-config spelling the user wrote
+            raise ValueError(re.sub(r"--([a-z][a-z-]*)", r"run-config \1", str(error))) from None

@@ -7,7 +7,8 @@ only its own arrays with `load_hospital`, once per process.
 
 Deployment: `load_site` reads the site's own PhysioNet-format folder (every
 set in it), cleans and bins it, and splits it into training and validation
-stays; it never sees another site's data.
+stays; it never sees another site's data. The server may hold a test folder of
+its own (`load_folder`).
 """
 
 from __future__ import annotations
@@ -99,16 +100,22 @@ def load_hospital(path: str, index: int) -> HospitalData:
         return HospitalData(str(names[index]), parts["train"], parts["val"])
 
 
-@lru_cache(maxsize=None)
-def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
-    """A deployed hospital's stays from its own folder (read once per process)."""
+def load_folder(data_dir: str, what: str = "node config data-dir") -> Sequences:
+    """Every stay of a PhysioNet-format folder (every set in it), cleaned and binned."""
     folder = Path(data_dir)
     sets = physionet2012.sets_in(folder)
     if not sets:
-        raise ValueError(f"node config data-dir {data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
-    seqs = to_sequences(clean(physionet2012.load(folder, sets=sets))[0])
+        raise ValueError(f"{what} {data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
+    return to_sequences(clean(physionet2012.load(folder, sets=sets))[0])
+
+
+@lru_cache(maxsize=None)
+def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
+    """A deployed hospital's stays from its own folder (read once per process)."""
+    seqs = load_folder(data_dir)
     val = np.isin(
         seqs.stay_ids,
         stratified_pick(seqs.stay_ids, seqs.labels, val_fraction, np.random.default_rng(seed)),
     )
-    return HospitalData(hospital or folder.name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)))
+    name = hospital or Path(data_dir).name
+    return HospitalData(name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)))

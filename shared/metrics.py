@@ -40,7 +40,11 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(s[int(np.argmax(score))]) if len(s) else 0.5
 
 
+BINARY_METRICS = ("auroc", "auprc", "brier", "loss", "accuracy", "event1", "sensitivity", "ppv")
+
+
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """`n` and BINARY_METRICS of scores against labels; the threshold makes the decisions."""
     labels = np.asarray(labels).astype(int)
     scores = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     both = len(np.unique(labels)) == 2

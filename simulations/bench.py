@@ -37,6 +37,7 @@ from shared.federation import Federation, prepare
 from shared.model import MortalityLSTM, model_config_of
 from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from shared.training import predict, set_torch_threads, train_epochs
+from simulations.processes import tree_rss
 
 
 def machine() -> dict:
@@ -107,34 +108,12 @@ class _PeakMemory:
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
 
-    @staticmethod
-    def _tree_rss() -> int:
-        parents, rss = {}, {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents[int(pid)] = int(fields[1])
-                rss[int(pid)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended meanwhile
-        root, total = os.getpid(), 0
-        for pid in rss:
-            p = pid
-            while p > 1 and p != root:
-                p = parents.get(p, 0)
-            if p == root:
-                total += rss[pid]
-        return total
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._tree_rss())
+            self.peak = max(self.peak, tree_rss(os.getpid()))
 
     def __enter__(self) -> _PeakMemory:
-        self.peak = self._tree_rss()
+        self.peak = tree_rss(os.getpid())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

@@ -70,8 +70,10 @@ OPTION_HELP = {
     "accountant": "Privacy accountant: rdp or prv.",
     "hospital_dp_noise": "Hospital-level DP: noise multiplier on the average of clipped hospital updates (0: off).",
     "hospital_dp_clip": "Hospital-level DP: L2 bound on each hospital's model update.",
+    "secagg": "Secure aggregation (SecAgg+): the server sees only the sum of the hospitals' weights.",
     "out": "Run directory to create (default: runs/<timestamp>).",
 }
+DEPLOYMENT_ONLY = ("sites", "test_dir")  # run-config keys of a real deployment, not options here
 
 
 class UserError(Exception):
@@ -84,7 +86,7 @@ class RunFailed(Exception):
 
 def run_options(command):
     """Give a command every RunConfig field as an option; it receives `config`."""
-    names = [f.name for f in fields(RunConfig)]
+    names = [f.name for f in fields(RunConfig) if f.name not in DEPLOYMENT_ONLY]
     defaults = RunConfig()
     params = [
         inspect.Parameter(
@@ -526,6 +528,50 @@ def certs(
     except (ValueError, FileExistsError) as error:
         raise UserError(str(error)) from error
     console.print(f"Wrote {len(written)} files to {out}: give each site ca.crt and its own sites/<site>.key; keep ca.key private")
+
+
+@app.command("deploy-demo")
+def deploy_demo(
+    out: Annotated[Path, typer.Option(help="Folder to create for certificates, site data, logs and the run directory.")],
+    sites: Annotated[int, typer.Option(help="Hospitals: one SuperNode each, with its own synthetic data.")] = 3,
+    rounds: Annotated[int, typer.Option(help=OPTION_HELP["rounds"])] = 2,
+    secagg: Annotated[bool, typer.Option(help=OPTION_HELP["secagg"])] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="No TLS and no node authentication: local experiments only, never with patient data.")
+    ] = False,
+    run_config: Annotated[
+        str, typer.Option(help="More run-config for `flwr run`, e.g. 'dp=true target-epsilon=4.0'.")
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds the run may take before the rehearsal fails.")] = 1800.0,
+) -> None:
+    """Rehearse a deployment here: a SuperLink and one SuperNode per site as processes, TLS, node keys, `flwr run`."""
+    from simulations.deploy_demo import DeploymentError, rehearse
+
+    if out.exists():
+        raise UserError(f"--out {out}: exists; give a folder to create")
+    if not (2 if secagg else 1) <= sites <= 16:
+        raise UserError(f"--sites must lie in {2 if secagg else 1}..16{' with --secagg' if secagg else ''}, not {sites}")
+    if rounds < 1:
+        raise UserError("--rounds must be at least 1")
+    if insecure:
+        console.print(
+            "[bold red]WARNING: --insecure: traffic is unencrypted and any process that reaches the port can join as a "
+            "hospital. Local experiments only, never with patient data.[/]"
+        )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("Deployment rounds", total=rounds)
+        try:
+            run_dir = rehearse(
+                out, sites, rounds, secagg, insecure, run_config, timeout,
+                on_step=lambda text: progress.console.print(f"[green]✓[/] {escape(text)}", highlight=False),
+                on_round=lambda done: progress.update(task, completed=done),
+            )  # fmt: skip
+        except DeploymentError as error:
+            raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    console.print(rounds_table(f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'})", rows))
+    console.print(f"Run directory: {run_dir}", highlight=False)
 
 
 @app.command("export-synthetic")

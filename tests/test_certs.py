@@ -50,6 +50,15 @@ def test_a_site_with_the_ca_trusts_the_superlink_by_ip_and_name(bundle):
     _handshake(bundle, context, "localhost")
 
 
+def test_the_superlink_certificate_always_holds_loopback_where_the_superlink_dials_itself(tmp_path):
+    create(tmp_path / "named", ["superlink.example.org"], ["st-mary"])
+    context = ssl.create_default_context(cafile=tmp_path / "named" / "ca.crt")
+    _handshake(tmp_path / "named", context, "superlink.example.org")
+    _handshake(tmp_path / "named", context, "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tmp_path / "named", context, "other.example.org")
+
+
 def test_a_client_without_the_ca_cannot_connect(bundle):
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(bundle, ssl.create_default_context(), "127.0.0.1")
@@ -63,7 +72,7 @@ def test_a_name_the_certificate_does_not_hold_is_refused(bundle):
 def test_each_site_gets_its_own_p384_key_pair_readable_as_flower_reads_it(bundle):
     publics = set()
     for site in ("st-mary", "general"):
-        private = serialization.load_pem_private_key((bundle / "sites" / f"{site}.key").read_bytes(), password=None)
+        private = serialization.load_ssh_private_key((bundle / "sites" / f"{site}.key").read_bytes(), password=None)
         public = serialization.load_ssh_public_key((bundle / "sites" / f"{site}.pub").read_bytes())
         assert private.curve.name == "secp384r1"
         assert private.public_key().public_numbers() == public.public_numbers()

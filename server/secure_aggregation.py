@@ -1,0 +1,136 @@
+"""Secure aggregation: a round's training carried by Flower's SecAgg+ protocol.
+
+Guarantee: the server learns the weighted sum of the hospitals' new weights and nothing
+else about any one hospital's weights, as long as it does not collude with at least half
+of the hospitals. Each hospital quantizes its weights (times its number of training stays)
+and adds pairwise masks, which cancel in the sum, and a private mask, whose seed the other
+hospitals help the server remove. A hospital that drops out before its masked weights
+arrive is left out of the sum, one that drops out later stays in it; the round completes
+while at least half of the hospitals (and at least two) stay to the end.
+
+Flower implements SecAgg+ in its legacy workflow API (`SecAggPlusWorkflow`, driving a legacy
+`Strategy` with `FitIns`/`FitRes`). `secure_train` bridges it into the Message-API round loop:
+the run's strategy still chooses the hospitals and their instructions (`configure_train`)
+and still aggregates (`aggregate_train`, given the secure average as one reply), so FedAvg,
+FedProx and FedAdam, and DP-SGD at the hospitals, work unchanged. The hospital's side is
+`client/secure_aggregation.py`.
+
+Limits:
+- Hospitals are weighted by training stays (FedAvg's weighting).
+- Each weighted weight is clipped to +-8 and quantized to 2^22 levels with stochastic
+  rounding (error about 1e-6): runs with secure aggregation do not reproduce bit for bit.
+- Only the weights are masked: the number of stays, metrics and privacy ledgers travel as
+  in any run.
+- Hospital-level DP is refused: its server-side clipping needs each hospital's update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import FitIns, bytes_to_ndarray
+from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid
+
+CLIPPING_RANGE = 8.0
+RECONSTRUCTION_FRACTION = 0.5  # key shares needed to unmask, as a share of the hospitals
+
+
+@dataclass(frozen=True)
+class _Node:
+    node_id: int
+
+
+class _Bridge:
+    """The two legacy-strategy calls SecAggPlusWorkflow makes: whom to send what, and the result."""
+
+    def __init__(self, instructions: list[Message]):
+        self.instructions = instructions
+        self.average: list[np.ndarray] | None = None
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return [
+            (
+                _Node(m.metadata.dst_node_id),
+                FitIns(
+                    arrayrecord_to_parameters(m.content["arrays"], keep_input=True),
+                    # legacy parameters are unnamed: the names travel in the config
+                    {**m.content["config"], "array-names": list(m.content["arrays"].keys())},
+                ),
+            )
+            for m in self.instructions
+        ]
+
+    def aggregate_fit(self, server_round, results, failures):
+        parameters = results[0][1].parameters  # the workflow gives every result the unmasked average
+        self.average = [bytes_to_ndarray(t) for t in parameters.tensors]
+        return parameters, {}
+
+
+class _SecAggPlus(SecAggPlusWorkflow):
+    """Flower's workflow, with hospitals that leave before sharing their keys out of the round.
+
+    No hospital holds key shares of such a hospital or masks with it, so it must not be
+    unmasked as a drop-out: Flower's workflow would ask the others for shares they never got
+    (the round then fails although enough hospitals remain)."""
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return self._check_threshold(state)
+
+
+class _RecordingGrid:
+    """The grid, keeping every reply: those of the masking stage carry the hospitals' metrics."""
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self.replies: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.replies += replies
+        return replies
+
+
+def secure_train(
+    grid: Grid, instructions: list[Message], server_round: int, max_weight: float, timeout: float
+) -> tuple[Message | None, list[Message]]:
+    """Run SecAgg+ over one round's train instructions.
+
+    Returns the hospitals' weighted average as one reply the strategy can aggregate (None
+    when the protocol stopped because too few hospitals remained) and every reply received,
+    whose masking-stage ones carry each hospital's metrics with its weights removed.
+    `max_weight` must be at least the largest number of training stays."""
+    arrays = instructions[0].content["arrays"]
+    state = RecordDict(
+        {
+            MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}),
+            MAIN_PARAMS_RECORD: arrays,
+        }
+    )
+    bridge, recording = _Bridge(instructions), _RecordingGrid(grid)
+    context = LegacyContext(Context(0, 0, {}, state, {}), strategy=bridge)
+    workflow = _SecAggPlus(
+        num_shares=1.0,
+        reconstruction_threshold=RECONSTRUCTION_FRACTION,
+        max_weight=max_weight,
+        clipping_range=CLIPPING_RANGE,
+        timeout=timeout,
+    )
+    workflow(recording, context)
+    if bridge.average is None:
+        return None, recording.replies
+    average = ArrayRecord(
+        {
+            name: Array(value.astype(arrays[name].numpy().dtype))
+            for name, value in zip(arrays.keys(), bridge.average, strict=True)
+        }
+    )
+    content = RecordDict({"arrays": average, "metrics": MetricRecord({"num-examples": 1})})
+    return Message(content, reply_to=instructions[0]), recording.replies

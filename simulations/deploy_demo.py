@@ -1,0 +1,317 @@
+"""`fedicu deploy-demo`: a real deployment, rehearsed on one machine.
+
+What a hospital deployment runs, as separate OS processes on 127.0.0.1:
+- a CA, the SuperLink's certificate and one key pair per site (`server/certs.py`), in OUT/certs;
+- one synthetic hospital per site, written in PhysioNet 2012 format to OUT/sites/<site>/ and
+  passed through the site check; a held-out test folder for the server in OUT/server-test;
+- a SuperLink with TLS and SuperNode authentication, each site's public key registered with
+  `flwr supernode register`;
+- one SuperNode per site, given the CA certificate, its own key and its own folder;
+- the app submitted with `flwr run` (run-config `sites`); its run directory is OUT/run.
+Flower's configuration and installed apps live in OUT/flwr-home, every process's log in
+OUT/logs. Runtime dependency installation is off: the app runs in this environment, which
+already has everything it needs. Every process started is stopped at the end, whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from server import certs
+from shared.datasets import physionet2012, synthetic
+from shared.partition import stratified_pick
+from simulations.processes import descendants, running, with_environment
+
+CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
+PROJECT = Path(__file__).resolve().parents[1]  # the app `flwr run` submits
+BIN = Path(sys.executable).parent  # Flower's commands, from this environment
+STAYS_PER_SITE = 400
+TEST_FRACTION = 0.2
+START_TIMEOUT = 60.0
+STOP_GRACE = 10.0
+
+
+class DeploymentError(RuntimeError):
+    """A step of the rehearsal failed; the message says which, and where to look."""
+
+
+def write_sites(out: Path, sites: int, seed: int) -> tuple[dict[str, Path], Path]:
+    """One synthetic hospital per site in PhysioNet format, and the server's test folder."""
+    cohort = synthetic.generate(hospitals=sites, stays=STAYS_PER_SITE * sites, seed=seed)
+    stays = cohort.stays
+    test = stratified_pick(stays.index.to_numpy(), stays["label"].to_numpy(), TEST_FRACTION, np.random.default_rng(seed))
+    training = stays.drop(index=test)
+    folders = {}
+    for name in sorted(training["hospital"].unique()):
+        folders[name] = out / "sites" / name
+        physionet2012.write(cohort.subset(training.index[training["hospital"] == name]), folders[name], "a")
+    physionet2012.write(cohort.subset(test), out / "server-test", "a")
+    return folders, out / "server-test"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _toml(values: dict) -> str:
+    """Flower's --run-config syntax: JSON scalars are valid TOML values."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+class LocalDeployment:
+    """A SuperLink and SuperNodes as processes on this machine; `stop` (or leaving the
+    `with` block) ends every process they started, children included."""
+
+    def __init__(self, out: Path, sites: list[str], insecure: bool = False):
+        self.out, self.certs, self.logs = out, out / "certs", out / "logs"
+        self.insecure = insecure
+        self.port, *node_ports = _free_ports(1 + len(sites))
+        self.node_ports = dict(zip(sites, node_ports, strict=True))
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(out / "flwr-home"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        text = self.log(name).read_text(errors="replace") if self.log(name).exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.log(name), "ab") as log:
+            process = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out, start_new_session=True,
+            )  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def flwr(self, *args: str) -> dict:
+        """Run a Flower CLI command against this SuperLink; its JSON answer."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), *args, "--format", "json"], env=self.env, cwd=self.out, capture_output=True, text=True
+        )
+        try:
+            answer = json.loads(done.stdout[done.stdout.index("{"):])
+        except ValueError:
+            answer = {"success": False, "error-message": (done.stdout + done.stderr).strip()[-2000:]}
+        if done.returncode or not answer.get("success", False):
+            raise DeploymentError(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
+        return answer
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink (TLS and SuperNode authentication unless insecure); return once it answers."""
+        security = ["--insecure"] if self.insecure else [
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+            "--ssl-certfile", str(self.certs / "superlink.crt"),
+            "--ssl-keyfile", str(self.certs / "superlink.key"),
+            "--enable-supernode-auth",
+        ]  # fmt: skip
+        self._start(
+            "superlink",
+            ["flower-superlink", *security, "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as raw:
+                    if not self.insecure:
+                        ssl.create_default_context(cafile=self.certs / "ca.crt").wrap_socket(raw, server_hostname="127.0.0.1").close()
+                    break
+            except OSError:
+                if self.processes["superlink"].poll() is not None or time.monotonic() > deadline:
+                    raise DeploymentError(
+                        f"the SuperLink did not start; see {self.log('superlink')}:\n{self.tail('superlink')}"
+                    ) from None
+                time.sleep(0.5)
+        config = self.out / "flwr-home" / "config.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        security = "insecure = true" if self.insecure else f'root-certificates = "{self.certs / "ca.crt"}"'
+        config.write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\n{security}\n'
+        )
+
+    def register(self, site: str) -> None:
+        """Register a site's public key: only registered SuperNodes may join."""
+        self.flwr("supernode", "register", str(self.certs / "sites" / f"{site}.pub"), CONNECTION)
+
+    def start_supernode(
+        self, site: str, data_dir: Path, *, key: Path | None = None, trust_ca: bool = True, max_retries: int | None = None
+    ) -> subprocess.Popen:
+        """A site's SuperNode: dials the SuperLink, authenticates with the site key, reads `data_dir`."""
+        node_config = {"data-dir": str(data_dir), "hospital": site, "state-dir": str(self.out / "state" / site)}
+        args = [
+            "flower-supernode",
+            "--superlink", f"127.0.0.1:{self.port}",
+            "--port", str(self.node_ports[site]),
+            "--node-config", _toml(node_config),
+        ]  # fmt: skip
+        if self.insecure:
+            args += ["--insecure"]
+        else:
+            args += ["--auth-supernode-private-key", str(key or self.certs / "sites" / f"{site}.key")]
+        if trust_ca and not self.insecure:
+            args += ["--root-certificates", str(self.certs / "ca.crt")]
+        if max_retries is not None:
+            args += ["--max-retries", str(max_retries)]
+        return self._start(site, args)
+
+    def submit(self, run_config: dict, extra_run_config: str = "") -> int:
+        """`flwr run` the app on this SuperLink; the run's id."""
+        args = ["run", str(PROJECT), CONNECTION, "--run-config", _toml(run_config)]
+        if extra_run_config:
+            args += ["--run-config", extra_run_config]
+        return int(self.flwr(*args)["run-id"])
+
+    def status(self, run_id: int) -> str:
+        return str(self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
+
+    def wait(self, run_id: int, run_dir: Path, timeout: float, on_round: Callable[[int], None]) -> None:
+        """Until the run finishes: report completed rounds, fail fast when a process dies."""
+        deadline, reported = time.monotonic() + timeout, 0
+        while not (status := self.status(run_id)).startswith("finished"):
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise DeploymentError(
+                        f"{name} stopped (exit code {process.returncode}); see {self.log(name)}:\n{self.tail(name)}"
+                    )
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"the run did not finish within {timeout:.0f} s (status {status})")
+            if (run_json := run_dir / "run.json").exists():
+                done = int(json.loads(run_json.read_text()).get("rounds_completed", 0))
+                if done > reported:
+                    on_round(done)
+                    reported = done
+            time.sleep(1.0)
+        if (run_json := run_dir / "run.json").exists():
+            on_round(int(json.loads(run_json.read_text()).get("rounds_completed", 0)))
+        if status != "finished:completed":
+            details = json.loads((run_dir / "run.json").read_text()).get("error", "") if (run_dir / "run.json").exists() else ""
+            raise DeploymentError(
+                f"the run ended {status}: {details or 'see the server log below'}\n"
+                + self.flwr_log(run_id)
+            )
+
+    def flwr_log(self, run_id: int) -> str:
+        done = subprocess.run(
+            [str(BIN / "flwr"), "log", str(run_id), CONNECTION, "--show"],
+            env=self.env, cwd=self.out, capture_output=True, text=True,
+        )  # fmt: skip
+        return "\n".join(done.stdout.splitlines()[-20:])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process and its children, as a crash or a pulled cable would end them."""
+        process = self.processes.pop(name)
+        for pid in (process.pid, *descendants(process.pid)):
+            _signal(pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> int:
+        """End every process started here and all their children; how many there were."""
+        roots = list(reversed(self.processes.values()))  # sites first, then the SuperLink
+        tree = {pid for process in roots for pid in (process.pid, *descendants(process.pid))}
+        tree |= set(with_environment("FLWR_HOME", self.env["FLWR_HOME"]))  # orphans too
+        for process in roots:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for pid in tree:  # children that started sessions of their own
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            for process in roots:
+                process.poll()  # reap our own children
+            if not any(running(pid) for pid in tree):
+                break
+            time.sleep(0.1)
+        for pid in tree:
+            if running(pid):
+                _signal(pid, signal.SIGKILL)
+        for process in roots:
+            process.wait()
+        return len(tree)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # a terminated rehearsal still stops what it started
+
+
+def rehearse(
+    out: Path,
+    sites: int,
+    rounds: int,
+    secagg: bool,
+    insecure: bool,
+    extra_run_config: str,
+    timeout: float,
+    on_step: Callable[[str], None],
+    on_round: Callable[[int], None],
+) -> Path:
+    """The whole rehearsal into `out` (which must not exist); the run directory."""
+    from shared.site_check import check
+
+    out.mkdir(parents=True)
+    folders, test_dir = write_sites(out, sites, seed=0)
+    for site, folder in folders.items():
+        if not (report := check(folder)).usable:
+            raise DeploymentError(f"site check of {folder}: {report.first_error}")
+    on_step(f"wrote and checked the data of {len(folders)} sites ({', '.join(folders)}) and the server's test set")
+    if not insecure:
+        certs.create(out / "certs", ["127.0.0.1", "localhost"], list(folders))
+        on_step(f"created the CA, the SuperLink certificate and site keys in {out / 'certs'}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with LocalDeployment(out, list(folders), insecure) as deployment:
+            deployment.start_superlink()
+            security = "INSECURE: no TLS, any node may join" if insecure else "TLS, SuperNode authentication"
+            on_step(f"SuperLink on 127.0.0.1:{deployment.port}: {security}")
+            for site, folder in folders.items():
+                if not insecure:
+                    deployment.register(site)
+                deployment.start_supernode(site, folder)
+            on_step(f"{'' if insecure else 'registered the site keys; '}{len(folders)} SuperNodes started")
+            run_config = {"sites": len(folders), "rounds": rounds, "secagg": secagg, "test-dir": str(test_dir), "out": str(out / "run")}
+            run_id = deployment.submit(run_config, extra_run_config)
+            on_step(f"run {run_id} submitted with `flwr run`")
+            deployment.wait(run_id, out / "run", timeout, on_round)
+        on_step(f"stopped all {len(deployment.processes)} processes started and their children")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return out / "run"

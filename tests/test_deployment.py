@@ -1,0 +1,142 @@
+"""Deployment: a real SuperLink and real SuperNodes as OS processes on loopback, TLS and node
+authentication on, the app submitted with `flwr run`.
+
+Every process a test starts is stopped when it ends, failed or not (`LocalDeployment` in a
+`with` block), and the tests check that nothing is left running."""
+
+import json
+import math
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server import certs
+from simulations.deploy_demo import CONNECTION, LocalDeployment, write_sites
+from simulations.processes import with_environment
+
+SITES = ["hospital-1", "hospital-2", "hospital-3"]
+FEDICU = Path(sys.executable).parent / "fedicu"
+
+
+def live_processes(out: Path) -> list[int]:
+    """Processes still running with this deployment's Flower home (children inherit it)."""
+    return with_environment("FLWR_HOME", str(out / "flwr-home"))
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
+    marker = str(tmp_path)
+    quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+    script = f"import subprocess; print(subprocess.Popen(['sleep', '60'], {quiet}).pid)"  # the parent exits at once
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "FEDICU_TEST": marker}, capture_output=True, text=True)
+    orphan = int(done.stdout)
+    try:
+        assert with_environment("FEDICU_TEST", marker) == [orphan]
+        assert with_environment("FEDICU_TEST", marker + "-other") == []
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    wait_until(lambda: with_environment("FEDICU_TEST", marker) == [], 10, "the killed orphan no longer counts")
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """A deployment with the CA, SuperLink certificate and site keys; nothing started yet."""
+    certs.create(tmp_path / "certs", ["127.0.0.1"], SITES)
+    with LocalDeployment(tmp_path, SITES) as started:
+        yield started
+    assert live_processes(tmp_path) == []
+
+
+def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "TLS, SuperNode authentication" in output
+    rows = json.loads((out / "run" / "metrics.json").read_text())
+    assert [(r["round"], r["hospitals_trained"], r["hospitals_failed"]) for r in rows] == [(1, 3, 0), (2, 3, 0)]
+    for row in rows:
+        assert math.isfinite(row["val_auroc"]) and row["test_auroc"] > 0.7  # the synthetic signal is learnt
+    hospitals = json.loads((out / "run" / "hospital_metrics.json").read_text())
+    assert {r["hospital"] for r in hospitals} == set(SITES)
+    assert all(r["status"] == "ok" for r in hospitals)
+    assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
+    assert live_processes(out) == []
+
+
+def test_only_registered_sites_holding_the_ca_certificate_can_join(deployment):
+    deployment.start_superlink()
+    deployment.register("hospital-1")
+    deployment.register("hospital-3")
+    registered = deployment.start_supernode("hospital-1", deployment.out)
+    unregistered = deployment.start_supernode("hospital-2", deployment.out)
+    without_ca = deployment.start_supernode("hospital-3", deployment.out, trust_ca=False, max_retries=1)
+
+    wait_until(lambda: None not in (unregistered.poll(), without_ca.poll()), 60, "the refused SuperNodes exit")
+    assert unregistered.returncode != 0
+    assert "Failed to activate SuperNode" in deployment.log("hospital-2").read_text()
+    assert without_ca.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in deployment.log("hospital-3").read_text()
+
+    def online() -> list[dict]:
+        nodes = deployment.flwr("supernode", "list", CONNECTION)["nodes"]
+        return [n for n in nodes if n["status"] == "online"]
+
+    wait_until(lambda: len(online()) == 1, 30, "the registered SuperNode is online")
+    assert registered.poll() is None
+
+
+def test_secure_aggregation_completes_the_round_when_a_site_is_killed_mid_round(deployment):
+    folders, test_dir = write_sites(deployment.out, len(SITES), seed=0)
+    deployment.start_superlink()
+    for site, folder in folders.items():
+        deployment.register(site)
+        deployment.start_supernode(site, folder)
+    run_dir = deployment.out / "run"
+    run_config = {"sites": 3, "rounds": 1, "secagg": True, "round-timeout": 30.0, "test-dir": str(test_dir), "out": str(run_dir)}
+    run_id = deployment.submit(run_config)
+
+    # SecAgg+ sends each site four train messages a round: keys, key shares, masking, unmasking.
+    # Killed once the key shares arrive, the site leaves after the others count on its keys.
+    victim = "hospital-3"
+    wait_until(
+        lambda: deployment.log(victim).read_text().count("Receiving: train message") >= 2, 600, f"{victim} gets its key shares"
+    )
+    deployment.kill(victim)
+    deployment.wait(run_id, run_dir, timeout=600, on_round=lambda done: None)
+
+    row = json.loads((run_dir / "metrics.json").read_text())[0]
+    assert (row["hospitals_trained"], row["hospitals_failed"]) == (2, 1)
+    assert row["test_auroc"] > 0.7
+    statuses = {r["hospital"]: r["status"] for r in json.loads((run_dir / "hospital_metrics.json").read_text())}
+    assert statuses["hospital-1"] == statuses["hospital-2"] == "ok"
+    assert statuses[victim] != "ok"
+
+
+def test_insecure_mode_has_no_tls_and_lets_any_node_join(tmp_path):
+    with LocalDeployment(tmp_path, ["hospital-1"], insecure=True) as insecure:
+        insecure.start_superlink()
+        node = insecure.start_supernode("hospital-1", tmp_path)  # no key, nothing registered
+        wait_until(lambda: len(insecure.flwr("supernode", "list", CONNECTION)["nodes"]) == 1, 30, "the node joins")
+        assert node.poll() is None
+        with socket.create_connection(("127.0.0.1", insecure.port), timeout=5) as raw:
+            with pytest.raises(ssl.SSLError):  # plain HTTP: a TLS handshake finds no TLS
+                ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    assert live_processes(tmp_path) == []
