@@ -43,9 +43,9 @@ from server.run_dir import (
     RunDirectory,
     write_model_card,
 )
+from server.secure_aggregation import secure_train, unmask_threshold
 from server.strategies import EQUAL_WEIGHT, make_strategy
 from shared.config import RunConfig
-from server.secure_aggregation import secure_train
 from shared.metrics import BINARY_METRICS, ScoreHistogram, binary_metrics
 from shared.model import MortalityLSTM, model_config_of
 from shared.plots import plot_learning_curves
@@ -203,9 +203,10 @@ def _secure_round(
     masked += [m for m in replies if m.has_error() and m.metadata.src_node_id not in delivered]
     trained = _sort_replies(masked, instructions, "dropped out during secure aggregation", stage, config.min_hospitals, names)
     if average is None:
+        needed = unmask_threshold(len(instructions))
         raise RuntimeError(
-            f"{stage}: stopped with {len(trained.ok)} of {len(instructions)} hospitals; SecAgg+ needs at least "
-            f"half of them (and at least 2) to the end of the round to unmask the sum"
+            f"{stage}: stopped, fewer than {needed} of {len(instructions)} hospitals stayed to the end of the round "
+            f"({len(trained.ok)} sent masked weights); SecAgg+ needs more than half of them to unmask the sum"
         )
     arrays, _ = strategy.aggregate_train(rnd, [average])
     return trained, arrays
@@ -250,6 +251,23 @@ def restore_privacy(grid: Grid, names: dict[int, str], ledgers: dict[str, dict],
     ]
     if messages:
         _exchange(grid, messages, timeout, "restoring privacy ledgers", len(messages), names)
+
+
+class _AllHospitals:
+    """The grid as the strategy sees it: every hospital of the run, online or not.
+
+    Flower's strategies sample among online nodes and wait, without end, until enough are
+    online. A site that went down must instead be asked, miss the round timeout and be
+    recorded as failed, and the run go on or stop with a message."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]):
+        self.grid, self.node_ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -357,7 +375,7 @@ def run_federated(
     progress.begin(config.rounds, state.completed)
     for rnd in range(state.completed + 1, config.rounds + 1):
         started = time.monotonic()
-        instructions = list(strategy.configure_train(rnd, arrays, train_config, grid))
+        instructions = list(strategy.configure_train(rnd, arrays, train_config, _AllHospitals(grid, names)))
         if config.secagg:
             trained, arrays = _secure_round(grid, strategy, rnd, instructions, config, names, train_stays)
         else:
@@ -369,7 +387,7 @@ def run_federated(
                     reply.content["metrics"][EQUAL_WEIGHT] = 1.0
             arrays, _ = strategy.aggregate_train(rnd, list(trained.ok.values()))
         evaluated = _exchange(
-            grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), grid),
+            grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), _AllHospitals(grid, names)),
             config.round_timeout, f"round {rnd} evaluation", config.min_hospitals, names,
         )  # fmt: skip
         row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, test)

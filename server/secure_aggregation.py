@@ -1,12 +1,16 @@
 """Secure aggregation: a round's training carried by Flower's SecAgg+ protocol.
 
-Guarantee: the server learns the weighted sum of the hospitals' new weights and nothing
-else about any one hospital's weights, as long as it does not collude with at least half
-of the hospitals. Each hospital quantizes its weights (times its number of training stays)
-and adds pairwise masks, which cancel in the sum, and a private mask, whose seed the other
-hospitals help the server remove. A hospital that drops out before its masked weights
-arrive is left out of the sum, one that drops out later stays in it; the round completes
-while at least half of the hospitals (and at least two) stay to the end.
+Guarantee: a server that follows the protocol learns the weighted sum of the hospitals' new
+weights and nothing else about any one hospital's weights, unless it colludes with more than
+half of the N hospitals of the round. Each hospital quantizes its weights (times its number
+of training stays) and adds pairwise masks, which cancel in the sum, and a private mask; every
+mask's secret is split into N shares of which t = N // 2 + 1 rebuild it. A hospital that drops
+out before its masked weights arrive is left out of the sum, one that drops out later stays
+in it; the round completes while t hospitals stay to the end (2 of 2 or 3, 3 of 4 or 5, ...).
+A server that lies about who dropped out could ask some hospitals for one secret of a
+hospital and others for the other: with t above N / 2 that needs colluding hospitals too,
+but Flower's workflow does not check the server's consistency, so the guarantee is stated
+for a server that follows the protocol.
 
 Flower implements SecAgg+ in its legacy workflow API (`SecAggPlusWorkflow`, driving a legacy
 `Strategy` with `FitIns`/`FitRes`). `secure_train` bridges it into the Message-API round loop:
@@ -22,6 +26,9 @@ Limits:
 - Only the weights are masked: the number of stays, metrics and privacy ledgers travel as
   in any run.
 - Hospital-level DP is refused: its server-side clipping needs each hospital's update.
+- `round-timeout` applies to each of the protocol's four exchanges.
+- A hospital cannot insist on secure aggregation: it answers the plain train messages of a
+  run without it.
 """
 
 from __future__ import annotations
@@ -38,7 +45,12 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 CLIPPING_RANGE = 8.0
-RECONSTRUCTION_FRACTION = 0.5  # key shares needed to unmask, as a share of the hospitals
+
+
+def unmask_threshold(hospitals: int) -> int:
+    """Shares needed to rebuild a secret, which is also how many hospitals must stay to the
+    end of a round: more than half, so that two disjoint groups can never both rebuild."""
+    return hospitals // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -76,12 +88,19 @@ class _SecAggPlus(SecAggPlusWorkflow):
     """Flower's workflow, with hospitals that leave before sharing their keys out of the round.
 
     No hospital holds key shares of such a hospital or masks with it, so it must not be
-    unmasked as a drop-out: Flower's workflow would ask the others for shares they never got
-    (the round then fails although enough hospitals remain)."""
+    unmasked as a drop-out, nor counted as a neighbour whose pairwise mask is removed when
+    another hospital drops out later. Flower's workflow does both: it asks for shares nobody
+    got (the round fails although enough hospitals remain) or removes masks never added
+    (a wrong average)."""
 
     def share_keys_stage(self, grid, context, state) -> bool:
         super().share_keys_stage(grid, context, state)
         state.sampled_node_ids = set(state.active_node_ids)
+        state.nid_to_neighbours = {
+            node: neighbours & state.active_node_ids
+            for node, neighbours in state.nid_to_neighbours.items()
+            if node in state.active_node_ids
+        }
         return self._check_threshold(state)
 
 
@@ -117,8 +136,8 @@ def secure_train(
     bridge, recording = _Bridge(instructions), _RecordingGrid(grid)
     context = LegacyContext(Context(0, 0, {}, state, {}), strategy=bridge)
     workflow = _SecAggPlus(
-        num_shares=1.0,
-        reconstruction_threshold=RECONSTRUCTION_FRACTION,
+        num_shares=1.0,  # every hospital holds a share of every other's secrets
+        reconstruction_threshold=unmask_threshold(len(instructions)),
         max_weight=max_weight,
         clipping_range=CLIPPING_RANGE,
         timeout=timeout,

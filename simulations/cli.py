@@ -13,6 +13,7 @@ from typing import Annotated
 
 import click
 import typer
+from flwr.common.config import parse_config_args
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -553,6 +554,11 @@ def deploy_demo(
         raise UserError(f"--sites must lie in {2 if secagg else 1}..16{' with --secagg' if secagg else ''}, not {sites}")
     if rounds < 1:
         raise UserError("--rounds must be at least 1")
+    try:  # refused here rather than by the ServerApp once every process is up
+        RunConfig.from_flower({"sites": sites, "rounds": rounds, "secagg": secagg, **parse_config_args([run_config])})
+    except (ValueError, click.ClickException) as error:
+        message = error.message if isinstance(error, click.ClickException) else str(error)
+        raise UserError(f"--run-config {run_config!r}: {message}") from None
     if insecure:
         console.print(
             "[bold red]WARNING: --insecure: traffic is unencrypted and any process that reaches the port can join as a "
@@ -570,7 +576,8 @@ def deploy_demo(
         except DeploymentError as error:
             raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error
     rows = json.loads((run_dir / "metrics.json").read_text())
-    console.print(rounds_table(f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'})", rows))
+    title = f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'}{', INSECURE' if insecure else ''})"
+    console.print(rounds_table(title, rows))
     console.print(f"Run directory: {run_dir}", highlight=False)
 
 

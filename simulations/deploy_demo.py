@@ -16,6 +16,7 @@ happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ STAYS_PER_SITE = 400
 TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class DeploymentError(RuntimeError):
@@ -238,35 +240,58 @@ class LocalDeployment:
         process.wait()
 
     def stop(self) -> int:
-        """End every process started here and all their children; how many there were."""
-        roots = list(reversed(self.processes.values()))  # sites first, then the SuperLink
-        tree = {pid for process in roots for pid in (process.pid, *descendants(process.pid))}
-        tree |= set(with_environment("FLWR_HOME", self.env["FLWR_HOME"]))  # orphans too
-        for process in roots:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for pid in tree:  # children that started sessions of their own
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline:
-            for process in roots:
-                process.poll()  # reap our own children
-            if not any(running(pid) for pid in tree):
-                break
-            time.sleep(0.1)
-        for pid in tree:
-            if running(pid):
-                _signal(pid, signal.SIGKILL)
-        for process in roots:
-            process.wait()
-        return len(tree)
+        """End every process started here and all their children; how many there were.
+
+        Processes are found again on each pass, by their parentage and by the FLWR_HOME they
+        inherited: a child started late or orphaned is caught, a reused process ID is not."""
+        with _signals_held():
+            for process in self.processes.values():
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGTERM)
+            seen = {process.pid for process in self.processes.values()}
+            deadline = time.monotonic() + STOP_GRACE
+            while (left := self._ours()) and time.monotonic() < deadline:
+                for pid in left - seen:  # once each: a second SIGTERM cuts a clean shutdown short
+                    _signal(pid, signal.SIGTERM)
+                seen |= left
+                for process in self.processes.values():
+                    process.poll()  # reap our own children
+                time.sleep(0.1)
+            for _ in range(50):
+                if not (left := self._ours()):
+                    break
+                seen |= left
+                for pid in left:
+                    _signal(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            for process in self.processes.values():
+                process.wait()
+            return len(seen)
+
+    def _ours(self) -> set[int]:
+        roots = [p.pid for p in self.processes.values() if p.poll() is None]
+        below = {d for r in roots for d in descendants(r) if running(d)}
+        return {*roots, *below, *with_environment("FLWR_HOME", self.env["FLWR_HOME"])}
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Let a second Ctrl-C or SIGTERM wait until the processes are stopped, not cut that short."""
+    caught = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _interrupt(signum, frame) -> None:
@@ -296,7 +321,7 @@ def rehearse(
     if not insecure:
         certs.create(out / "certs", ["127.0.0.1", "localhost"], list(folders))
         on_step(f"created the CA, the SuperLink certificate and site keys in {out / 'certs'}")
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS[1:]}  # SIGINT already interrupts
     try:
         with LocalDeployment(out, list(folders), insecure) as deployment:
             deployment.start_superlink()
@@ -313,5 +338,6 @@ def rehearse(
             deployment.wait(run_id, out / "run", timeout, on_round)
         on_step(f"stopped all {len(deployment.processes)} processes started and their children")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return out / "run"

@@ -29,6 +29,10 @@ def run(monkeypatch, capsys, *args):
         (["simulate", "--dp"], "--dp needs --target-epsilon"),
         (["audit", "/nonexistent/run"], "/nonexistent/run"),
         (["simulate", "--min-hospitals", "9"], "--min-hospitals 9 exceeds the 4 hospitals"),
+        (["deploy-demo", "--out", "demo", "--sites", "1", "--secagg"], "--sites must lie in 2..16 with --secagg"),
+        (["deploy-demo", "--out", "demo", "--run-config", 'strategy="fedsgd"'], "run-config strategy must be one of"),
+        (["deploy-demo", "--out", "demo", "--run-config", "rounds=many"], "--run-config 'rounds=many': The provided"),
+        (["deploy-demo", "--out", "demo", "--run-config", "roundz=3"], "unknown run-config key 'roundz'"),
     ],
 )
 def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, args, expected):
@@ -38,6 +42,7 @@ def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, 
     assert expected in err
     assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # no run directory for a run that never started
+    assert not (tmp_path / "demo").exists()
 
 
 def test_unknown_set_and_missing_outcomes_name_the_problem(monkeypatch, capsys, tmp_path):

@@ -63,12 +63,19 @@ def deployment(tmp_path):
 
 def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
+    command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2", "--timeout", "600"]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        output, _ = demo.communicate(timeout=900)
+    finally:  # the demo stops what it started on SIGTERM; whatever it could not stop, the test does
+        if demo.poll() is None:
+            demo.terminate()
+            demo.wait(timeout=60)
+        left = live_processes(out)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert demo.returncode == 0, output[-5000:]
     assert "TLS, SuperNode authentication" in output
     rows = json.loads((out / "run" / "metrics.json").read_text())
     assert [(r["round"], r["hospitals_trained"], r["hospitals_failed"]) for r in rows] == [(1, 3, 0), (2, 3, 0)]
@@ -78,7 +85,6 @@ def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_pa
     assert {r["hospital"] for r in hospitals} == set(SITES)
     assert all(r["status"] == "ok" for r in hospitals)
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
-    assert live_processes(out) == []
 
 
 def test_only_registered_sites_holding_the_ca_certificate_can_join(deployment):
@@ -103,18 +109,19 @@ def test_only_registered_sites_holding_the_ca_certificate_can_join(deployment):
     assert registered.poll() is None
 
 
-def test_secure_aggregation_completes_the_round_when_a_site_is_killed_mid_round(deployment):
+def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
     folders, test_dir = write_sites(deployment.out, len(SITES), seed=0)
     deployment.start_superlink()
     for site, folder in folders.items():
         deployment.register(site)
         deployment.start_supernode(site, folder)
     run_dir = deployment.out / "run"
-    run_config = {"sites": 3, "rounds": 1, "secagg": True, "round-timeout": 30.0, "test-dir": str(test_dir), "out": str(run_dir)}
+    run_config = {"sites": 3, "rounds": 2, "secagg": True, "round-timeout": 20.0, "test-dir": str(test_dir), "out": str(run_dir)}
     run_id = deployment.submit(run_config)
 
     # SecAgg+ sends each site four train messages a round: keys, key shares, masking, unmasking.
-    # Killed once the key shares arrive, the site leaves after the others count on its keys.
+    # Killed once the key shares arrive (before or after it sent its own: each stage is covered
+    # in test_secure_aggregation.py), the site leaves mid-protocol and stays down in round 2.
     victim = "hospital-3"
     wait_until(
         lambda: deployment.log(victim).read_text().count("Receiving: train message") >= 2, 600, f"{victim} gets its key shares"
@@ -122,12 +129,11 @@ def test_secure_aggregation_completes_the_round_when_a_site_is_killed_mid_round(
     deployment.kill(victim)
     deployment.wait(run_id, run_dir, timeout=600, on_round=lambda done: None)
 
-    row = json.loads((run_dir / "metrics.json").read_text())[0]
-    assert (row["hospitals_trained"], row["hospitals_failed"]) == (2, 1)
-    assert row["test_auroc"] > 0.7
-    statuses = {r["hospital"]: r["status"] for r in json.loads((run_dir / "hospital_metrics.json").read_text())}
-    assert statuses["hospital-1"] == statuses["hospital-2"] == "ok"
-    assert statuses[victim] != "ok"
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert [(r["round"], r["hospitals_trained"], r["hospitals_failed"]) for r in rows] == [(1, 2, 1), (2, 2, 1)]
+    assert rows[-1]["test_auroc"] > 0.7
+    for row in json.loads((run_dir / "hospital_metrics.json").read_text()):
+        assert (row["status"] == "ok") == (row["hospital"] != victim), row
 
 
 def test_insecure_mode_has_no_tls_and_lets_any_node_join(tmp_path):

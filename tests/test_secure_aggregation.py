@@ -1,21 +1,104 @@
-"""Secure aggregation (SecAgg+) in simulation: the same average as plain aggregation, whichever
-protocol stage a hospital drops out in, and a clear failure when too few hospitals remain."""
+"""Secure aggregation (SecAgg+): the protocol in this process with hospitals dropping out at
+any stages (exact stays-weighted average of the right hospitals, no weights in the clear), and
+in simulation: the same model as plain aggregation, and a clear failure when too few remain."""
 
+import copy
+
+import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app as hospital_app
 from client.client_app import train as hospital_train
 from client.secure_aggregation import secure_aggregation_mod
 from server.federated_run import LogProgress
 from server.run_dir import FINAL_MODEL, RunDirectory
+from server.secure_aggregation import secure_train
 from shared.config import RunConfig
 from shared.federation import prepare
 from simulations.simulate import simulate
 
 SMALL = dict(hospitals=3, synthetic_stays=900, rounds=1, seed=5)
+STAGES = Stage.all()
+
+
+class InProcessSites:
+    """A grid whose hospitals answer in this process through the real client mod; hospital i
+    stops answering from stage `gone_from[i]` on. Messages are copied as a network would."""
+
+    def __init__(self, hospitals: int, gone_from: dict[int, str], seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.nodes = [1000 + 17 * i for i in range(hospitals)]
+        self.weights = {n: rng.normal(0, 0.3, (6, 4)).astype(np.float32) for n in self.nodes}
+        self.stays = {n: int(rng.integers(40, 400)) for n in self.nodes}
+        self.gone_from = {self.nodes[i]: STAGES.index(stage) for i, stage in gone_from.items()}
+        self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in self.nodes}
+
+    def train(self, msg: Message, context: Context) -> Message:
+        node = context.node_id
+        content = {
+            "arrays": ArrayRecord({"w": Array(self.weights[node])}),
+            "metrics": MetricRecord({"num-examples": self.stays[node]}),
+            "site": ConfigRecord({"hospital": f"hospital-{node}"}),
+        }
+        return Message(RecordDict(content), reply_to=msg)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            node, stage = msg.metadata.dst_node_id, msg.content[RECORD_KEY_CONFIGS]["stage"]
+            if STAGES.index(stage) < self.gone_from.get(node, len(STAGES)):
+                reply = secure_aggregation_mod(copy.deepcopy(msg), self.contexts[node], self.train)
+                replies.append(copy.deepcopy(reply))
+        return replies
+
+    def instructions(self) -> list[Message]:
+        start = ArrayRecord({"w": Array(np.zeros((6, 4), np.float32))})
+        return [
+            Message(RecordDict({"arrays": start, "config": ConfigRecord({"server-round": 1})}), dst_node_id=n, message_type="train")
+            for n in self.nodes
+        ]
+
+    def average_of(self, indices: list[int]) -> np.ndarray:
+        nodes = [self.nodes[i] for i in indices]
+        return sum(self.weights[n] * self.stays[n] for n in nodes) / sum(self.stays[n] for n in nodes)
+
+
+@pytest.fixture
+def in_a_task(monkeypatch):
+    """Flower builds messages only inside a task: give this process a task identity."""
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.mark.parametrize(
+    "hospitals, gone_from, summed",
+    [
+        (3, {}, [0, 1, 2]),
+        (5, {1: Stage.SETUP, 2: Stage.COLLECT_MASKED_VECTORS}, [0, 3, 4]),
+        (5, {1: Stage.SHARE_KEYS, 2: Stage.COLLECT_MASKED_VECTORS}, [0, 3, 4]),
+        (5, {1: Stage.SHARE_KEYS, 2: Stage.UNMASK}, [0, 2, 3, 4]),  # 2's masked weights had arrived
+        (4, {1: Stage.SHARE_KEYS, 2: Stage.COLLECT_MASKED_VECTORS}, None),  # 2 of 4 left: not more than half
+        (5, {1: Stage.COLLECT_MASKED_VECTORS, 2: Stage.COLLECT_MASKED_VECTORS, 3: Stage.UNMASK}, None),
+    ],
+)
+def test_the_server_learns_the_weighted_average_of_the_hospitals_that_stayed_and_no_weights(
+    in_a_task, hospitals, gone_from, summed
+):
+    sites = InProcessSites(hospitals, gone_from)
+    average, replies = secure_train(sites, sites.instructions(), 1, max_weight=400.0, timeout=1.0)
+
+    if summed is None:
+        assert average is None
+    else:
+        assert np.allclose(average.content["arrays"]["w"].numpy(), sites.average_of(summed), atol=1e-5)
+    for reply in replies:  # whatever the stage, no weights travel in the clear
+        assert all(len(record) == 0 for record in reply.content.array_records.values())
+        assert {"arrays", "fitres.parameters"} >= set(reply.content.array_records)
 
 
 def crashing(partitions: set[int], stage: str = Stage.COLLECT_MASKED_VECTORS) -> ClientApp:
@@ -84,7 +167,7 @@ def test_secure_average_equals_the_plain_one_whatever_stage_a_hospital_drops_out
 
 
 def test_too_few_hospitals_left_stop_secure_aggregation_clearly(tmp_path):
-    with pytest.raises(RuntimeError, match="stopped with 1 of 3 hospitals; SecAgg\\+ needs at least half"):
+    with pytest.raises(RuntimeError, match="stopped, fewer than 2 of 3 hospitals stayed to the end of the round"):
         run(tmp_path / "run", crashing({0, 2}), secagg=True)
     assert (tmp_path / "run" / "run.json").exists()
     assert not (tmp_path / "run" / "model_card.json").exists()
