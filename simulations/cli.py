@@ -533,7 +533,10 @@ def certs(
 
 @app.command("deploy-demo")
 def deploy_demo(
-    out: Annotated[Path, typer.Option(help="Folder to create for certificates, site data, logs and the run directory.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder to create for certificates, site data, logs and the run directory (default: runs/deploy-demo-<timestamp>)."),
+    ] = None,
     sites: Annotated[int, typer.Option(help="Hospitals: one SuperNode each, with its own synthetic data.")] = 3,
     rounds: Annotated[int, typer.Option(help=OPTION_HELP["rounds"])] = 2,
     secagg: Annotated[bool, typer.Option(help=OPTION_HELP["secagg"])] = False,
@@ -548,6 +551,7 @@ def deploy_demo(
     """Rehearse a deployment here: a SuperLink and one SuperNode per site as processes, TLS, node keys, `flwr run`."""
     from simulations.deploy_demo import DeploymentError, rehearse
 
+    out = (out or default_run_dir().with_name(f"deploy-demo-{default_run_dir().name}")).absolute()
     if out.exists():
         raise UserError(f"--out {out}: exists; give a folder to create")
     if not (2 if secagg else 1) <= sites <= 16:
