@@ -166,6 +166,18 @@ def test_secure_average_equals_the_plain_one_whatever_stage_a_hospital_drops_out
     assert not torch.equal(weights["head.weight"], plain[expected]["head.weight"])  # it went through quantization
 
 
+def test_secure_aggregation_works_with_fedadam_and_dp_sgd(tmp_path):
+    settings = dict(strategy="fedadam", dp=True, target_epsilon=8.0)
+    plain = run(tmp_path / "plain", crashing(set()), **settings)
+    secure = run(tmp_path / "secure", crashing(set()), secagg=True, **settings)
+
+    plain_weights, weights = (r.load_model(FINAL_MODEL)["state_dict"] for r in (plain, secure))
+    for name, value in plain_weights.items():  # the server's Adam step moves both alike
+        assert torch.allclose(weights[name], value, atol=5e-5), name
+    ledgers = [r.read_json("privacy.json") for r in (plain, secure)]
+    assert ledgers[0] == ledgers[1] and len(ledgers[1]) == 3  # the hospitals' accounting travels as before
+
+
 def test_too_few_hospitals_left_stop_secure_aggregation_clearly(tmp_path):
     with pytest.raises(RuntimeError, match="stopped, fewer than 2 of 3 hospitals stayed to the end of the round"):
         run(tmp_path / "run", crashing({0, 2}), secagg=True)
