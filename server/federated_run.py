@@ -5,7 +5,9 @@
 2. Each round: hospitals train the global LSTM locally; the strategy
    aggregates; hospitals evaluate the new global model on their validation
    stays and send score histograms; the server pools them (validation AUROC,
-   decision threshold) and scores the model on the held-out test split.
+   decision threshold) and scores the model on the held-out test split. The
+   next round's training is sent first, so hospitals train while the server
+   scores and writes (except under secure aggregation, whose rounds run apart).
 3. After every round the run directory gets the metrics and a checkpoint (the
    global weights, the strategy's state, the metrics so far), so a killed run
    resumes from its last completed round and ends exactly as an uninterrupted
@@ -33,6 +35,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.messaging import Sent, collect, send
 from server.run_dir import (
     BEST_MODEL,
     CHECKPOINT,
@@ -151,13 +154,17 @@ class Replies:
     failures: dict[str, str]  # hospital (or node) -> what went wrong
 
 
+def _receive(grid: Grid, sent: Sent, stage: str, minimum: int, names: dict[int, str]) -> Replies:
+    """Wait until every hospital replied or the timeout passed, and sort the replies by hospital."""
+    missing = f"no reply within {sent.timeout:g} s"
+    return _sort_replies(collect(grid, sent), sent.messages, missing, stage, minimum, names)
+
+
 def _exchange(
     grid: Grid, messages: Iterable[Message], timeout: float, stage: str, minimum: int, names: dict[int, str]
 ) -> Replies:
     """Send, wait up to `timeout`, and sort the replies by hospital."""
-    sent = list(messages)
-    replies = grid.send_and_receive(sent, timeout=timeout)
-    return _sort_replies(replies, sent, f"no reply within {timeout:g} s", stage, minimum, names)
+    return _receive(grid, send(grid, messages, timeout), stage, minimum, names)
 
 
 def _sort_replies(
@@ -372,16 +379,18 @@ def run_federated(
     )
     test = (to_features(data.test, norm), data.test.labels) if data.test is not None else None
 
+    def training(rnd: int, arrays: ArrayRecord) -> list[Message]:
+        return list(strategy.configure_train(rnd, arrays, train_config, _AllHospitals(grid, names)))
+
     progress.begin(config.rounds, state.completed)
+    started = time.monotonic()
+    next_training: Sent | None = None
     for rnd in range(state.completed + 1, config.rounds + 1):
-        started = time.monotonic()
-        instructions = list(strategy.configure_train(rnd, arrays, train_config, _AllHospitals(grid, names)))
         if config.secagg:
-            trained, arrays = _secure_round(grid, strategy, rnd, instructions, config, names, train_stays)
+            trained, arrays = _secure_round(grid, strategy, rnd, training(rnd, arrays), config, names, train_stays)
         else:
-            trained = _exchange(
-                grid, instructions, config.round_timeout, f"round {rnd} training", config.min_hospitals, names
-            )
+            sent = next_training or send(grid, training(rnd, arrays), config.round_timeout)
+            trained = _receive(grid, sent, f"round {rnd} training", config.min_hospitals, names)
             if config.hospital_dp_noise:
                 for reply in trained.ok.values():
                     reply.content["metrics"][EQUAL_WEIGHT] = 1.0
@@ -390,8 +399,13 @@ def run_federated(
             grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(shared_config), _AllHospitals(grid, names)),
             config.round_timeout, f"round {rnd} evaluation", config.min_hospitals, names,
         )  # fmt: skip
+        if rnd < config.rounds and not config.secagg:
+            # Hospitals start the next round now: the server's own work for this one (test
+            # scoring, files, checkpoint) overlaps their training instead of delaying it.
+            next_training = send(grid, training(rnd + 1, arrays), config.round_timeout)
         row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, test)
-        row["seconds"] = time.monotonic() - started
+        now = time.monotonic()
+        row["seconds"], started = now - started, now
 
         state.completed = rnd
         state.arrays = arrays.to_torch_state_dict()

@@ -44,6 +44,8 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from server.messaging import collect, send
+
 CLIPPING_RANGE = 8.0
 
 
@@ -112,7 +114,7 @@ class _RecordingGrid:
         self.replies: list[Message] = []
 
     def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = collect(self.grid, send(self.grid, messages, timeout))
         self.replies += replies
         return replies
 

@@ -8,6 +8,9 @@ yes/no decisions is chosen on validation data to maximize Event-1.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,6 +24,17 @@ def set_torch_threads(threads: int) -> None:
     """Limit intra-op threads so parallel hospitals do not oversubscribe the CPU."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Use `threads` intra-op threads inside the block, and the previous number after it."""
+    previous = torch.get_num_threads()
+    set_torch_threads(threads)
+    try:
+        yield
+    finally:
+        set_torch_threads(previous)
 
 
 def train_epochs(

@@ -84,7 +84,7 @@ from shared.files import atomic_write_bytes  # noqa: E402
 from shared.federation import prepare  # noqa: E402
 from shared.model import ModelConfig, MortalityLSTM, model_config_of  # noqa: E402
 from shared.preprocessing import Normalization, Sequences, to_features  # noqa: E402
-from shared.training import train_epochs  # noqa: E402
+from shared.training import torch_threads, train_epochs  # noqa: E402
 
 AUDIT_JSON, AUDIT_PNG = "audit.json", "audit_roc.png"
 PRIVACY_FILE = "privacy.json"  # per-hospital privacy ledgers of a DP run
@@ -336,9 +336,7 @@ def run_attacks(
     loss-threshold attack only.
     """
     is_member = np.asarray(is_member, dtype=bool)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(AUDIT_THREADS)
-    try:
+    with torch_threads(AUDIT_THREADS):
         target = true_label_logits(model, x, y)
         scores = {"loss_threshold": -bce_loss(target)}
         if shadow_models and recipe is not None:
@@ -346,8 +344,6 @@ def run_attacks(
             shadow = train_shadows(recipe, x, y, in_mask, seed, on_progress)
             scores["calibrated_loss"] = calibrated_loss_scores(target, shadow, in_mask)
             scores["lira"], scores["lira_offline"] = lira_scores(target, shadow, in_mask)
-    finally:
-        torch.set_num_threads(threads)
     metrics = {name: (attack_metrics(scores[name], is_member) if name in scores else None) for name in ATTACKS}
     return AttackResult(metrics, scores)
 

@@ -1,5 +1,6 @@
-"""The benchmark's own instruments: memory of the process tree, and a real small scale run."""
+"""The benchmark: its instruments (memory of the process tree), a real small scale run, and `fedicu bench --quick --json` end to end."""
 
+import json
 import subprocess
 import sys
 
@@ -32,3 +33,21 @@ def test_loader_times_a_cold_parse_and_a_cached_reload_without_touching_the_user
     result = bench.loader(str(PHYSIONET_DIR), repeats=1)
     assert 0 < result["cached_reload_s"] < result["parse_and_cache_s"]
     assert not (tmp_path / "users-cache").exists()
+
+
+def test_quick_bench_ends_with_one_json_object_holding_the_goal_figures():
+    done = subprocess.run(
+        [sys.executable, "-c", "from simulations.cli import main; main()", "bench", "--quick", "--json", "--repeats", "1"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["quick"] and report["loader"] == {"skipped": "no --data-dir (PhysioNet 2012 A+B)"}
+    assert report["dp_over_plain_epoch_ratio"] == report["epoch"]["dp_epoch_s"] / report["epoch"]["plain_epoch_s"] > 0
+    (synthetic,) = report["overhead"]
+    assert synthetic["cohort"] == "synthetic" and synthetic["hospitals"] == 4
+    assert report["federated_over_local_compute_ratio"] == synthetic["federated_round_s"] / synthetic["compute_per_round_s"]
+    assert 0 < synthetic["federated_round_s"] < synthetic["simulation_wall_s"]
+    assert 0 < report["trivial"]["trivial_round_s"] < synthetic["simulation_wall_s"]
+    assert report["max_virtual_hospitals_completed"] == 16
+    assert [r["hospitals"] for r in report["scale"]] == [4, 16] and all(r["completed"] for r in report["scale"])

@@ -37,6 +37,7 @@ class InProcessSites:
         self.stays = {n: int(rng.integers(40, 400)) for n in self.nodes}
         self.gone_from = {self.nodes[i]: STAGES.index(stage) for i, stage in gone_from.items()}
         self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in self.nodes}
+        self.replies: dict[str, Message | None] = {}  # message id -> reply (None: never comes)
 
     def train(self, msg: Message, context: Context) -> Message:
         node = context.node_id
@@ -47,14 +48,23 @@ class InProcessSites:
         }
         return Message(RecordDict(content), reply_to=msg)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
+    pull_interval = 0.001
+
+    def push_messages(self, messages):
+        ids = []
         for msg in messages:
+            ids.append(f"message-{len(self.replies) + len(ids)}")
+            msg.metadata.__dict__["_message_id"] = ids[-1]  # as Flower's grids number them
             node, stage = msg.metadata.dst_node_id, msg.content[RECORD_KEY_CONFIGS]["stage"]
             if STAGES.index(stage) < self.gone_from.get(node, len(STAGES)):
                 reply = secure_aggregation_mod(copy.deepcopy(msg), self.contexts[node], self.train)
-                replies.append(copy.deepcopy(reply))
-        return replies
+                self.replies[ids[-1]] = copy.deepcopy(reply)
+            else:
+                self.replies[ids[-1]] = None
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies[i] for i in message_ids if self.replies.get(i) is not None]
 
     def instructions(self) -> list[Message]:
         start = ArrayRecord({"w": Array(np.zeros((6, 4), np.float32))})

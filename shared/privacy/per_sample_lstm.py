@@ -62,9 +62,9 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from shared.model import ModelConfig, MortalityLSTM
+from shared.training import torch_threads
 
 
-@contextmanager
 def _one_thread():
     """Run the per-hour loops on one intra-op thread.
 
@@ -72,15 +72,7 @@ def _one_thread():
     little on an idle machine, and when other processes keep the cores busy every split waits
     for a descheduled worker (milliseconds per product, hundreds of products per step).
     """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(1)
 
 
 class _Workspace:
