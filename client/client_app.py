@@ -34,7 +34,7 @@ from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import secure_aggregation_mod
 from shared.federation import HospitalData, load_hospital, load_site
-from shared.metrics import ScoreHistogram, binary_metrics
+from shared.metrics import ScoreHistogram, auroc, binary_metrics
 from shared.model import ModelConfig, MortalityLSTM
 from shared.preprocessing import FeatureStats, Normalization, to_features
 from shared.training import predict, set_torch_threads, train_epochs
@@ -139,8 +139,8 @@ def train(msg: Message, context: Context) -> Message:
             epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
             seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)),
         )  # fmt: skip
-        local_val = binary_metrics(hospital.val.labels, predict(model, x_val), threshold=0.5)
-        metrics.update({"train-loss": loss, "local-val-auroc": local_val["auroc"]})
+        local_val_auroc = auroc(hospital.val.labels, predict(model, x_val))
+        metrics.update({"train-loss": loss, "local-val-auroc": local_val_auroc})
         extra = {}
     return _reply(msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics), **extra)
 

@@ -43,6 +43,12 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 BINARY_METRICS = ("auroc", "auprc", "brier", "loss", "accuracy", "event1", "sensitivity", "ppv")
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when the labels hold only one class."""
+    labels = np.asarray(labels).astype(int)
+    return float(skm.roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """`n` and BINARY_METRICS of scores against labels; the threshold makes the decisions."""
     labels = np.asarray(labels).astype(int)
@@ -51,7 +57,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     e1, se, ppv = event1(labels, scores, threshold)
     return {
         "n": float(len(labels)),
-        "auroc": float(skm.roc_auc_score(labels, scores)) if both else float("nan"),
+        "auroc": auroc(labels, scores),
         "auprc": float(skm.average_precision_score(labels, scores)) if both else float("nan"),
         "brier": float(skm.brier_score_loss(labels, scores)),
         "loss": float(skm.log_loss(labels, scores, labels=[0, 1])),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from shared.metrics import ScoreHistogram, best_threshold, binary_metrics, event1
+from shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
 
 
 @pytest.fixture
@@ -23,6 +23,13 @@ def test_binary_metrics_match_scikit_learn(predictions):
     se = skm.recall_score(labels, scores >= 0.4)
     ppv = skm.precision_score(labels, scores >= 0.4)
     assert m["event1"] == pytest.approx(min(se, ppv))
+
+
+def test_auroc_is_scikit_learns_and_undefined_for_one_class(predictions):
+    labels, scores = predictions
+    assert auroc(labels, scores) == skm.roc_auc_score(labels, scores)
+    assert np.isnan(auroc(np.zeros(5), np.linspace(0, 1, 5)))
+    assert np.isnan(binary_metrics(np.ones(5), np.linspace(0, 1, 5), threshold=0.5)["auroc"])
 
 
 def test_event1_is_min_of_sensitivity_and_ppv():
