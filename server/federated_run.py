@@ -156,7 +156,7 @@ class Replies:
 
 def _receive(grid: Grid, sent: Sent, stage: str, minimum: int, names: dict[int, str]) -> Replies:
     """Wait until every hospital replied or the timeout passed, and sort the replies by hospital."""
-    missing = f"no reply within {sent.timeout:g} s"
+    missing = "no reply" if sent.timeout is None else f"no reply within {sent.timeout:g} s"
     return _sort_replies(collect(grid, sent), sent.messages, missing, stage, minimum, names)
 
 
@@ -389,7 +389,7 @@ def run_federated(
         if config.secagg:
             trained, arrays = _secure_round(grid, strategy, rnd, training(rnd, arrays), config, names, train_stays)
         else:
-            sent = next_training or send(grid, training(rnd, arrays), config.round_timeout)
+            sent, next_training = next_training or send(grid, training(rnd, arrays), config.round_timeout), None
             trained = _receive(grid, sent, f"round {rnd} training", config.min_hospitals, names)
             if config.hospital_dp_noise:
                 for reply in trained.ok.values():
@@ -401,7 +401,9 @@ def run_federated(
         )  # fmt: skip
         if rnd < config.rounds and not config.secagg:
             # Hospitals start the next round now: the server's own work for this one (test
-            # scoring, files, checkpoint) overlaps their training instead of delaying it.
+            # scoring, files, checkpoint) overlaps their training instead of delaying it. (Should
+            # that work fail, the run stops with this training still under way: sent messages
+            # cannot be called back.)
             next_training = send(grid, training(rnd + 1, arrays), config.round_timeout)
         row, hospital_rows = _round_metrics(rnd, hospitals, trained, evaluated, model, arrays, test)
         now = time.monotonic()

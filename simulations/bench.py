@@ -36,7 +36,7 @@ from shared.config import RunConfig
 from shared.federation import Federation, prepare
 from shared.model import MortalityLSTM, model_config_of
 from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
-from shared.training import predict, set_torch_threads, train_epochs
+from shared.training import predict, set_torch_threads, torch_threads, train_epochs
 from simulations.processes import tree_rss
 
 
@@ -153,11 +153,10 @@ def _simulate(config: RunConfig, federation: Federation) -> tuple[float, float, 
 
 def round_compute(federation: Federation, config: RunConfig) -> float:
     """The pure compute of one round, without the framework: every hospital's local epoch and
-    its two validation scorings (local model, then global model), each timed alone on one
-    thread and spread perfectly over the cores; then the server scoring the test split on
-    all cores, which waits for the hospitals."""
+    its two validation scorings (local model, then global model), and the server's scoring
+    of the test split, each timed alone on one thread, all spread perfectly over the cores
+    (as in a run, where the server scores while the hospitals train the next round)."""
     norm = Normalization.from_stats(FeatureStats.sum([FeatureStats.of(h.train) for h in federation.hospitals]))
-    set_torch_threads(1)
     hospitals = 0.0
     for h in federation.hospitals:
         x, x_val = to_features(h.train, norm), to_features(h.val, norm)
@@ -169,11 +168,12 @@ def round_compute(federation: Federation, config: RunConfig) -> float:
             predict(model, x_val)
             predict(model, x_val)
 
-        hospitals += _median_time(work, 3)
-    cores = os.cpu_count() or 1
-    set_torch_threads(cores)
+        with torch_threads(1):
+            hospitals += _median_time(work, 3)
     x_test, model = to_features(federation.test, norm), MortalityLSTM(model_config_of(config))
-    return hospitals / min(cores, len(federation.hospitals)) + _median_time(lambda: predict(model, x_test), 3)
+    with torch_threads(1):
+        server = _median_time(lambda: predict(model, x_test), 3)
+    return (hospitals + server) / min(os.cpu_count() or 1, len(federation.hospitals))
 
 
 def overhead(config: RunConfig) -> dict:

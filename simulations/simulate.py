@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from queue import Queue
 
 from flwr.app import Context, Message
@@ -31,9 +31,11 @@ from shared.training import torch_threads
 
 
 REPLY_POLL_SECONDS = 0.005
-# The dispatcher's pause between sweeps that found nothing: at least this, and at least
-# `SWEEP_PAUSE_FACTOR` times the last sweep, so polling a thousand nodes stays a small load.
+# The dispatcher's pause after a sweep that found nothing: `SWEEP_PAUSE_FACTOR` times the
+# sweep's own time (a sweep costs nodes x stored messages in Flower's link state), kept
+# between 2 ms and Flower's own 0.1 s, so it is never slower to hand messages over than Flower.
 MIN_SWEEP_PAUSE_SECONDS = 0.002
+MAX_SWEEP_PAUSE_SECONDS = 0.1
 SWEEP_PAUSE_FACTOR = 8
 
 
@@ -52,7 +54,8 @@ def _dispatch_promptly(state, queue: Queue[Message], nodes_mapping: dict, f_stop
                 queue.put(message)
                 found = True
         if not found:
-            f_stop.wait(max(MIN_SWEEP_PAUSE_SECONDS, SWEEP_PAUSE_FACTOR * (time.perf_counter() - started)))
+            pause = SWEEP_PAUSE_FACTOR * (time.perf_counter() - started)
+            f_stop.wait(min(MAX_SWEEP_PAUSE_SECONDS, max(MIN_SWEEP_PAUSE_SECONDS, pause)))
 
 
 def _replaceable_dispatcher() -> bool:
@@ -107,9 +110,10 @@ def simulate(
         # The engine's grid checks for replies every 0.1 s: two exchanges a round made every
         # round at least 0.2 s long. Polling in-memory state every 5 ms costs nothing.
         grid.pull_interval = REPLY_POLL_SECONDS
-        # The server scores the test split while the hospitals train on every core: on one
-        # thread it takes the least from them.
-        with torch_threads(1):
+        # The server scores the test split while the hospitals train the next round on every
+        # core: on one thread it takes the least from them. (Secure aggregation rounds do not
+        # overlap, so there the server keeps all cores.)
+        with torch_threads(1) if not config.secagg else nullcontext():
             result.update(serve(grid, config, federation, run_dir, progress, resume))
 
     cores = os.cpu_count() or 1
