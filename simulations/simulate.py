@@ -11,7 +11,6 @@ import inspect
 import logging
 import os
 import threading
-import time
 from contextlib import contextmanager, nullcontext
 from queue import Queue
 
@@ -31,53 +30,58 @@ from shared.training import torch_threads
 
 
 REPLY_POLL_SECONDS = 0.005
-# The dispatcher's pause after a sweep that found nothing: `SWEEP_PAUSE_FACTOR` times the
-# sweep's own time (a sweep costs nodes x stored messages in Flower's link state), kept
-# between 2 ms and Flower's own 0.1 s, so it is never slower to hand messages over than Flower.
-MIN_SWEEP_PAUSE_SECONDS = 0.002
-MAX_SWEEP_PAUSE_SECONDS = 0.1
-SWEEP_PAUSE_FACTOR = 8
+# Flower's engine sweeps for messages this often; the dispatcher below also sweeps on every send.
+SWEEP_INTERVAL_SECONDS = 0.1
+_FLOWER_DISPATCHER_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
 
 
-def _dispatch_promptly(state, queue: Queue[Message], nodes_mapping: dict, f_stop: threading.Event) -> None:
-    """Hand queued messages to the virtual hospitals as soon as the server sends them.
+class PromptDispatch:
+    """Hands messages to the virtual hospitals as soon as the server sends them.
 
-    Flower's engine sweeps the nodes for messages every 0.1 s, so each exchange waited up to
-    0.1 s before any hospital started: at four hospitals about a fifth of a round. Here a
-    sweep that found messages is followed by another at once, and an empty one by a short
-    pause. As in Flower's own sweep, a node gets at most one message per sweep."""
-    while not f_stop.is_set():
-        started = time.perf_counter()
-        found = False
-        for node_id in nodes_mapping:
-            for message in state.get_message_ins(node_id=node_id, limit=1):
-                queue.put(message)
-                found = True
-        if not found:
-            pause = SWEEP_PAUSE_FACTOR * (time.perf_counter() - started)
-            f_stop.wait(min(MAX_SWEEP_PAUSE_SECONDS, max(MIN_SWEEP_PAUSE_SECONDS, pause)))
+    Flower's engine sweeps the nodes for messages every 0.1 s (`add_messages_to_queue` in
+    `flwr/server/superlink/fleet/vce/vce_api.py`), so each exchange waited up to 0.1 s before
+    any hospital started: at four hospitals about a fifth of a round. This sweep makes the same
+    calls, and is woken by the server's grid whenever it sends (`wake_on_send`); otherwise it
+    sweeps every 0.1 s, as Flower's does. A node gets at most one message per sweep, as in
+    Flower's; a sweep that found messages is followed by another at once."""
 
+    def __init__(self):
+        self.sent = threading.Event()
 
-def _replaceable_dispatcher() -> bool:
-    """Whether the installed Flower's dispatcher is the one `_dispatch_promptly` stands in for."""
-    original = getattr(vce_api, "add_messages_to_queue", None)
-    return original is not None and list(inspect.signature(original).parameters) == list(
-        inspect.signature(_dispatch_promptly).parameters
-    )
+    def wake_on_send(self, grid: Grid) -> None:
+        push = grid.push_messages
 
+        def push_and_wake(messages):
+            ids = push(messages)
+            self.sent.set()  # after the messages are stored, so the woken sweep finds them
+            return ids
 
-@contextmanager
-def prompt_dispatch():
-    """Use `_dispatch_promptly` for simulations run inside this block (if Flower's matches)."""
-    if not _replaceable_dispatcher():
-        yield
-        return
-    original = vce_api.add_messages_to_queue
-    vce_api.add_messages_to_queue = _dispatch_promptly
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = original
+        grid.push_messages = push_and_wake
+
+    def dispatch(self, state, queue: Queue[Message], nodes_mapping: dict, f_stop: threading.Event) -> None:
+        while not f_stop.is_set():
+            found = False
+            for node_id in nodes_mapping:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+                    found = True
+            if not found:
+                self.sent.wait(SWEEP_INTERVAL_SECONDS)
+                self.sent.clear()
+
+    @contextmanager
+    def installed(self):
+        """Flower's engine uses `dispatch` inside this block, if its own dispatcher still has
+        the parameters this one was written for (otherwise Flower's runs, unchanged)."""
+        original = getattr(vce_api, "add_messages_to_queue", None)
+        if original is None or list(inspect.signature(original).parameters) != _FLOWER_DISPATCHER_PARAMETERS:
+            yield
+            return
+        vce_api.add_messages_to_queue = self.dispatch
+        try:
+            yield
+        finally:
+            vce_api.add_messages_to_queue = original
 
 
 @contextmanager
@@ -104,12 +108,14 @@ def simulate(
     """Run the remaining rounds in-process; return the final metrics row."""
     result: dict = {}
     server_app = ServerApp()
+    dispatch = PromptDispatch()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         # The engine's grid checks for replies every 0.1 s: two exchanges a round made every
         # round at least 0.2 s long. Polling in-memory state every 5 ms costs nothing.
         grid.pull_interval = REPLY_POLL_SECONDS
+        dispatch.wake_on_send(grid)
         # The server scores the test split while the hospitals train the next round on every
         # core: on one thread it takes the least from them. (Secure aggregation rounds do not
         # overlap, so there the server keeps all cores.)
@@ -121,7 +127,7 @@ def simulate(
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cores, "logging_level": "error", "log_to_driver": False},
     }
-    with quiet_flower(), prompt_dispatch():
+    with quiet_flower(), dispatch.installed():
         run_simulation(
             server_app=server_app,
             client_app=client_app,
