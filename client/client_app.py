@@ -26,39 +26,53 @@ regenerate the noise: fine for a simulation, not for patients' data).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from client.secure_aggregation import secure_aggregation_mod
-from shared.federation import HospitalData, load_hospital, load_site
-from shared.metrics import ScoreHistogram, auroc, binary_metrics
-from shared.model import ModelConfig, MortalityLSTM
-from shared.preprocessing import FeatureStats, Normalization, to_features
-from shared.training import predict, set_torch_threads, train_epochs
+from fedicu.client.secure_aggregation import secure_aggregation_mod
+from fedicu.shared import contract
+from fedicu.shared.contract import (
+    CONTRACT_REFUSAL,
+    PRIVACY_REFUSAL,
+    EvaluateReply,
+    EvaluateRequest,
+    FeatureStatsReply,
+    FeatureStatsRequest,
+    Request,
+    RestorePrivacyReply,
+    RestorePrivacyRequest,
+    TrainReply,
+    TrainRequest,
+)
+from fedicu.shared.federation import HospitalData, load_hospital, load_site
+from fedicu.shared.metrics import ScoreHistogram, auroc, binary_metrics
+from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
+from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 app = ClientApp()
-PRIVACY_REFUSAL = 1  # error code of a refusal on privacy grounds
 _features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _hospital(msg: Message, context: Context) -> HospitalData:
+def _hospital(request: Request, context: Context) -> HospitalData:
     """This hospital's stays: its own folder when deployed, its partition in simulation."""
-    config, node = msg.content["config"], context.node_config
+    node = context.node_config
     if "data-dir" in node:
-        hospital = str(node.get("hospital", ""))
-        return load_site(str(node["data-dir"]), hospital, float(config["val-fraction"]), int(config["seed"]))
-    return load_hospital(str(config["prepared-data"]), int(node["partition-id"]))
+        return load_site(str(node["data-dir"]), str(node.get("hospital", "")), request.val_fraction, request.seed)
+    return load_hospital(request.prepared_data, int(node["partition-id"]))
 
 
-def _inputs(hospital: HospitalData, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarray, np.ndarray]:
     """Normalized training and validation inputs, built once per normalization."""
-    mean, std = config["norm-mean"], config["norm-std"]
-    key = (id(hospital), tuple(mean), tuple(std))
+    key = (id(hospital), tuple(request.norm_mean), tuple(request.norm_std))
     if key not in _features:
-        norm = Normalization(np.asarray(mean), np.asarray(std))
+        norm = Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
         _features[key] = (to_features(hospital.train, norm), to_features(hospital.val, norm))
     return _features[key]
 
@@ -69,105 +83,102 @@ def _ledger_file(context: Context, hospital: str) -> Path:
     return folder / f"privacy-{hospital}-run{context.run_id}.json"
 
 
-def _model(msg: Message) -> MortalityLSTM:
-    config = msg.content["config"]
-    model = MortalityLSTM(
-        ModelConfig(
-            n_features=int(config["model-n-features"]),
-            hidden_size=int(config["model-hidden-size"]),
-            num_layers=int(config["model-num-layers"]),
-            dropout=float(config["model-dropout"]),
-            attention=bool(config["model-attention"]),
-        )
-    )
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+def _model(msg: Message, request: EvaluateRequest) -> MortalityLSTM:
+    model = MortalityLSTM(request.model)
+    model.load_state_dict(contract.global_model(msg).to_torch_state_dict())
     return model
 
 
-def _reply(msg: Message, hospital: HospitalData, **records) -> Message:
-    content = RecordDict({**records, "site": ConfigRecord({"hospital": hospital.name})})
-    return Message(content, reply_to=msg)
+R = TypeVar("R", bound=Request)
 
 
-@app.query("feature_stats")
-def feature_stats(msg: Message, context: Context) -> Message:
-    hospital = _hospital(msg, context)
-    config = msg.content["config"]
-    if bool(config["dp"]) and float(config["delta"]) >= 1 / len(hospital.train):
+def _speaks_the_contract(kind: type[R]) -> Callable[[Callable[[Message, R, Context], Message]], Callable]:
+    """Read the request as `kind`; a request of another contract version is refused with an
+    error naming both versions, before anything else is read."""
+
+    def decorate(handler: Callable[[Message, R, Context], Message]) -> Callable[[Message, Context], Message]:
+        @wraps(handler)
+        def handle(msg: Message, context: Context) -> Message:
+            try:
+                request = kind.from_content(msg.content)
+            except contract.ContractMismatch as mismatch:
+                return Message(Error(CONTRACT_REFUSAL, str(mismatch)), reply_to=msg)
+            return handler(msg, request, context)
+
+        return handle
+
+    return decorate
+
+
+@app.query(FeatureStatsRequest.action)
+@_speaks_the_contract(FeatureStatsRequest)
+def feature_stats(msg: Message, request: FeatureStatsRequest, context: Context) -> Message:
+    hospital = _hospital(request, context)
+    if request.dp and request.delta >= 1 / len(hospital.train):
         # Checked on first contact, before any training: a larger delta could expose whole stays.
-        reason = (
-            f"{hospital.name}: --delta {float(config['delta']):g} must be below 1/n = "
-            f"1/{len(hospital.train)} training stays"
-        )
+        reason = f"{hospital.name}: --delta {request.delta:g} must be below 1/n = 1/{len(hospital.train)} training stays"
         return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
-    records = {"metrics": MetricRecord({"num-examples": len(hospital.train)})}
-    if not bool(config["dp"]):
-        stats = FeatureStats.of(hospital.train)
-        records["stats"] = ArrayRecord({k: Array(getattr(stats, k)) for k in ("count", "total", "total_sq")})
-    return _reply(msg, hospital, **records)
+    stats = None if request.dp else FeatureStats.of(hospital.train)
+    return FeatureStatsReply(hospital=hospital.name, train_stays=len(hospital.train), stats=stats).reply_to(msg)
 
 
 @app.train(mods=[secure_aggregation_mod])
-def train(msg: Message, context: Context) -> Message:
+@_speaks_the_contract(TrainRequest)
+def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     set_torch_threads(1)  # one hospital per core
-    hospital = _hospital(msg, context)
-    config = msg.content["config"]
-    x_train, x_val = _inputs(hospital, config)
-    model = _model(msg)
+    hospital = _hospital(request, context)
+    x_train, x_val = _inputs(hospital, request)
+    model = _model(msg, request)
     # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
-    seed = int(
-        np.random.SeedSequence(
-            [int(config["seed"]), int(config["server-round"]), *hospital.name.encode()]
-        ).generate_state(1)[0]
-    )
-    metrics = {"num-examples": len(hospital.train)}
-    if bool(config["dp"]):
-        from client import private_training  # Opacus takes seconds to import: only DP runs pay
+    seed = int(np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0])
+    if request.dp:
+        from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
 
         deployed = "data-dir" in context.node_config
         try:
             model, ledger = private_training.train_round(
-                msg, context, model, x_train, hospital.train.labels, seed,
+                request, context, model, x_train, hospital.train.labels, seed,
                 secure_rng=deployed, state_file=_ledger_file(context, hospital.name) if deployed else None,
             )  # fmt: skip
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
-        extra = {"privacy": ConfigRecord({"ledger": ledger})}
-    else:
-        loss = train_epochs(
-            model, x_train, hospital.train.labels,
-            epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
-            seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )  # fmt: skip
-        local_val_auroc = auroc(hospital.val.labels, predict(model, x_val))
-        metrics.update({"train-loss": loss, "local-val-auroc": local_val_auroc})
-        extra = {}
-    return _reply(msg, hospital, arrays=ArrayRecord(model.state_dict()), metrics=MetricRecord(metrics), **extra)
+        reply = TrainReply(hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train), ledger=ledger)
+        return reply.reply_to(msg)
+    loss = train_epochs(
+        model, x_train, hospital.train.labels, epochs=request.local_epochs, lr=request.lr,
+        batch_size=request.batch_size, seed=seed, proximal_mu=request.proximal_mu,
+    )  # fmt: skip
+    return TrainReply(
+        hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train),
+        train_loss=loss, local_val_auroc=auroc(hospital.val.labels, predict(model, x_val)),
+    ).reply_to(msg)  # fmt: skip
 
 
-@app.query("restore_privacy")
-def restore_privacy(msg: Message, context: Context) -> Message:
+def _weights(model: MortalityLSTM) -> ArrayRecord:
+    return ArrayRecord(model.state_dict())
+
+
+@app.query(RestorePrivacyRequest.action)
+@_speaks_the_contract(RestorePrivacyRequest)
+def restore_privacy(msg: Message, request: RestorePrivacyRequest, context: Context) -> Message:
     """A resumed run hands the hospital back the ledger it had reached."""
-    from client import private_training
+    from fedicu.client import private_training
 
-    hospital = _hospital(msg, context)
-    private_training.restore(context, str(msg.content["config"]["ledger"]))
-    return _reply(msg, hospital, metrics=MetricRecord({"num-examples": len(hospital.train)}))
+    hospital = _hospital(request, context)
+    private_training.restore(context, request.ledger)
+    return RestorePrivacyReply(hospital=hospital.name, train_stays=len(hospital.train)).reply_to(msg)
 
 
 @app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+@_speaks_the_contract(EvaluateRequest)
+def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Message:
     set_torch_threads(1)
-    hospital = _hospital(msg, context)
-    _, x_val = _inputs(hospital, msg.content["config"])
-    scores = predict(_model(msg), x_val)
+    hospital = _hospital(request, context)
+    _, x_val = _inputs(hospital, request)
+    scores = predict(_model(msg, request), x_val)
     labels = hospital.val.labels
     m = binary_metrics(labels, scores, threshold=0.5)
-    hist = ScoreHistogram.of(labels, scores)
-    metrics = {"num-examples": len(labels), **{k: m[k] for k in ("auroc", "auprc", "brier", "loss")}}
-    return _reply(
-        msg,
-        hospital,
-        metrics=MetricRecord(metrics),
-        histogram=ArrayRecord({"positives": Array(hist.positives), "negatives": Array(hist.negatives)}),
-    )
+    return EvaluateReply(
+        hospital=hospital.name, val_stays=len(labels), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
+        loss=m["loss"], histogram=ScoreHistogram.of(labels, scores),
+    ).reply_to(msg)  # fmt: skip

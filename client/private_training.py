@@ -12,28 +12,29 @@ import json
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context
 
-from shared.files import atomic_write_bytes
-from shared.model import MortalityLSTM
-from shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, new_accountant
-from shared.privacy.per_sample_lstm import PoissonSchedule, to_dp_model, train_epochs_dp
+from fedicu.shared.contract import TrainRequest
+from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, new_accountant
+from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule, to_dp_model, train_epochs_dp
 
 __all__ = ["BudgetExhausted", "restore", "train_round"]
 
 LEDGER_STATE = "privacy"  # node state record holding the hospital's privacy ledger
 
 
-def _ledger(context: Context, config: ConfigRecord, state_file: Path | None) -> PrivacyLedger:
+def _ledger(context: Context, request: TrainRequest, state_file: Path | None) -> PrivacyLedger:
     if LEDGER_STATE in context.state:
         return PrivacyLedger.from_json(json.loads(str(context.state[LEDGER_STATE]["ledger"])))
     if state_file is not None and state_file.is_file():
         return PrivacyLedger.from_json(json.loads(state_file.read_text()))
-    return PrivacyLedger(str(config["accountant"]), float(config["delta"]))
+    return PrivacyLedger(request.accountant, request.delta)
 
 
 def train_round(
-    msg: Message,
+    request: TrainRequest,
     context: Context,
     model: MortalityLSTM,
     x: np.ndarray,
@@ -49,22 +50,20 @@ def train_round(
     batches from the operating system's entropy instead of generators seeded by `seed`;
     `state_file` (a deployed site's) keeps the ledger on disk as well.
     """
-    config = msg.content["config"]
-    ledger = _ledger(context, config, state_file)
-    schedule = PoissonSchedule.of(len(x), int(config["batch-size"]))
-    steps = int(config["local-epochs"]) * schedule.steps_per_epoch
-    target = float(config["target-epsilon"])
-    sigma = float(config["noise-multiplier"])
+    ledger = _ledger(context, request, state_file)
+    schedule = PoissonSchedule.of(len(x), request.batch_size)
+    steps = request.local_epochs * schedule.steps_per_epoch
+    sigma = request.noise_multiplier
     if sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
-        planned = int(config["planned-rounds"]) * steps
-        sigma = calibrate_noise(ledger.accountant, target, ledger.delta, schedule.sample_rate, planned)
-    ledger.check_budget(sigma, schedule.sample_rate, steps, target)
+        planned = request.planned_rounds * steps
+        sigma = calibrate_noise(ledger.accountant, request.target_epsilon, ledger.delta, schedule.sample_rate, planned)
+    ledger.check_budget(sigma, schedule.sample_rate, steps, request.target_epsilon)
     model = to_dp_model(model)
     train_epochs_dp(
         model, x, y,
-        epochs=int(config["local-epochs"]), lr=float(config["lr"]), batch_size=int(config["batch-size"]),
-        seed=seed, noise_multiplier=sigma, max_grad_norm=float(config["max-grad-norm"]),
-        accountant=new_accountant(ledger.accountant), proximal_mu=float(config.get("proximal-mu", 0.0)),
+        epochs=request.local_epochs, lr=request.lr, batch_size=request.batch_size,
+        seed=seed, noise_multiplier=sigma, max_grad_norm=request.max_grad_norm,
+        accountant=new_accountant(ledger.accountant), proximal_mu=request.proximal_mu,
         secure_mode=secure_rng,
     )  # fmt: skip
     ledger.record(sigma, schedule.sample_rate, steps)

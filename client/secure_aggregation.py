@@ -13,36 +13,24 @@ train handler the message it always gets and the mod the layout it reads.
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters, fitres_to_recorddict
+
+from fedicu.shared import compat
+from fedicu.shared.contract import ARRAYS, CONFIG, METRICS, WEIGHT
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if compat.secagg_configs_record() not in msg.content.config_records:
         return call_next(msg, context)
     return secaggplus_mod(msg, context, lambda m, c: _in_project_layout(m, c, call_next))
 
 
 def _in_project_layout(msg: Message, context: Context, train: ClientAppCallable) -> Message:
-    config = msg.content["fitins.config"]
-    tensors = arrayrecord_to_parameters(msg.content["fitins.parameters"], keep_input=True).tensors
-    msg.content["config"] = config
-    msg.content["arrays"] = ArrayRecord(
-        {name: Array(bytes_to_ndarray(t)) for name, t in zip(config["array-names"], tensors, strict=True)}
-    )
+    msg.content[CONFIG], msg.content[ARRAYS] = compat.legacy_fit_instructions(msg)
     reply = train(msg, context)
     if reply.has_error():  # e.g. a spent privacy budget: the protocol counts this hospital as dropped
         raise RuntimeError(reply.error.reason)
-    fit = FitRes(
-        Status(Code.OK, ""),
-        arrayrecord_to_parameters(reply.content["arrays"], keep_input=True),
-        int(reply.content["metrics"]["num-examples"]),
-        {},
-    )
-    for key, record in fitres_to_recorddict(fit, keep_input=True).items():
-        reply.content[key] = record
+    compat.add_legacy_fit_reply(reply, reply.content[ARRAYS], int(reply.content[METRICS][WEIGHT]))
     return reply

@@ -36,15 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common import FitIns, bytes_to_ndarray
-from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
-from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from server.messaging import collect, send
+from fedicu.server.messaging import collect, send
+from fedicu.shared import compat
+from fedicu.shared.contract import ARRAYS, CONFIG, METRICS, WEIGHT
 
 CLIPPING_RANGE = 8.0
 
@@ -61,7 +58,7 @@ class _Node:
 
 
 class _Bridge:
-    """The two legacy-strategy calls SecAggPlusWorkflow makes: whom to send what, and the result."""
+    """The two legacy-strategy calls SecAgg+'s workflow makes: whom to send what, and the result."""
 
     def __init__(self, instructions: list[Message]):
         self.instructions = instructions
@@ -69,41 +66,14 @@ class _Bridge:
 
     def configure_fit(self, server_round, parameters, client_manager):
         return [
-            (
-                _Node(m.metadata.dst_node_id),
-                FitIns(
-                    arrayrecord_to_parameters(m.content["arrays"], keep_input=True),
-                    # legacy parameters are unnamed: the names travel in the config
-                    {**m.content["config"], "array-names": list(m.content["arrays"].keys())},
-                ),
-            )
+            (_Node(m.metadata.dst_node_id), compat.legacy_fit_ins(m.content[ARRAYS], m.content[CONFIG]))
             for m in self.instructions
         ]
 
     def aggregate_fit(self, server_round, results, failures):
         parameters = results[0][1].parameters  # the workflow gives every result the unmasked average
-        self.average = [bytes_to_ndarray(t) for t in parameters.tensors]
+        self.average = compat.legacy_ndarrays(parameters)
         return parameters, {}
-
-
-class _SecAggPlus(SecAggPlusWorkflow):
-    """Flower's workflow, with hospitals that leave before sharing their keys out of the round.
-
-    No hospital holds key shares of such a hospital or masks with it, so it must not be
-    unmasked as a drop-out, nor counted as a neighbour whose pairwise mask is removed when
-    another hospital drops out later. Flower's workflow does both: it asks for shares nobody
-    got (the round fails although enough hospitals remain) or removes masks never added
-    (a wrong average)."""
-
-    def share_keys_stage(self, grid, context, state) -> bool:
-        super().share_keys_stage(grid, context, state)
-        state.sampled_node_ids = set(state.active_node_ids)
-        state.nid_to_neighbours = {
-            node: neighbours & state.active_node_ids
-            for node, neighbours in state.nid_to_neighbours.items()
-            if node in state.active_node_ids
-        }
-        return self._check_threshold(state)
 
 
 class _RecordingGrid:
@@ -128,23 +98,16 @@ def secure_train(
     when the protocol stopped because too few hospitals remained) and every reply received,
     whose masking-stage ones carry each hospital's metrics with its weights removed.
     `max_weight` must be at least the largest number of training stays."""
-    arrays = instructions[0].content["arrays"]
-    state = RecordDict(
-        {
-            MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}),
-            MAIN_PARAMS_RECORD: arrays,
-        }
-    )
+    arrays = instructions[0].content[ARRAYS]
     bridge, recording = _Bridge(instructions), _RecordingGrid(grid)
-    context = LegacyContext(Context(0, 0, {}, state, {}), strategy=bridge)
-    workflow = _SecAggPlus(
+    workflow = compat.secagg_workflow_class()(
         num_shares=1.0,  # every hospital holds a share of every other's secrets
         reconstruction_threshold=unmask_threshold(len(instructions)),
         max_weight=max_weight,
         clipping_range=CLIPPING_RANGE,
         timeout=timeout,
     )
-    workflow(recording, context)
+    workflow(recording, compat.legacy_context(server_round, arrays, bridge))
     if bridge.average is None:
         return None, recording.replies
     average = ArrayRecord(
@@ -153,5 +116,5 @@ def secure_train(
             for name, value in zip(arrays.keys(), bridge.average, strict=True)
         }
     )
-    content = RecordDict({"arrays": average, "metrics": MetricRecord({"num-examples": 1})})
+    content = RecordDict({ARRAYS: average, METRICS: MetricRecord({WEIGHT: 1})})
     return Message(content, reply_to=instructions[0]), recording.replies

@@ -15,11 +15,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.federated_run import LogProgress, Progress, RunState, ServerData, run_federated
-from server.run_dir import RunDirectory
-from shared.config import RunConfig
-from shared.federation import Federation, load_folder, prepare, save
-from shared.preprocessing import describe
+from fedicu.server.federated_run import LogProgress, Progress, RunState, ServerData, run_federated
+from fedicu.shared.run_dir import RunDirectory
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation, load_folder, prepare, save
+from fedicu.shared.preprocessing import describe
 
 app = ServerApp()
 

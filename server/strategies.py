@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx, Strategy
 
-from shared.config import RunConfig
+from fedicu.shared.config import RunConfig
+from fedicu.shared.contract import ARRAYS, CONFIG, WEIGHT
 
 
 # Under hospital-level DP every hospital weighs the same: a weight by stays would let a large
@@ -35,6 +36,10 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
         min_train_nodes=hospitals,
         min_evaluate_nodes=hospitals,
         min_available_nodes=hospitals,
+        # the contract's record names, so that a strategy reads what the hospitals send
+        arrayrecord_key=ARRAYS,
+        configrecord_key=CONFIG,
+        weighted_by_key=WEIGHT,
     )
     if config.hospital_dp_noise:
         sampling["weighted_by_key"] = EQUAL_WEIGHT

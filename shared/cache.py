@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.files import atomic_file
+from fedicu.shared.files import atomic_file
 
 logger = logging.getLogger("fedicu")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shared.variables import TIME_SERIES
+from fedicu.shared.variables import TIME_SERIES
 
 STAY_COLUMNS: tuple[str, ...] = (
     "age", "gender", "height", "weight", "icu_type", "label", "hospital", "source",

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.cache import save_arrays
-from shared.config import RunConfig
-from shared.datasets import load_cohort, natural_partition, physionet2012
-from shared.partition import assign_hospitals, split, stratified_pick
-from shared.preprocessing import Sequences, clean, describe, to_sequences
+from fedicu.shared.cache import save_arrays
+from fedicu.shared.config import RunConfig
+from fedicu.shared.datasets import load_cohort, natural_partition, physionet2012
+from fedicu.shared.partition import assign_hospitals, split, stratified_pick
+from fedicu.shared.preprocessing import Sequences, clean, describe, to_sequences
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from shared.preprocessing import N_FEATURES
+from fedicu.shared.preprocessing import N_FEATURES
 
 if TYPE_CHECKING:
-    from shared.config import RunConfig
+    from fedicu.shared.config import RunConfig
 
 
 @dataclass(frozen=True)

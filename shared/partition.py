@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shared.cohort import Cohort
+from fedicu.shared.cohort import Cohort
 
 ICU_TYPE_SITES = {1: "coronary-care", 2: "cardiac-surgery", 3: "medical-icu", 4: "surgical-icu"}
 PARTITIONS = ("hospital", "icu-type", "set", "iid", "dirichlet")

@@ -1,4 +1,4 @@
-"""PNG figures written into run directories."""
+"""PNG figures written into run directories, each atomically (`save_figure`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from fedicu.shared.files import atomic_file
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Render `fig` as a PNG into `path` atomically, and close it.
+
+    The image goes to a temporary file in the same folder that is renamed into
+    place once the rendering succeeded: a figure that fails to render leaves
+    `path` as it was (absent, or the previous image) and no temporary file. The
+    figure is closed either way.
+    """
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
 
 
 def plot_learning_curves(rows: list[dict], path: Path) -> None:
@@ -25,5 +44,4 @@ def plot_learning_curves(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

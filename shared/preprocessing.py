@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from shared.cohort import Cohort
-from shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, REFERENCE_RANGES, TIME_SERIES
+from fedicu.shared.cohort import Cohort
+from fedicu.shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, REFERENCE_RANGES, TIME_SERIES
 
 HOURS = 48
 MAX_MINUTE = HOURS * 60

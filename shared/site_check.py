@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.cohort import Cohort
-from shared.config import RunConfig
-from shared.datasets import physionet2012
-from shared.errors import DataError
-from shared.partition import stratified_pick
-from shared.preprocessing import STATIC_NUMERIC, clean
-from shared.variables import ICU_TYPES, PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from fedicu.shared.cohort import Cohort
+from fedicu.shared.config import RunConfig
+from fedicu.shared.datasets import physionet2012
+from fedicu.shared.errors import DataError
+from fedicu.shared.partition import stratified_pick
+from fedicu.shared.preprocessing import STATIC_NUMERIC, clean
+from fedicu.shared.variables import ICU_TYPES, PHYSIOLOGICAL_LIMITS, TIME_SERIES
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 

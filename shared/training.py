@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.model import MortalityLSTM
+from fedicu.shared.model import MortalityLSTM
 
 GRAD_CLIP_NORM = 5.0  # LSTMs occasionally produce exploding gradients on long sequences
 

@@ -19,14 +19,14 @@ import time
 import numpy as np
 import torch
 
-from server.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
-from shared.config import RunConfig
-from shared.federation import Federation
-from shared.metrics import best_threshold, binary_metrics
-from shared.model import MortalityLSTM, model_config_of
-from shared.plots import plot_learning_curves
-from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
-from shared.training import predict, set_torch_threads, train_epochs
+from fedicu.shared.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation
+from fedicu.shared.metrics import best_threshold, binary_metrics
+from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared.plots import plot_learning_curves
+from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
+from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 
 def fit(

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from server.run_dir import RunDirectory
-from shared.config import RunConfig
-from shared.federation import Federation, prepare
-from shared.model import MortalityLSTM, model_config_of
-from shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
-from shared.training import predict, set_torch_threads, torch_threads, train_epochs
-from simulations.processes import tree_rss
+from fedicu.shared.run_dir import RunDirectory
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
+from fedicu.shared.training import predict, set_torch_threads, torch_threads, train_epochs
+from fedicu.simulations.deployment.processes import tree_rss
 
 
 def machine() -> dict:
@@ -62,7 +62,7 @@ def _median_time(work: Callable[[], object], repeats: int, warm_up: bool = True)
 
 
 def loader(data_dir: str, repeats: int) -> dict:
-    from shared.datasets import physionet2012
+    from fedicu.shared.datasets import physionet2012
 
     cold, warm = [], []
     for _ in range(repeats):
@@ -83,7 +83,7 @@ def loader(data_dir: str, repeats: int) -> dict:
 def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
     from opacus.accountants import RDPAccountant
 
-    from shared.privacy.per_sample_lstm import make_dp_model, train_epochs_dp
+    from fedicu.shared.privacy.per_sample_lstm import make_dp_model, train_epochs_dp
 
     train = Sequences.concat([h.train for h in federation.hospitals])
     x = to_features(train, Normalization.from_stats(FeatureStats.of(train)))
@@ -139,7 +139,7 @@ class _Rounds:
 
 def _simulate(config: RunConfig, federation: Federation) -> tuple[float, float, list[dict], int]:
     """Wall time, time to first contact, metric rows and peak tree memory of one simulation."""
-    from simulations.simulate import simulate
+    from fedicu.simulations.simulate import simulate
 
     with tempfile.TemporaryDirectory(prefix="fedicu-bench-run-") as out:
         run_dir = RunDirectory(Path(out) / "run").create()

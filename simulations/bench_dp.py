@@ -1,6 +1,6 @@
 """Time one training epoch of the mortality LSTM with and without DP-SGD on the CPU.
 
-    python -m simulations.bench_dp [--repeats 5] [--threads N] [--json]
+    python -m fedicu.simulations.bench_dp [--repeats 5] [--threads N] [--json]
 
 One epoch over 2,048 random sequences (48 hours, 74 features), hidden size 64, one layer,
 batch size 64 (32 steps), for four settings:
@@ -33,9 +33,9 @@ from opacus.layers import DPLSTM
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.model import ModelConfig, MortalityLSTM
-from shared.privacy.per_sample_lstm import make_dp_model, train_epochs_dp
-from shared.training import train_epochs
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.privacy.per_sample_lstm import make_dp_model, train_epochs_dp
+from fedicu.shared.training import train_epochs
 
 N_SEQUENCES, HOURS, FEATURES, HIDDEN, BATCH = 2048, 48, 74, 64, 64
 LR, NOISE, CLIP = 1e-3, 1.0, 1.0

@@ -6,7 +6,7 @@ federated run without DP), and, for reference, the non-private centralized and
 local-only baselines, all once per seed. A seed changes the data splits, the model's
 initialization and the training randomness, so the spread over seeds is the spread a
 user would see. After training, each federated and centralized cell's best model (by
-validation) is audited by membership inference (`simulations.audit`).
+validation) is audited by membership inference (`fedicu.shared.privacy.audit`).
 
 After every cell, `sweep.csv` (one row per cell), `sweep.md` (mean ± standard deviation
 over seeds per setting) and `sweep.png` are rewritten. A cell with a `cell.json` is
@@ -33,11 +33,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from server.federated_run import Progress, RunState  # noqa: E402
-from server.run_dir import CHECKPOINT, RunDirectory  # noqa: E402
-from shared.files import atomic_write_bytes  # noqa: E402
-from shared.config import RunConfig  # noqa: E402
-from shared.federation import Federation, prepare  # noqa: E402
+from fedicu.server.federated_run import Progress, RunState  # noqa: E402
+from fedicu.shared.run_dir import CHECKPOINT, RunDirectory  # noqa: E402
+from fedicu.shared.files import atomic_write_bytes  # noqa: E402
+from fedicu.shared.config import RunConfig  # noqa: E402
+from fedicu.shared.federation import Federation, prepare  # noqa: E402
+from fedicu.shared.plots import save_figure  # noqa: E402
 
 DEFAULT_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -155,15 +156,15 @@ class Sweep:
         return done
 
     def run_cell(self, cell: Cell, federation: Federation, progress: Progress) -> dict:
-        from simulations.audit import audit
-        from simulations.baselines import centralized, local
+        from fedicu.shared.privacy.audit import audit
+        from fedicu.simulations.baselines import centralized, local
 
         started = time.monotonic()
         path = self.root / "cells" / cell.name
         config = cell.config(self.base, path)
         run_dir = RunDirectory(path)
         if cell.setting == "federated":
-            from simulations.simulate import simulate
+            from fedicu.simulations.simulate import simulate
 
             state = None
             if (path / CHECKPOINT).is_file():  # an interrupted cell goes on from its last round
@@ -300,10 +301,7 @@ def plot(summary: list[dict], path: Path, delta: float) -> None:
     axes[1].axhline(0.5, color="black", linewidth=0.8, alpha=0.5)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from shared.cohort import VARIABLE_DTYPE, Cohort
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort
 
 
 def make_cohort(stays: list[dict], measurements: list[tuple[int, int, str, float]]) -> Cohort:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from shared.datasets.synthetic import generate
-from shared.model import ModelConfig, MortalityLSTM
-from shared.preprocessing import N_FEATURES, FeatureStats, Normalization, clean, to_features, to_sequences
-from shared.training import train_epochs
-from simulations import audit as A
+from fedicu.shared.datasets.synthetic import generate
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.preprocessing import N_FEATURES, FeatureStats, Normalization, clean, to_features, to_sequences
+from fedicu.shared.training import train_epochs
+from fedicu.shared.privacy import audit as A
 
 # --- ROC helpers -------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ def run_dir(tmp_path_factory):
     out = root / "run"
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "FEDICU_CACHE_DIR": str(root / "cache")}
     result = subprocess.run(
-        [sys.executable, "-c", "from simulations.cli import main; main()", "simulate",
+        [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", "simulate",
          "--hospitals", "2", "--synthetic-stays", "300", "--rounds", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=root, env=env,
     )  # fmt: skip

@@ -31,9 +31,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from shared.datasets import physionet2012
-from shared.errors import DataError
-from shared.variables import TIME_SERIES
+from fedicu.shared.datasets import physionet2012
+from fedicu.shared.errors import DataError
+from fedicu.shared.variables import TIME_SERIES
 
 RECORD_HEADER = b"Time,Parameter,Value"
 OUTCOMES_HEADER = b"RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
@@ -957,7 +957,7 @@ def test_unreadable_tarball_files(tmp_path, content):
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    from simulations.cli import main
+    from fedicu.simulations.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fedicu", *args])
     with pytest.raises(SystemExit) as exit_:

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from simulations import bench
+from fedicu.simulations import bench
 from tests.conftest import PHYSIONET_DIR, requires_physionet
 
 
@@ -37,7 +37,7 @@ def test_loader_times_a_cold_parse_and_a_cached_reload_without_touching_the_user
 
 def test_quick_bench_ends_with_one_json_object_holding_the_goal_figures():
     done = subprocess.run(
-        [sys.executable, "-c", "from simulations.cli import main; main()", "bench", "--quick", "--json", "--repeats", "1"],
+        [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", "bench", "--quick", "--json", "--repeats", "1"],
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,8 +7,8 @@ import threading
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from server.certs import create
-from simulations.cli import main
+from fedicu.simulations.deployment.certs import create
+from fedicu.simulations.cli import main
 
 
 @pytest.fixture(scope="module")

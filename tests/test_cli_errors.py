@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from simulations.cli import main
+from fedicu.simulations.cli import main
 
 
 def run(monkeypatch, capsys, *args):

@@ -6,22 +6,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 
-from flwr.supercore.task_identity import TaskIdentity
-
-from client.client_app import app
-from shared.datasets import physionet2012, synthetic
-from shared.config import RunConfig
-from shared.model import MortalityLSTM, model_config_of
-from shared.preprocessing import NORMALIZED_CHANNELS
+from fedicu.client.client_app import app
+from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.config import RunConfig
+from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared import compat
+from fedicu.shared.contract import (
+    ARRAYS,
+    METRICS,
+    SITE,
+    WEIGHT,
+    FeatureStatsReply,
+    FeatureStatsRequest,
+    TrainReply,
+    TrainRequest,
+)
+from fedicu.shared.preprocessing import NORMALIZED_CHANNELS
 
 
 @pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
+def _task_identity():
     """Flower's runtime sets which task this process runs before any message is built."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 7)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    with compat.in_a_task(run_id=1, node_id=7):
+        yield
 
 
 @pytest.fixture
@@ -34,73 +43,73 @@ def site(tmp_path):
     )  # fmt: skip
 
 
-def _config(**extra) -> ConfigRecord:
-    base = {"seed": 0, "val-fraction": 0.2, "dp": False, "delta": 1e-5, "accountant": "rdp"}
-    return ConfigRecord({**base, **extra})
+RUN = dict(seed=0, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp")
+
+
+def _stats_message(**settings) -> Message:
+    return FeatureStatsRequest(**{**RUN, **settings}).message(7)
 
 
 def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
-    msg = Message(RecordDict({"config": _config()}), dst_node_id=7, message_type="query.feature_stats")
-    reply = app(msg, site)
+    reply = app(_stats_message(), site)
     assert not reply.has_error(), reply.error
-    assert reply.content["site"]["hospital"] == "st-elsewhere"
-    n_train = reply.content["metrics"]["num-examples"]
-    assert n_train == pytest.approx(0.8 * 300, abs=2)  # 20 % of its stays kept for validation
-    counts = reply.content["stats"]["count"].numpy()
+    stats = FeatureStatsReply.from_content(reply.content)
+    assert stats.hospital == "st-elsewhere"
+    assert stats.train_stays == pytest.approx(0.8 * 300, abs=2)  # 20 % of its stays kept for validation
+    assert stats.stats is not None
+    counts = stats.stats.count
     assert counts.shape == (len(NORMALIZED_CHANNELS),) and counts.sum() > 0
 
 
-def _train_message(torch_state: dict, **extra) -> Message:
-    model_config = model_config_of(RunConfig())
-    config = _config(
-        **{f"model-{k.replace('_', '-')}": v for k, v in model_config.to_dict().items()},
-        **{"norm-mean": [0.0] * len(NORMALIZED_CHANNELS), "norm-std": [1.0] * len(NORMALIZED_CHANNELS)},
-        **{"server-round": 1, "local-epochs": 1, "lr": 0.003, "batch-size": 64},
-        **extra,
-    )
-    return Message(RecordDict({"arrays": ArrayRecord(torch_state), "config": config}), dst_node_id=7, message_type="train")
+def _train_message(torch_state: dict, **settings) -> Message:
+    request = TrainRequest(**{
+        **RUN, "model": model_config_of(RunConfig()), "norm_mean": [0.0] * len(NORMALIZED_CHANNELS),
+        "norm_std": [1.0] * len(NORMALIZED_CHANNELS), "server_round": 1, "local_epochs": 1, "lr": 0.003,
+        "batch_size": 64, "planned_rounds": 1, "target_epsilon": 0.0, "noise_multiplier": 0.0, "max_grad_norm": 1.0,
+        "proximal_mu": 0.0, **settings,
+    })  # fmt: skip
+    content = request.to_content()
+    content[ARRAYS] = ArrayRecord(torch_state)
+    return Message(content, dst_node_id=7, message_type=TrainRequest.message_type)
 
 
 def test_a_deployed_hospital_trains_the_global_model(site):
     torch_state = MortalityLSTM(model_config_of(RunConfig())).state_dict()
     reply = app(_train_message(torch_state), site)
     assert not reply.has_error(), reply.error
-    trained = reply.content["arrays"].to_torch_state_dict()
+    trained_reply = TrainReply.from_content(reply.content)
+    assert trained_reply.weights is not None
+    trained = trained_reply.weights.to_torch_state_dict()
     assert set(trained) == set(torch_state)
     assert any(not np.allclose(trained[k].numpy(), torch_state[k].numpy()) for k in trained)
-    assert reply.content["metrics"]["train-loss"] > 0
+    assert trained_reply.train_loss is not None and trained_reply.train_loss > 0
 
 
 def test_a_site_without_physionet_sets_is_refused_by_name(tmp_path):
     context = Context(run_id=1, node_id=7, node_config={"data-dir": str(tmp_path)}, state=RecordDict(), run_config={})
-    msg = Message(RecordDict({"config": _config()}), dst_node_id=7, message_type="query.feature_stats")
     with pytest.raises(ValueError, match="no set-a, set-b or set-c"):  # Flower sends this back as the error
-        app(msg, context)
+        app(_stats_message(), context)
 
 
 def test_a_hospital_refuses_dp_with_delta_not_below_one_over_n_before_training(site):
-    msg = Message(RecordDict({"config": _config(dp=True, delta=0.01)}), dst_node_id=7, message_type="query.feature_stats")
-    reply = app(msg, site)
+    reply = app(_stats_message(dp=True, delta=0.01), site)
     assert reply.has_error()
     assert "st-elsewhere: --delta 0.01 must be below 1/n" in reply.error.reason
 
 
-DP_TRAIN = {
-    "dp": True, "target-epsilon": 0.0, "noise-multiplier": 1.0, "max-grad-norm": 1.0, "planned-rounds": 1,
-    "delta": 1e-3,
-}  # fmt: skip
+DP_TRAIN = dict(dp=True, noise_multiplier=1.0, delta=1e-3)
 
 
 def test_under_dp_nothing_computed_from_training_stays_leaves_but_the_weights(site):
-    stats = app(Message(RecordDict({"config": _config(dp=True, delta=1e-3)}), dst_node_id=7, message_type="query.feature_stats"), site)
+    stats = app(_stats_message(dp=True, delta=1e-3), site)
     assert not stats.has_error(), stats.error
-    assert "stats" not in stats.content and set(stats.content["metrics"]) == {"num-examples"}
+    assert set(stats.content) == {METRICS, SITE} and set(stats.content[METRICS]) == {WEIGHT}
 
     torch_state = MortalityLSTM(model_config_of(RunConfig())).state_dict()
     reply = app(_train_message(torch_state, **DP_TRAIN), site)
     assert not reply.has_error(), reply.error
-    assert set(reply.content["metrics"]) == {"num-examples"}  # no raw training loss, no local AUROC
-    assert set(reply.content) == {"arrays", "metrics", "privacy", "site"}
+    assert set(reply.content[METRICS]) == {WEIGHT}  # no raw training loss, no local AUROC
+    assert set(reply.content) == {ARRAYS, METRICS, "privacy", SITE}
 
 
 def _fresh_site(site: Context) -> Context:
@@ -110,7 +119,7 @@ def _fresh_site(site: Context) -> Context:
 def _dp_weights(context: Context, torch_state: dict) -> dict:
     reply = app(_train_message(torch_state, **DP_TRAIN), context)
     assert not reply.has_error(), reply.error
-    return reply.content["arrays"].to_torch_state_dict()
+    return reply.content[ARRAYS].to_torch_state_dict()
 
 
 def test_a_deployed_site_draws_dp_noise_from_the_os_not_from_the_public_seed(site):

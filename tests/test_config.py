@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import RunConfig
+from fedicu.shared.config import RunConfig
 
 
 def test_flower_app_defaults_are_the_run_config_defaults():

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server import certs
-from simulations.deploy_demo import CONNECTION, LocalDeployment, write_sites
-from simulations.processes import with_environment
+from fedicu.simulations.deployment import certs
+from fedicu.simulations.deployment.rehearsal import CONNECTION, LocalDeployment, write_sites
+from fedicu.simulations.deployment.processes import with_environment
 
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
 FEDICU = Path(sys.executable).parent / "fedicu"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
+from fedicu.shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.model import ModelConfig, MortalityLSTM
-from shared.training import predict, train_epochs
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.training import predict, train_epochs
 
 
 @pytest.mark.parametrize("attention", [False, True])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.partition import ICU_TYPE_SITES, assign_hospitals, split
+from fedicu.shared.partition import ICU_TYPE_SITES, assign_hospitals, split
 from tests.cohorts import random_cohort
 
 

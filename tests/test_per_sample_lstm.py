@@ -10,8 +10,8 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from sklearn.metrics import roc_auc_score
 
-from shared.model import ModelConfig, MortalityLSTM
-from shared.privacy.per_sample_lstm import (
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.privacy.per_sample_lstm import (
     PerSampleLSTM,
     PoissonSchedule,
     check_dp_model,
@@ -21,7 +21,7 @@ from shared.privacy.per_sample_lstm import (
     to_dp_model,
     train_epochs_dp,
 )
-from shared.training import predict
+from fedicu.shared.training import predict
 
 LAYOUTS = [(1, False), (1, True), (2, False), (2, True)]
 
@@ -342,7 +342,7 @@ def test_training_with_modest_noise_learns_a_simple_signal():
 
 
 def test_training_takes_every_planned_step_even_on_empty_poisson_batches():
-    from shared.privacy.per_sample_lstm import _generators
+    from fedicu.shared.privacy.per_sample_lstm import _generators
 
     x, y = toy_task(n=4)
     schedule = PoissonSchedule.of(4, 1)  # q = 1/4: a batch is empty with probability (3/4)^4

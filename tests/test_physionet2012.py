@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared import cache
-from shared.cohort import VARIABLE_DTYPE, Cohort, empty_measurements
-from shared.datasets import physionet2012
-from shared.errors import DataError
-from shared.variables import TIME_SERIES
+from fedicu.shared import cache
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort, empty_measurements
+from fedicu.shared.datasets import physionet2012
+from fedicu.shared.errors import DataError
+from fedicu.shared.variables import TIME_SERIES
 
 FIXTURE_SOURCE = Path(__file__).resolve().parent / "fixtures" / "physionet_mini"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.preprocessing import (
+from fedicu.shared.preprocessing import (
     FEATURE_NAMES,
     HOURS,
     N_FEATURES,
@@ -11,7 +11,7 @@ from shared.preprocessing import (
     to_features,
     to_sequences,
 )
-from shared.variables import TIME_SERIES
+from fedicu.shared.variables import TIME_SERIES
 from tests.cohorts import make_cohort, random_cohort
 
 HR = TIME_SERIES.index("HR")

@@ -7,14 +7,14 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from server.federated_run import LogProgress
-from server.run_dir import RunDirectory
-from shared.config import RunConfig
-from shared.federation import prepare
-from shared.model import MortalityLSTM, model_config_of
-from shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, epsilon_of
-from shared.privacy.per_sample_lstm import PoissonSchedule
-from simulations.simulate import simulate
+from fedicu.server.federated_run import LogProgress
+from fedicu.shared.run_dir import RunDirectory
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import prepare
+from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, epsilon_of
+from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
+from fedicu.simulations.simulate import simulate
 
 
 def test_ledger_composes_rounds_instead_of_restarting():

@@ -9,21 +9,21 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
-from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import app as hospital_app
-from client.client_app import train as hospital_train
-from client.secure_aggregation import secure_aggregation_mod
-from server.federated_run import LogProgress
-from server.run_dir import FINAL_MODEL, RunDirectory
-from server.secure_aggregation import secure_train
-from shared.config import RunConfig
-from shared.federation import prepare
-from simulations.simulate import simulate
+from fedicu.client.client_app import app as hospital_app
+from fedicu.client.client_app import train as hospital_train
+from fedicu.client.secure_aggregation import secure_aggregation_mod
+from fedicu.server.federated_run import LogProgress
+from fedicu.shared import compat
+from fedicu.shared.run_dir import FINAL_MODEL, RunDirectory
+from fedicu.server.secure_aggregation import secure_train
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import prepare
+from fedicu.simulations.inprocess import run_in_process
 
 SMALL = dict(hospitals=3, synthetic_stays=900, rounds=1, seed=5)
-STAGES = Stage.all()
+STAGES = compat.secagg_stages()
+SETUP, SHARE_KEYS, COLLECT_MASKED_VECTORS, UNMASK = STAGES
 
 
 class InProcessSites:
@@ -54,8 +54,8 @@ class InProcessSites:
         ids = []
         for msg in messages:
             ids.append(f"message-{len(self.replies) + len(ids)}")
-            msg.metadata.__dict__["_message_id"] = ids[-1]  # as Flower's grids number them
-            node, stage = msg.metadata.dst_node_id, msg.content[RECORD_KEY_CONFIGS]["stage"]
+            compat.set_message_id(msg, ids[-1])  # as Flower's grids number them
+            node, stage = msg.metadata.dst_node_id, compat.secagg_stage(msg)
             if STAGES.index(stage) < self.gone_from.get(node, len(STAGES)):
                 reply = secure_aggregation_mod(copy.deepcopy(msg), self.contexts[node], self.train)
                 self.replies[ids[-1]] = copy.deepcopy(reply)
@@ -79,21 +79,21 @@ class InProcessSites:
 
 
 @pytest.fixture
-def in_a_task(monkeypatch):
+def in_a_task():
     """Flower builds messages only inside a task: give this process a task identity."""
-    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    with compat.in_a_task():
+        yield
 
 
 @pytest.mark.parametrize(
     "hospitals, gone_from, summed",
     [
         (3, {}, [0, 1, 2]),
-        (5, {1: Stage.SETUP, 2: Stage.COLLECT_MASKED_VECTORS}, [0, 3, 4]),
-        (5, {1: Stage.SHARE_KEYS, 2: Stage.COLLECT_MASKED_VECTORS}, [0, 3, 4]),
-        (5, {1: Stage.SHARE_KEYS, 2: Stage.UNMASK}, [0, 2, 3, 4]),  # 2's masked weights had arrived
-        (4, {1: Stage.SHARE_KEYS, 2: Stage.COLLECT_MASKED_VECTORS}, None),  # 2 of 4 left: not more than half
-        (5, {1: Stage.COLLECT_MASKED_VECTORS, 2: Stage.COLLECT_MASKED_VECTORS, 3: Stage.UNMASK}, None),
+        (5, {1: SETUP, 2: COLLECT_MASKED_VECTORS}, [0, 3, 4]),
+        (5, {1: SHARE_KEYS, 2: COLLECT_MASKED_VECTORS}, [0, 3, 4]),
+        (5, {1: SHARE_KEYS, 2: UNMASK}, [0, 2, 3, 4]),  # 2's masked weights had arrived
+        (4, {1: SHARE_KEYS, 2: COLLECT_MASKED_VECTORS}, None),  # 2 of 4 left: not more than half
+        (5, {1: COLLECT_MASKED_VECTORS, 2: COLLECT_MASKED_VECTORS, 3: UNMASK}, None),
     ],
 )
 def test_the_server_learns_the_weighted_average_of_the_hospitals_that_stayed_and_no_weights(
@@ -111,14 +111,14 @@ def test_the_server_learns_the_weighted_average_of_the_hospitals_that_stayed_and
         assert {"arrays", "fitres.parameters"} >= set(reply.content.array_records)
 
 
-def crashing(partitions: set[int], stage: str = Stage.COLLECT_MASKED_VECTORS) -> ClientApp:
+def crashing(partitions: set[int], stage: str = COLLECT_MASKED_VECTORS) -> ClientApp:
     """The hospital app, except that some hospitals crash at one stage of the protocol (at
     their training, in a run without secure aggregation)."""
     app = ClientApp()
 
     def outage(msg, context, call_next):
-        protocol = msg.content.config_records.get(RECORD_KEY_CONFIGS)
-        at_stage = protocol["stage"] == stage if protocol else True
+        protocol_stage = compat.secagg_stage(msg)
+        at_stage = protocol_stage == stage if protocol_stage else True
         if at_stage and context.node_config["partition-id"] in partitions:
             raise RuntimeError("simulated site outage")
         return call_next(msg, context)
@@ -141,7 +141,7 @@ def crashing(partitions: set[int], stage: str = Stage.COLLECT_MASKED_VECTORS) ->
 def run(path, client_app, **overrides) -> RunDirectory:
     config = RunConfig(**{**SMALL, **overrides})
     run_dir = RunDirectory(path).create()
-    simulate(config, prepare(config), run_dir, LogProgress(), client_app=client_app)
+    run_in_process(config, prepare(config), run_dir, LogProgress(), client_app=client_app)
     return run_dir
 
 
@@ -158,10 +158,10 @@ def plain(tmp_path_factory) -> dict[str, dict]:
 @pytest.mark.parametrize(
     "stage, trained, expected",
     [
-        (Stage.SETUP, 2, "without 1"),
-        (Stage.SHARE_KEYS, 2, "without 1"),
-        (Stage.COLLECT_MASKED_VECTORS, 2, "without 1"),
-        (Stage.UNMASK, 3, "all"),  # its masked weights had arrived: it stays in the sum
+        (SETUP, 2, "without 1"),
+        (SHARE_KEYS, 2, "without 1"),
+        (COLLECT_MASKED_VECTORS, 2, "without 1"),
+        (UNMASK, 3, "all"),  # its masked weights had arrived: it stays in the sum
     ],
 )
 def test_secure_average_equals_the_plain_one_whatever_stage_a_hospital_drops_out_in(tmp_path, plain, stage, trained, expected):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.run_dir import RunDirectory
+from fedicu.shared.run_dir import RunDirectory
 
 REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
 
@@ -16,7 +16,7 @@ REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
 def fedicu(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     return subprocess.run(
-        [sys.executable, "-c", "from simulations.cli import main; main()", *args],
+        [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", *args],
         capture_output=True, text=True, timeout=900, cwd=cwd, env=env,
     )  # fmt: skip
 
@@ -69,7 +69,7 @@ def test_an_existing_run_directory_is_never_overwritten(synthetic_run):
 
 
 def test_exported_synthetic_cohort_loads_back_through_the_physionet_loader(tmp_path):
-    from shared.datasets import physionet2012, synthetic
+    from fedicu.shared.datasets import physionet2012, synthetic
 
     result = fedicu("export-synthetic", str(tmp_path), "--synthetic-stays", "200", "--hospitals", "2", "--seed", "4")
     assert result.returncode == 0, result.stderr

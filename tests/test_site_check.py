@@ -24,12 +24,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shared import site_check
-from shared.cohort import Cohort
-from shared.datasets import physionet2012, synthetic
-from shared.errors import DataError
-from shared.preprocessing import clean
-from shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from fedicu.shared import site_check
+from fedicu.shared.cohort import Cohort
+from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.errors import DataError
+from fedicu.shared.preprocessing import clean
+from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
 from tests.cohorts import random_cohort
 from tests.conftest import PHYSIONET_DIR, requires_physionet
 from tests.test_bad_input import (
@@ -529,7 +529,7 @@ def test_a_set_folder_that_cannot_be_listed(tmp_path, monkeypatch):
 
 def fedicu(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of the `fedicu` command line."""
-    from simulations.cli import main
+    from fedicu.simulations.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fedicu", *args])
     try:

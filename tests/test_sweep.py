@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import RunConfig
-from simulations import sweep as study
-from simulations.cli import main
+from fedicu.shared.config import RunConfig
+from fedicu.simulations import sweep as study
+from fedicu.simulations.cli import main
 
 TINY = RunConfig(synthetic_stays=600, hospitals=2, rounds=1, hidden_size=16, delta=1e-3)
 

@@ -13,9 +13,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from shared.cohort import STAY_COLUMNS, VARIABLE_DTYPE, Cohort
-from shared.datasets import synthetic
-from shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from fedicu.shared.cohort import STAY_COLUMNS, VARIABLE_DTYPE, Cohort
+from fedicu.shared.datasets import synthetic
+from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
 
 
 @pytest.fixture(scope="module")

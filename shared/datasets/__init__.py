@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.cohort import Cohort
-from shared.datasets import physionet2012, synthetic
+from fedicu.shared.cohort import Cohort
+from fedicu.shared.datasets import physionet2012, synthetic
 
 if TYPE_CHECKING:
-    from shared.config import RunConfig
+    from fedicu.shared.config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared import cache as _cache
-from shared.cohort import VARIABLE_DTYPE, Cohort
-from shared.errors import DataError
-from shared.variables import TIME_SERIES
+from fedicu.shared import cache as _cache
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort
+from fedicu.shared.errors import DataError
+from fedicu.shared.variables import TIME_SERIES
 
 logger = logging.getLogger("fedicu")
 

@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from shared.cohort import VARIABLE_DTYPE, Cohort
-from shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort
+from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
 
 SOURCE = "synthetic"
 MINUTES = 48 * 60

@@ -36,12 +36,24 @@ def new_accountant(kind: str) -> IAccountant:
     return ACCOUNTANTS[kind]()
 
 
+def accountant_of(kind: str, history: list[tuple[float, float, int]]) -> IAccountant:
+    """An Opacus accountant of `kind` that has run the `(sigma, q, steps)` entries of `history`.
+
+    Restored through Opacus's own state dict (the accountant's mechanism and
+    history), as a checkpointed accountant would be.
+    """
+    accountant = new_accountant(kind)
+    state = accountant.state_dict()
+    state["history"] = list(history)  # a copy: the accountant must not share the ledger's list
+    accountant.load_state_dict(state)
+    return accountant
+
+
 def epsilon_of(kind: str, history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon of the composition of `(sigma, q, steps)` entries at `delta`."""
     if not history:
         return 0.0
-    accountant = new_accountant(kind)
-    accountant.history = list(history)
+    accountant = accountant_of(kind, history)
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" is harmless here
         warnings.simplefilter("ignore", UserWarning)
         return float(accountant.get_epsilon(delta))
@@ -55,8 +67,8 @@ def calibrate_noise(kind: str, target_epsilon: float, delta: float, sample_rate:
             get_noise_multiplier(
                 target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                 steps=steps, accountant=kind, epsilon_tolerance=0.005,
-            )  # fmt: skip
-        )
+            )
+        )  # fmt: skip
 
 
 @dataclass

@@ -61,8 +61,9 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from shared.model import ModelConfig, MortalityLSTM
-from shared.training import torch_threads
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.compat import store_grad_sample
+from fedicu.shared.training import torch_threads
 
 
 def _one_thread():
@@ -113,17 +114,6 @@ def _taker(workspace: _Workspace | None):
     return workspace.take
 
 
-def _store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
-    if not param.requires_grad:
-        return
-    if getattr(param, "grad_sample", None) is not None:
-        raise RuntimeError(
-            "per-stay gradients from an earlier backward pass are still stored; call "
-            "optimizer.zero_grad() before the next backward pass"
-        )
-    param.grad_sample = grad_sample
-
-
 class _LinearFunction(torch.autograd.Function):
     """`F.linear` whose backward can store per-stay weight and bias gradients."""
 
@@ -144,9 +134,9 @@ class _LinearFunction(torch.autograd.Function):
             g = grad_out.reshape(batch, -1, n_out)  # [stay, positions, out]
             a = inputs.reshape(batch, -1, n_in)
             weight_param, bias_param = ctx.record
-            _store_grad_sample(weight_param, torch.bmm(g.transpose(1, 2), a))
+            store_grad_sample(weight_param, torch.bmm(g.transpose(1, 2), a))
             if bias_param is not None:
-                _store_grad_sample(bias_param, g.sum(1))
+                store_grad_sample(bias_param, g.sum(1))
             return grad_in, None, None, None
         g = grad_out.reshape(-1, n_out)
         grad_w = g.t() @ inputs.reshape(-1, n_in) if ctx.needs_input_grad[1] else None
@@ -290,11 +280,11 @@ class _LSTMLayerFunction(torch.autograd.Function):
             delta_bt = delta_b.transpose(1, 2)  # [B, 4H, T]
             gs_ih = torch.bmm(delta_bt, x_b, out=take("gs_ih", (batch, four_h, n_in), x))
             gs_hh = torch.bmm(delta_bt, h_prev_b, out=take("gs_hh", (batch, four_h, hidden), x))
-            _store_grad_sample(p_ih, gs_ih)
-            _store_grad_sample(p_hh, gs_hh)
+            store_grad_sample(p_ih, gs_ih)
+            store_grad_sample(p_hh, gs_hh)
             bias = delta_b.sum(1)
-            _store_grad_sample(p_bih, bias)
-            _store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
+            store_grad_sample(p_bih, bias)
+            store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
             return grad_x, grad_h0, grad_c0, None, None, None, None, None, None
         flat = delta.view(-1, four_h)
         grad_w_ih = flat.t() @ x.reshape(-1, x.shape[2]) if needs[3] else None

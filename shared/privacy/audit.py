@@ -56,7 +56,6 @@ sampling error.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -67,11 +66,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from server.run_dir import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import prepare
+from fedicu.shared.model import ModelConfig, MortalityLSTM, model_config_of
+from fedicu.shared.plots import save_figure
+from fedicu.shared.preprocessing import Normalization, Sequences, to_features
+from fedicu.shared.run_dir import (
     BEST_MODEL,
     CONFIG_FILE,
     FINAL_MODEL,
@@ -79,12 +82,8 @@ from server.run_dir import (  # noqa: E402
     RunDirectory,
     load_trained,
 )
-from shared.config import RunConfig  # noqa: E402
-from shared.files import atomic_write_bytes  # noqa: E402
-from shared.federation import prepare  # noqa: E402
-from shared.model import ModelConfig, MortalityLSTM, model_config_of  # noqa: E402
-from shared.preprocessing import Normalization, Sequences, to_features  # noqa: E402
-from shared.training import torch_threads, train_epochs  # noqa: E402
+from fedicu.shared.training import torch_threads, train_epochs
+from sklearn.metrics import auc, roc_curve
 
 AUDIT_JSON, AUDIT_PNG = "audit.json", "audit_roc.png"
 PRIVACY_FILE = "privacy.json"  # per-hospital privacy ledgers of a DP run
@@ -106,8 +105,8 @@ Progress = Callable[[int, int], None]  # (shadow models trained, total)
 def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FPR and TPR of "member if score >= t" for every distinct score t, from (0, 0) to (1, 1).
 
-    Tied scores form one point, so the curve's area equals the AUROC with ties
-    counted as half.
+    scikit-learn's `roc_curve`, keeping every point: tied scores form one
+    point, so the curve's area equals the AUROC with ties counted as half.
     """
     scores = np.asarray(scores, dtype=np.float64)
     is_member = np.asarray(is_member, dtype=bool)
@@ -118,16 +117,8 @@ def roc(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarr
     positives, negatives = int(is_member.sum()), int((~is_member).sum())
     if positives == 0 or negatives == 0:
         raise ValueError("an attack needs both members and non-members")
-    order = np.argsort(-scores, kind="stable")
-    s, m = scores[order], is_member[order]
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    tp = np.cumsum(m)[last_of_tie]
-    fp = np.cumsum(~m)[last_of_tie]
-    return np.r_[0.0, fp / negatives], np.r_[0.0, tp / positives]
-
-
-def _area(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    fpr, tpr, _ = roc_curve(is_member, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
@@ -136,7 +127,7 @@ def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
 
 def auroc(scores: np.ndarray, is_member: np.ndarray) -> float:
     """Area under the attack's ROC curve: the chance a random member outscores a random non-member."""
-    return _area(*roc(scores, is_member))
+    return float(auc(*roc(scores, is_member)))
 
 
 def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, max_fpr: float = LOW_FPR) -> float:
@@ -147,7 +138,7 @@ def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, max_fpr: float = LOW_F
 def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
     """AUROC, TPR at 1 % FPR, and the membership advantage max(TPR - FPR)."""
     fpr, tpr = roc(scores, is_member)
-    return {"auroc": _area(fpr, tpr), "tpr_at_1pct_fpr": _tpr_at(fpr, tpr, LOW_FPR),
+    return {"auroc": float(auc(fpr, tpr)), "tpr_at_1pct_fpr": _tpr_at(fpr, tpr, LOW_FPR),
             "advantage": float(np.max(tpr - fpr))}  # fmt: skip
 
 
@@ -170,7 +161,7 @@ def dp_bound(epsilon: float, delta: float) -> dict[str, float]:
         "epsilon": float(epsilon),
         "delta": float(delta),
         "tpr_at_1pct_fpr_bound": float(dp_tpr_bound(np.array([LOW_FPR]), epsilon, delta)[0]),
-        "auroc_bound": _area(grid, tpr),
+        "auroc_bound": float(auc(grid, tpr)),
     }
 
 
@@ -358,9 +349,7 @@ LABELS = {
 }
 
 
-def plot_roc(
-    result: AttackResult, is_member: np.ndarray, path: Path, title: str, dp: dict | None = None
-) -> None:
+def plot_roc(result: AttackResult, is_member: np.ndarray, path: Path, title: str, dp: dict | None = None) -> None:
     """Log-log ROC curves of every attack, and the DP bound if given (written atomically as PNG)."""
     n_out = int((~np.asarray(is_member, dtype=bool)).sum())
     floor = 1.0 / n_out
@@ -373,9 +362,9 @@ def plot_roc(
     for name, scores in result.scores.items():
         fpr, tpr = roc(scores, is_member)
         keep = (fpr > 0) & (tpr > 0)  # a log axis cannot show zero
-        auc = result.metrics[name]["auroc"]
+        area = result.metrics[name]["auroc"]
         tpr1 = result.metrics[name]["tpr_at_1pct_fpr"]
-        ax.plot(fpr[keep], tpr[keep], label=f"{LABELS[name]}: AUROC {auc:.3f}, TPR@1%FPR {tpr1:.3f}")
+        ax.plot(fpr[keep], tpr[keep], label=f"{LABELS[name]}: AUROC {area:.3f}, TPR@1%FPR {tpr1:.3f}")
     ax.axvline(LOW_FPR, color="grey", linewidth=0.8, alpha=0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -384,10 +373,7 @@ def plot_roc(
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 # --- The audit of a run directory -------------------------------------------------
@@ -542,7 +528,8 @@ def audit(
         "test_stays": len(non_members_all),
         "shadow_recipe": (
             {**recipe.to_dict(), "stays_per_model": 2 * n * (shadow_models // 2) / shadow_models}
-            if shadow_models else None
+            if shadow_models
+            else None
         ),
         "dp": dp,
         "seed": seed,

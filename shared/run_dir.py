@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from shared.files import atomic_write_bytes
-from shared.model import ModelConfig, MortalityLSTM
-from shared.preprocessing import FEATURE_NAMES, NORMALIZED_CHANNELS, Normalization
+from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.preprocessing import FEATURE_NAMES, NORMALIZED_CHANNELS, Normalization
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server import certs
-from shared.datasets import physionet2012, synthetic
-from shared.partition import stratified_pick
-from simulations.processes import descendants, running, with_environment
+from fedicu.simulations.deployment import certs
+from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.partition import stratified_pick
+from fedicu.simulations.deployment.processes import descendants, running, with_environment
 
 CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
 PROJECT = Path(__file__).resolve().parents[1]  # the app `flwr run` submits
@@ -310,7 +310,7 @@ def rehearse(
     on_round: Callable[[int], None],
 ) -> Path:
     """The whole rehearsal into `out` (which must not exist); the run directory."""
-    from shared.site_check import check
+    from fedicu.shared.site_check import check
 
     out.mkdir(parents=True)
     folders, test_dir = write_sites(out, sites, seed=0)

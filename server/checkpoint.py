@@ -1,0 +1,46 @@
+"""What a run needs to continue after its last completed round, as saved in `checkpoint.pt`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from fedicu.shared.preprocessing import Normalization
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue after its last completed round."""
+
+    completed: int
+    arrays: dict[str, torch.Tensor]
+    norm: Normalization
+    rows: list[dict] = field(default_factory=list)
+    hospital_rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    strategy: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    privacy: dict[str, dict] = field(default_factory=dict)  # hospital -> ledger (DP runs)
+    hospital_privacy: dict | None = None  # the server's hospital-level ledger (hospital-level DP)
+
+    def to_checkpoint(self) -> dict:
+        return {
+            "completed": self.completed,
+            "arrays": self.arrays,
+            "norm": {"mean": torch.from_numpy(self.norm.mean), "std": torch.from_numpy(self.norm.std)},
+            "rows": self.rows,
+            "hospital_rows": self.hospital_rows,
+            "best": self.best,
+            "strategy": self.strategy,
+            "privacy": json.dumps(self.privacy),
+            "hospital_privacy": json.dumps(self.hospital_privacy),
+        }
+
+    @staticmethod
+    def from_checkpoint(c: dict) -> RunState:
+        norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
+        return RunState(
+            c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"],
+            json.loads(c["privacy"]), json.loads(c["hospital_privacy"]),
+        )  # fmt: skip

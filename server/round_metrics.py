@@ -1,0 +1,80 @@
+"""A round's rows: pooled validation and server-side test metrics, and one row per hospital."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from fedicu.server.replies import Replies
+from fedicu.shared.contract import EvaluateReply, TrainReply
+from fedicu.shared.metrics import BINARY_METRICS, ScoreHistogram, binary_metrics
+from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.training import predict
+
+NAN = float("nan")
+
+
+def round_metrics(
+    rnd: int,
+    hospitals: list[str],
+    trained: Replies[TrainReply],
+    evaluated: Replies[EvaluateReply],
+    model: MortalityLSTM,
+    arrays: ArrayRecord,
+    test: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The round's pooled row and its hospital rows. The decision threshold is chosen on the
+    pooled validation histograms; `test` is None in a deployment without a server test folder."""
+    train, val = trained.replies, evaluated.replies
+    pooled = ScoreHistogram.sum([r.histogram for r in val.values()])
+    threshold = pooled.best_threshold()
+    if test is None:
+        test_metrics = dict.fromkeys(BINARY_METRICS, NAN)
+    else:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        test_metrics = binary_metrics(test[1], predict(model, test[0]), threshold)
+    n_train = sum(r.train_stays for r in train.values())
+    n_val = sum(r.val_stays for r in val.values())
+
+    def pooled_mean(metric: str) -> float:
+        return sum(getattr(r, metric) * r.val_stays for r in val.values()) / n_val
+
+    row = {
+        "round": rnd,
+        "hospitals_trained": len(train),
+        "hospitals_failed": len(hospitals) - len(set(train) & set(val)),
+        # Absent under DP-SGD: hospitals send nothing computed from training stays but the weights.
+        "train_loss": sum(_or_nan(r.train_loss) * r.train_stays for r in train.values()) / n_train,
+        "val_auroc": pooled.auroc(),
+        "val_auroc_tie_bound": pooled.auroc_tie_bound(),
+        "val_auprc": pooled.auprc(),
+        "val_brier": pooled_mean("brier"),
+        "val_loss": pooled_mean("loss"),
+        "val_event1": pooled.event1(threshold),
+        "threshold": threshold,
+        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS},
+    }
+    return row, [_hospital_row(rnd, name, trained, evaluated, threshold) for name in hospitals]
+
+
+def _hospital_row(
+    rnd: int, name: str, trained: Replies[TrainReply], evaluated: Replies[EvaluateReply], threshold: float
+) -> dict[str, Any]:
+    t, e = trained.replies.get(name), evaluated.replies.get(name)
+    return {
+        "round": rnd,
+        "hospital": name,
+        "status": "ok" if t and e else f"failed: {trained.failures.get(name) or evaluated.failures.get(name)}",
+        "train_stays": t.train_stays if t else 0,
+        "train_loss": _or_nan(t.train_loss) if t else NAN,
+        "local_val_auroc": _or_nan(t.local_val_auroc) if t else NAN,
+        "val_stays": e.val_stays if e else 0,
+        **{f"val_{k}": getattr(e, k) if e else NAN for k in ("auroc", "auprc", "brier", "loss")},
+        "val_event1": e.histogram.event1(threshold) if e else NAN,
+    }
+
+
+def _or_nan(value: float | None) -> float:
+    return NAN if value is None else value

@@ -1,0 +1,263 @@
+"""Every place where fedicu relies on what Flower, Opacus or Ray do not promise to keep.
+
+Nothing else in fedicu imports from these libraries beyond their public APIs (`flwr.app`,
+`flwr.clientapp`, `flwr.serverapp`, `flwr.simulation`, Flower's strategies and mods,
+Opacus's optimizers and accountants). `tests/test_compat.py` checks each entry below against
+the installed versions and fails, naming the entry, when an upgrade changes what it relies on.
+
+Flower
+- `PromptDispatch`: the Simulation Engine's message sweep (`vce_api.add_messages_to_queue`),
+  replaced so that hospitals get their messages as soon as the server sends them.
+- `SecAggPlusWorkflow`: Flower's SecAgg+ workflow with a fix for hospitals that leave before
+  sharing their keys; it rewrites the workflow's state and calls its `_check_threshold`.
+- `legacy_*`: SecAgg+ speaks Flower's legacy `FitIns`/`FitRes` layout and context.
+- `strategy_state` / `restore_strategy_state`: FedAdam keeps its moments in `m_t` and `v_t`.
+- `in_a_task` / `set_message_id`: building messages outside Flower's runtime (the in-process
+  grid of tests), which Flower allows only inside a task.
+Opacus
+- `store_grad_sample`: per-stay gradients go to `param.grad_sample`, where `DPOptimizer` reads them.
+Ray
+- `quiet_ray`: the environment variable that keeps Ray from printing an accelerator notice.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from queue import Queue
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+# ---- Flower: the Simulation Engine's dispatcher ----------------------------------------------
+
+# Flower's engine sweeps for messages this often; the dispatcher below also sweeps on every send.
+SWEEP_INTERVAL_SECONDS = 0.1
+FLOWER_DISPATCHER_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
+
+
+def vce_api() -> Any:
+    """The Simulation Engine's module that sweeps messages to virtual nodes."""
+    from flwr.server.superlink.fleet.vce import vce_api  # imports Ray: only simulations pay
+
+    return vce_api
+
+
+class PromptDispatch:
+    """Hands messages to the virtual hospitals as soon as the server sends them.
+
+    Flower's engine sweeps the nodes for messages every 0.1 s, so each exchange waited up to
+    0.1 s before any hospital started: at four hospitals about a fifth of a round. This sweep
+    makes the same calls, and is woken by the server's grid whenever it sends
+    (`wake_on_send`); otherwise it sweeps every 0.1 s, as Flower's does. A node gets at most
+    one message per sweep, as in Flower's; a sweep that found messages is followed by another
+    at once."""
+
+    def __init__(self) -> None:
+        self.sent = threading.Event()
+
+    def wake_on_send(self, grid: Any) -> None:
+        push = grid.push_messages
+
+        def push_and_wake(messages: Iterable[Message]) -> Iterable[str]:
+            ids = push(messages)
+            self.sent.set()  # after the messages are stored, so the woken sweep finds them
+            return ids
+
+        grid.push_messages = push_and_wake
+
+    def dispatch(self, state: Any, queue: Queue[Message], nodes_mapping: dict, f_stop: threading.Event) -> None:
+        while not f_stop.is_set():
+            found = False
+            for node_id in nodes_mapping:
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+                    found = True
+            if not found:
+                self.sent.wait(SWEEP_INTERVAL_SECONDS)
+                self.sent.clear()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Flower's engine uses `dispatch` inside this block, if its own dispatcher still has
+        the parameters this one was written for (otherwise Flower's runs, unchanged)."""
+        engine = vce_api()
+        original = getattr(engine, "add_messages_to_queue", None)
+        if original is None or list(inspect.signature(original).parameters) != FLOWER_DISPATCHER_PARAMETERS:
+            yield
+            return
+        engine.add_messages_to_queue = self.dispatch
+        try:
+            yield
+        finally:
+            engine.add_messages_to_queue = original
+
+
+# ---- Flower: SecAgg+ through the legacy workflow ---------------------------------------------
+
+
+def secagg_workflow_class() -> type:
+    """Flower's SecAgg+ workflow, with hospitals that leave before sharing their keys out of
+    the round.
+
+    No hospital holds key shares of such a hospital or masks with it, so it must not be
+    unmasked as a drop-out, nor counted as a neighbour whose pairwise mask is removed when
+    another hospital drops out later. Flower's workflow does both: it asks for shares nobody
+    got (the round fails although enough hospitals remain) or removes masks never added
+    (a wrong average)."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class SecAggPlusWithEarlyLeavers(SecAggPlusWorkflow):
+        def share_keys_stage(self, grid: Any, context: Any, state: Any) -> bool:
+            super().share_keys_stage(grid, context, state)
+            state.sampled_node_ids = set(state.active_node_ids)
+            state.nid_to_neighbours = {
+                node: neighbours & state.active_node_ids
+                for node, neighbours in state.nid_to_neighbours.items()
+                if node in state.active_node_ids
+            }
+            return self._check_threshold(state)
+
+    return SecAggPlusWithEarlyLeavers
+
+
+def legacy_context(server_round: int, arrays: ArrayRecord, strategy: Any) -> Any:
+    """The legacy context SecAgg+'s workflow runs in: the round, the global model, a strategy."""
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    state = RecordDict(
+        {MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}), MAIN_PARAMS_RECORD: arrays}
+    )
+    return LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy)
+
+
+# Legacy parameters are unnamed: the arrays' names travel in the config under this key.
+ARRAY_NAMES = "array-names"
+
+
+def legacy_fit_ins(arrays: ArrayRecord, config: ConfigRecord) -> Any:
+    from flwr.common import FitIns
+    from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
+
+    return FitIns(arrayrecord_to_parameters(arrays, keep_input=True), {**config, ARRAY_NAMES: list(arrays.keys())})
+
+
+def legacy_ndarrays(parameters: Any) -> list[np.ndarray]:
+    from flwr.common import bytes_to_ndarray
+
+    return [bytes_to_ndarray(t) for t in parameters.tensors]
+
+
+def secagg_configs_record() -> str:
+    """The config record that marks a message of the SecAgg+ protocol."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    return RECORD_KEY_CONFIGS
+
+
+def secagg_stages() -> list[str]:
+    """SecAgg+'s stages in order: set-up, key sharing, collecting masked vectors, unmasking."""
+    from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+    return list(Stage.all())
+
+
+def secagg_stage(msg: Message) -> str | None:
+    """The SecAgg+ stage a message belongs to (None: not a message of the protocol)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+    protocol = msg.content.config_records.get(secagg_configs_record())
+    return str(protocol[Key.STAGE]) if protocol is not None else None
+
+
+def legacy_fit_instructions(msg: Message) -> tuple[ConfigRecord, ArrayRecord]:
+    """The config and the named global model of a legacy fit message."""
+    from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
+
+    config = msg.content["fitins.config"]
+    tensors = legacy_ndarrays(arrayrecord_to_parameters(msg.content["fitins.parameters"], keep_input=True))
+    names = config[ARRAY_NAMES]
+    return config, ArrayRecord({n: Array(t) for n, t in zip(names, tensors, strict=True)})  # type: ignore[arg-type]
+
+
+def add_legacy_fit_reply(reply: Message, arrays: ArrayRecord, num_examples: int) -> None:
+    """Add the legacy fit result that SecAgg+'s client mod masks to `reply`."""
+    from flwr.common import Code, FitRes, Status
+    from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters, fitres_to_recorddict
+
+    fit = FitRes(Status(Code.OK, ""), arrayrecord_to_parameters(arrays, keep_input=True), num_examples, {})
+    for key, record in fitres_to_recorddict(fit, keep_input=True).items():
+        reply.content[key] = record
+
+
+# ---- Flower: strategy state ------------------------------------------------------------------
+
+# Strategy attributes that carry state from round to round (FedAdam's moments).
+STRATEGY_STATE = ("m_t", "v_t")
+
+
+def strategy_state(strategy: Any) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        name: {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
+        for name in STRATEGY_STATE
+        if (value := getattr(strategy, name, None))
+    }
+
+
+def restore_strategy_state(strategy: Any, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
+
+
+# ---- Flower: messages outside its runtime ----------------------------------------------------
+
+
+@contextmanager
+def in_a_task(run_id: int = 1, node_id: int = 0) -> Iterator[None]:
+    """Flower builds messages only inside a task: give this thread a task identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    names = {"_run_id": run_id, "_task_id": 1, "_node_id": node_id}
+    before = {name: getattr(TaskIdentity, name, None) for name in names}
+    for name, value in names.items():
+        setattr(TaskIdentity, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(TaskIdentity, name, value)
+
+
+def set_message_id(msg: Message, message_id: str) -> None:
+    """Number a message as a grid does when it stores it."""
+    msg.metadata.__dict__["_message_id"] = message_id
+
+
+# ---- Opacus ----------------------------------------------------------------------------------
+
+GRAD_SAMPLE = "grad_sample"  # where Opacus's DPOptimizer reads a parameter's per-sample gradients
+
+
+def store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
+    if not param.requires_grad:
+        return
+    if getattr(param, GRAD_SAMPLE, None) is not None:
+        raise RuntimeError(
+            "per-stay gradients from an earlier backward pass are still stored; call "
+            "optimizer.zero_grad() before the next backward pass"
+        )
+    setattr(param, GRAD_SAMPLE, grad_sample)
+
+
+# ---- Ray -------------------------------------------------------------------------------------
+
+
+def quiet_ray() -> None:
+    """CPU only: without this Ray prints a notice about accelerator environment variables."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

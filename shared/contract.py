@@ -1,0 +1,325 @@
+"""What travels between the server and a hospital: one typed object per message and reply.
+
+The server sends four requests (`FeatureStatsRequest`, `RestorePrivacyRequest`, `TrainRequest`,
+`EvaluateRequest`) and a hospital answers each with its reply class. `to_content()` turns an
+object into Flower records and `from_content()` reads one back, checking that every field is
+there with its type. Record keys are the field names in kebab-case, derived here and nowhere
+else, so the server and the hospital never spell a key by hand. The names that Flower's
+strategies read and write (`ARRAYS`, `CONFIG`, `METRICS`, `WEIGHT`) are handed to the
+strategies explicitly.
+
+Versions: every request and reply carries `CONTRACT_VERSION` and the sender's fedicu version.
+Sites upgrade at different times; a hospital refuses a request of another contract version,
+and the server a reply of one, with a `ContractMismatch` naming both versions, at first
+contact rather than by training the wrong thing. Bump `CONTRACT_VERSION` with every change
+to a message that an older peer would misread.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedicu.shared.metrics import ScoreHistogram
+from fedicu.shared.model import ModelConfig
+from fedicu.shared.preprocessing import FeatureStats
+
+CONTRACT_VERSION = 2
+try:
+    FEDICU_VERSION = version("fedicu")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    FEDICU_VERSION = "unknown"
+
+# Record names; the first four are also those of Flower's strategies.
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+WEIGHT = "num-examples"  # the metric by which FedAvg weighs a hospital's update
+SITE = "site"  # who replied, in every reply
+
+
+class ContractError(ValueError):
+    """A message that does not follow the contract: a field missing or of the wrong type."""
+
+
+class ContractMismatch(ContractError):
+    """The peer speaks another version of the contract."""
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _in(record: str, key: str = "", **options: Any) -> Any:
+    """A field stored in `record` (under `key`, or its own kebab-case name)."""
+    return field(metadata={"record": record, "key": key}, **options)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _plain(kind: Any) -> Any:
+    """`float | None` -> float."""
+    if isinstance(kind, types.UnionType):
+        (inner,) = [k for k in typing.get_args(kind) if k is not type(None)]
+        return inner
+    return kind
+
+
+def _is_arrays(kind: Any) -> bool:
+    """Dataclasses of numpy arrays (FeatureStats, ScoreHistogram) travel as ArrayRecords."""
+    return is_dataclass(kind) and all(v is np.ndarray for v in _hints(kind).values())
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    for f in fields(value):
+        out[f"{prefix}-{_key(f.name)}"] = getattr(value, f.name)
+
+
+def _check(value: Any, kind: Any, where: str) -> Any:
+    """`value` as `kind`, or a ContractError naming `where`."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list or typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    name = getattr(kind, "__name__", str(kind))
+    raise ContractError(f"{where} must be {name}, not {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payload:
+    """Base of every request and reply. A field lives in the record its metadata names
+    (`CONFIG` by default); `None` leaves an optional field out."""
+
+    # Request and reply classes name what they are, for error messages.
+    describes: ClassVar[str] = "message"
+
+    def to_content(self) -> RecordDict:
+        hints = _hints(type(self))
+        scalars: dict[str, dict[str, Any]] = {}
+        content = RecordDict()
+        for f in fields(self):
+            value, record = getattr(self, f.name), f.metadata.get("record", CONFIG)
+            key = f.metadata.get("key") or _key(f.name)
+            if value is None:
+                continue
+            if isinstance(value, ArrayRecord):
+                content[record] = value
+            elif _is_arrays(type(value)):
+                content[record] = ArrayRecord({_key(a.name): Array(getattr(value, a.name)) for a in fields(value)})
+            elif is_dataclass(value):
+                _flatten(key, value, scalars.setdefault(record, {}))
+            else:
+                scalars.setdefault(record, {})[key] = _check(value, _plain(hints[f.name]), f"{self.describes} {key!r}")
+        for record, values in scalars.items():
+            content[record] = MetricRecord(values) if record == METRICS else ConfigRecord(values)
+        return content
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> Self:
+        hints = _hints(cls)
+        _check_versions(cls, content)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            record, kind = f.metadata.get("record", CONFIG), hints[f.name]
+            key = f.metadata.get("key") or _key(f.name)
+            optional = isinstance(kind, types.UnionType)
+            values[f.name] = _read(cls, content, record, key, _plain(kind), optional)
+        return cls(**values)
+
+
+def _read(cls: type[Payload], content: RecordDict, record: str, key: str, kind: Any, optional: bool) -> Any:
+    where = f"{cls.describes}: {record}"
+    if kind is ArrayRecord or _is_arrays(kind):
+        if record not in content.array_records:
+            if optional:
+                return None
+            raise ContractError(f"{where} (arrays) is missing")
+        arrays = content.array_records[record]
+        if kind is ArrayRecord:
+            return arrays
+        try:
+            return kind(**{a.name: arrays[_key(a.name)].numpy() for a in fields(kind)})
+        except KeyError as missing:
+            raise ContractError(f"{where} lacks array {missing}") from None
+    source = content.metric_records if record == METRICS else content.config_records
+    values = source.get(record, {})
+    if is_dataclass(kind):
+        inner = _hints(kind)
+        return kind(**{a.name: _scalar(values, f"{key}-{_key(a.name)}", inner[a.name], where, False) for a in fields(kind)})
+    return _scalar(values, key, kind, where, optional)
+
+
+def _scalar(values: Any, key: str, kind: Any, where: str, optional: bool) -> Any:
+    if key not in values:
+        if optional:
+            return None
+        raise ContractError(f"{where} lacks {key!r}")
+    return _check(values[key], kind, f"{where} {key!r}")
+
+
+def _check_versions(cls: type[Payload], content: RecordDict) -> None:
+    """Before anything else: a peer of another contract version would misread the rest."""
+    record = SITE if issubclass(cls, Reply) else CONFIG
+    values = content.config_records.get(record, {})
+    theirs, their_fedicu = values.get(_key("contract_version")), values.get(_key("fedicu_version"), "unknown")
+    if theirs != CONTRACT_VERSION:
+        sender = "the hospital" if issubclass(cls, Reply) else "the server"
+        raise ContractMismatch(
+            f"{cls.describes}: {sender} speaks contract version {theirs} (fedicu {their_fedicu}), this side "
+            f"{CONTRACT_VERSION} (fedicu {FEDICU_VERSION}); run the same fedicu release on the server and every site"
+        )
+
+
+# ---- Requests: the server's instructions ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request(Payload):
+    """What every request tells a hospital about the run."""
+
+    message_type: ClassVar[str]
+
+    contract_version: int = CONTRACT_VERSION
+    fedicu_version: str = FEDICU_VERSION
+    seed: int
+    val_fraction: float
+    dp: bool
+    delta: float
+    accountant: str
+    prepared_data: str = ""  # simulation: the file holding every virtual hospital's part; "" when deployed
+
+    def message(self, node_id: int) -> Message:
+        return Message(self.to_content(), dst_node_id=node_id, message_type=self.message_type)
+
+    def config(self) -> ConfigRecord:
+        """The request as the config record a strategy sends with the global model."""
+        return self.to_content()[CONFIG]  # type: ignore[return-value]
+
+    def run_settings(self) -> dict[str, Any]:
+        """The fields every request shares, to build another request of the same run."""
+        return {f.name: getattr(self, f.name) for f in fields(Request)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureStatsRequest(Request):
+    """First contact: the hospital's name, size and (without DP) its feature statistics."""
+
+    describes = "feature statistics request"
+    action: ClassVar[str] = "feature_stats"  # the ClientApp's query handler
+    message_type = f"{MessageType.QUERY}.{action}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestorePrivacyRequest(Request):
+    """A resumed run hands a hospital back the privacy ledger it had reached."""
+
+    describes = "privacy restore request"
+    action: ClassVar[str] = "restore_privacy"
+    message_type = f"{MessageType.QUERY}.{action}"
+
+    ledger: str  # PrivacyLedger.to_json(), as JSON text
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateRequest(Request):
+    """Score the global model (sent with it in `ARRAYS`) on the hospital's validation stays."""
+
+    describes = "evaluate request"
+    message_type = MessageType.EVALUATE
+
+    server_round: int  # Flower's strategies also write this key
+    norm_mean: list[float]
+    norm_std: list[float]
+    model: ModelConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest(EvaluateRequest):
+    """Train the global model (sent with it in `ARRAYS`) on the hospital's training stays."""
+
+    describes = "train request"
+    message_type = MessageType.TRAIN
+
+    local_epochs: int
+    lr: float
+    batch_size: int
+    planned_rounds: int  # DP-SGD calibrates its noise for the whole run
+    target_epsilon: float
+    noise_multiplier: float
+    max_grad_norm: float
+    proximal_mu: float  # FedProx's term (0: none); Flower's FedProx writes the same key
+
+
+def global_model(msg: Message) -> ArrayRecord:
+    """The global model's weights sent with a train or evaluate request."""
+    if ARRAYS not in msg.content.array_records:
+        raise ContractError(f"{msg.metadata.message_type} message: {ARRAYS} (the global model) is missing")
+    return msg.content.array_records[ARRAYS]
+
+
+# ---- Replies: what a hospital sends back ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply(Payload):
+    """Every reply names its hospital and the versions it speaks."""
+
+    contract_version: int = _in(SITE, default=CONTRACT_VERSION)
+    fedicu_version: str = _in(SITE, default=FEDICU_VERSION)
+    hospital: str = _in(SITE)
+
+    def reply_to(self, msg: Message) -> Message:
+        return Message(self.to_content(), reply_to=msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureStatsReply(Reply):
+    describes = "feature statistics reply"
+
+    train_stays: int = _in(METRICS, WEIGHT)
+    stats: FeatureStats | None = _in("stats", default=None)  # None under DP-SGD: nothing computed from training stays
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestorePrivacyReply(Reply):
+    describes = "privacy restore reply"
+
+    train_stays: int = _in(METRICS, WEIGHT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainReply(Reply):
+    describes = "train reply"
+
+    weights: ArrayRecord = _in(ARRAYS)
+    train_stays: int = _in(METRICS, WEIGHT)
+    # Without DP only: under DP-SGD nothing computed from training stays leaves but the weights.
+    train_loss: float | None = _in(METRICS, default=None)
+    local_val_auroc: float | None = _in(METRICS, default=None)
+    ledger: str | None = _in("privacy", default=None)  # DP-SGD: the hospital's privacy ledger as JSON
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateReply(Reply):
+    describes = "evaluate reply"
+
+    val_stays: int = _in(METRICS, WEIGHT)
+    auroc: float = _in(METRICS)
+    auprc: float = _in(METRICS)
+    brier: float = _in(METRICS)
+    loss: float = _in(METRICS)
+    histogram: ScoreHistogram = _in("histogram")
+
+
+# Error codes of a hospital's refusals (Flower's Error.code)
+PRIVACY_REFUSAL = 1  # on privacy grounds: delta too large, budget spent
+CONTRACT_REFUSAL = 2  # a request of another contract version

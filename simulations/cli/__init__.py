@@ -1,0 +1,54 @@
+"""The `fedicu` command line: the app, its commands (one module per group) and `main`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.markup import escape
+
+from fedicu.shared.errors import DataError
+
+from . import deployment, evaluation, privacy, site, tools, training
+from .common import RunFailed, UserError, console
+
+app = typer.Typer(
+    help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# In the order `fedicu --help` lists them.
+app.command()(training.simulate)
+app.command()(training.centralized)
+app.command("local")(training.local_)
+app.command()(training.compare)
+app.command()(evaluation.evaluate)
+app.command()(privacy.audit)
+app.command()(privacy.sweep)
+app.command()(tools.bench)
+app.command()(deployment.certs)
+app.command("deploy-demo")(deployment.deploy_demo)
+app.command("export-synthetic")(tools.export_synthetic)
+app.add_typer(site.site_app, name="site")
+
+
+def main() -> None:
+    """Entry point: user mistakes become one clear line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except (UserError, DataError) as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except RunFailed as error:
+        console.print(f"[bold red]run failed:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
+        sys.exit(1)
+    except click.ClickException as error:  # unknown option, bad value: click's own message
+        error.show()
+        sys.exit(error.exit_code)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)

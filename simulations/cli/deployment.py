@@ -1,0 +1,86 @@
+"""Deployment: certificates for a real federation, and a local rehearsal of one (deploy-demo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from flwr.common.config import parse_config_args
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedicu.server.server_app import default_run_dir
+from fedicu.shared.config import RunConfig
+
+from .common import OPTION_HELP, RunFailed, UserError, console, rounds_table
+
+
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder to create for the certificates and keys (never overwritten).")],
+    host: Annotated[list[str], typer.Option(help="The SuperLink's host name or IP address, as sites dial it (repeatable).")],
+    site: Annotated[list[str], typer.Option(help="A site name that gets a key pair for node authentication (repeatable).")],
+) -> None:
+    """Create a CA, the SuperLink's TLS certificate and one authentication key pair per site."""
+    from fedicu.simulations.deployment.certs import create
+
+    try:
+        written = create(out, host, site)
+    except (ValueError, FileExistsError) as error:
+        raise UserError(str(error)) from error
+    console.print(f"Wrote {len(written)} files to {out}: give each site ca.crt and its own sites/<site>.key; keep ca.key private")
+
+
+def deploy_demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder to create for certificates, site data, logs and the run directory (default: runs/deploy-demo-<timestamp>)."),
+    ] = None,
+    sites: Annotated[int, typer.Option(help="Hospitals: one SuperNode each, with its own synthetic data.")] = 3,
+    rounds: Annotated[int, typer.Option(help=OPTION_HELP["rounds"])] = 2,
+    secagg: Annotated[bool, typer.Option(help=OPTION_HELP["secagg"])] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="No TLS and no node authentication: local experiments only, never with patient data.")
+    ] = False,
+    run_config: Annotated[
+        str, typer.Option(help="More run-config for `flwr run`, e.g. 'dp=true target-epsilon=4.0'.")
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds the run may take before the rehearsal fails.")] = 1800.0,
+) -> None:
+    """Rehearse a deployment here: a SuperLink and one SuperNode per site as processes, TLS, node keys, `flwr run`."""
+    from fedicu.simulations.deployment.rehearsal import DeploymentError, rehearse
+
+    out = (out or default_run_dir().with_name(f"deploy-demo-{default_run_dir().name}")).absolute()
+    if out.exists():
+        raise UserError(f"--out {out}: exists; give a folder to create")
+    if not (2 if secagg else 1) <= sites <= 16:
+        raise UserError(f"--sites must lie in {2 if secagg else 1}..16{' with --secagg' if secagg else ''}, not {sites}")
+    if rounds < 1:
+        raise UserError("--rounds must be at least 1")
+    try:  # refused here rather than by the ServerApp once every process is up
+        RunConfig.from_flower({"sites": sites, "rounds": rounds, "secagg": secagg, **parse_config_args([run_config])})
+    except (ValueError, click.ClickException) as error:
+        message = error.message if isinstance(error, click.ClickException) else str(error)
+        raise UserError(f"--run-config {run_config!r}: {message}") from None
+    if insecure:
+        console.print(
+            "[bold red]WARNING: --insecure: traffic is unencrypted and any process that reaches the port can join as a "
+            "hospital. Local experiments only, never with patient data.[/]"
+        )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("Deployment rounds", total=rounds)
+        try:
+            run_dir = rehearse(
+                out, sites, rounds, secagg, insecure, run_config, timeout,
+                on_step=lambda text: progress.console.print(f"[green]✓[/] {escape(text)}", highlight=False),
+                on_round=lambda done: progress.update(task, completed=done),
+            )  # fmt: skip
+        except DeploymentError as error:
+            raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    title = f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'}{', INSECURE' if insecure else ''})"
+    console.print(rounds_table(title, rows))
+    console.print(f"Run directory: {run_dir}", highlight=False)

@@ -1,0 +1,57 @@
+"""Scoring a saved model: evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedicu.shared.config import RunConfig
+from fedicu.shared.datasets import load_cohort
+from fedicu.shared.metrics import binary_metrics
+from fedicu.shared.preprocessing import clean, to_features, to_sequences
+from fedicu.shared.run_dir import load_trained
+from fedicu.shared.training import predict
+
+from .common import OPTION_HELP, UserError, console, fmt, titled
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    dataset: Annotated[str, typer.Option(help=OPTION_HELP["dataset"])] = "physionet2012",
+    data_dir: Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])] = "",
+    sets: Annotated[str, typer.Option(help=OPTION_HELP["sets"])] = "c",
+    synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    model: Annotated[str, typer.Option(help="Which saved model: best or final.")] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Score a saved model on any cohort (every stay in it)."""
+    try:
+        trained, norm, threshold = load_trained(run_dir, model)
+        config = RunConfig(
+            dataset=dataset, data_dir=data_dir, sets=sets, synthetic_stays=synthetic_stays,
+            hospitals=hospitals, seed=seed,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+    with console.status("Loading and scoring the cohort"):
+        cohort, _ = clean(load_cohort(config))
+        seqs = to_sequences(cohort)
+        scores = predict(trained, to_features(seqs, norm))
+    metrics = binary_metrics(seqs.labels, scores, threshold)
+    metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
+    if as_json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}))
+        return
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, fmt(v))
+    console.print(titled(f"{run_dir} ({model} model) on {dataset} {sets if dataset == 'physionet2012' else ''}", table))

@@ -1,0 +1,79 @@
+"""`fedicu site check`: what a hospital runs on its own data before joining a federation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.markup import escape
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from fedicu.shared.config import RunConfig
+
+from .common import OPTION_HELP, UserError, console, titled
+
+
+site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
+SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
+
+
+@site_app.command("check")
+def check_site(
+    data_dir: Annotated[Path, typer.Option(help=OPTION_HELP["data_dir"])],
+    val_fraction: Annotated[float, typer.Option(help=OPTION_HELP["val_fraction"])] = RunConfig.val_fraction,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Validate a site's PhysioNet 2012 folder: exit 0 if it can be used (warnings allowed), 2 if not."""
+    from fedicu.shared.site_check import check
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must lie in (0, 1), not {val_fraction:g}")
+    with console.status(f"Checking {escape(str(data_dir))}"):
+        report = check(data_dir, val_fraction)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        console.print(site_tables(report))
+    if not report.usable:
+        where = "the JSON report" if as_json else "the table above"
+        raise UserError(f"{report.first_error} ({report.error_count} problem(s) in all; see {where})")
+    warnings = sum(f.severity == "warning" for f in report.findings)
+    console.print(f"[green]{escape(str(data_dir))} can be used[/] ({warnings} warning(s))", highlight=False)
+
+
+# One row per count and one column per set (a, b, c at most): a column per count did not fit 80 columns.
+SET_COUNTS = {
+    "record files": "record_files", "unusable record files": "unusable_records", "Outcomes rows": "outcome_rows",
+    "usable stays": "stays", "deaths": "deaths", "measurements": "measurements",
+    "stays with descriptors only": "descriptors_only",
+}  # fmt: skip
+
+
+def _problem(text: str) -> Padding:
+    """A problem under its finding, indented on every line it wraps or folds onto."""
+    return Padding(Text(text, overflow="fold"), (0, 0, 0, 2))
+
+
+def site_tables(report) -> Group:
+    """The per-set counts and the findings of a site check."""
+    counts = Table()
+    counts.add_column("")
+    for s in report.sets:
+        counts.add_column(s.name, justify="right", no_wrap=True)
+    for name, key in SET_COUNTS.items():
+        counts.add_row(name, *("–" if getattr(s, key) is None else f"{getattr(s, key):,}" for s in report.sets))
+    findings = Table(title="Findings", title_justify="left", show_lines=True)
+    findings.add_column("severity", no_wrap=True)
+    findings.add_column("check")
+    findings.add_column("finding", overflow="fold")
+    for f in report.findings:
+        shown = [Text(f.message, overflow="fold")] + [_problem(str(p)) for p in f.problems[:3]]
+        if len(f.problems) > 3:
+            shown.append(_problem(f"... and {len(f.problems) - 3} more"))
+        findings.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.check, Group(*shown))
+    return Group(titled(f"Sets in {report.data_dir}", counts), findings) if report.sets else Group(findings)

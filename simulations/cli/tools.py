@@ -1,0 +1,63 @@
+"""Tools around the main job: bench (performance on this machine), export-synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import OPTION_HELP, UserError, console, fmt
+
+
+def bench(
+    data_dir: Annotated[str, typer.Option(help="PhysioNet 2012 folder for the loader and epoch parts (else synthetic).")] = "",
+    quick: Annotated[bool, typer.Option(help="A small version for CI-sized checks.")] = False,
+    repeats: Annotated[int, typer.Option(help="Repeats of each timing (the median is reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")] = False,
+) -> None:
+    """Measure loading, DP cost, framework overhead and scale on this machine (see BENCHMARKS.md)."""
+    from fedicu.simulations import bench as benchmark
+
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, not {repeats}")
+    if data_dir and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such folder")
+    table = Table(title=f"fedicu bench{' --quick' if quick else ''} (median of {repeats} where repeated)")
+    table.add_column("part", no_wrap=True)
+    table.add_column("measure", no_wrap=True)  # never cut: federated_over_local_compute_ratio
+    table.add_column("value", justify="right", overflow="fold")  # a long error wraps instead
+
+    with console.status("Benchmarking: loader") as status:
+
+        def on_step(part: str, result: dict) -> None:
+            for key, value in result.items():
+                table.add_row(part, key, fmt(value))
+            status.update(f"Benchmarking: {part} done, next part running")
+
+        report = benchmark.run(data_dir, quick, repeats, on_step)
+    console.print(table)
+    if as_json:
+        print(json.dumps(report, default=str))
+
+
+def export_synthetic(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
+    synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    set_name: Annotated[str, typer.Option("--set", help="Set name to write: a, b or c.")] = "a",
+) -> None:
+    """Write the synthetic cohort as PhysioNet 2012 files (to rehearse the real loader or a site)."""
+    from fedicu.shared.datasets import physionet2012, synthetic
+
+    if set_name not in physionet2012.VALID_SETS:
+        raise UserError(f"--set must be one of {', '.join(physionet2012.VALID_SETS)}, not {set_name!r}")
+    try:
+        cohort = synthetic.generate(hospitals=hospitals, stays=synthetic_stays, seed=seed)
+        written = physionet2012.write(cohort, out_dir, set_name)
+    except (ValueError, FileExistsError) as error:
+        raise UserError(str(error)) from error
+    console.print(f"Wrote {len(cohort)} stays to {written} and {out_dir / f'Outcomes-{set_name}.txt'}")

@@ -1,0 +1,193 @@
+"""Training commands: simulate (federated), the centralized and local-only baselines, compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedicu.server.federated_run import RunState
+from fedicu.server.server_app import default_run_dir
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, RunDirectory
+
+from .common import RunFailed, UserError, console, results_table, rounds_table, run_options
+
+
+def _prepare(config: RunConfig) -> Federation:
+    try:
+        with console.status("Preparing data: loading, cleaning, splitting into hospitals"):
+            federation = prepare(config)
+    except ValueError as error:  # configuration that does not fit the data
+        raise UserError(str(error)) from error
+    if config.min_hospitals > len(federation.hospitals):
+        raise UserError(f"--min-hospitals {config.min_hospitals} exceeds the {len(federation.hospitals)} hospitals")
+    smallest = min(federation.hospitals, key=lambda h: len(h.train))
+    if config.dp and config.delta >= 1 / len(smallest.train):
+        raise UserError(
+            f"--delta {config.delta:g} must be below 1/n for every hospital; {smallest.name} "
+            f"has n = {len(smallest.train)} training stays"
+        )
+    sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
+    console.print(
+        f"[bold]{len(federation.hospitals)} hospitals[/] ({sizes} stays); "
+        f"{len(federation.test)} stays held out for testing"
+    )
+    return federation
+
+
+def _run_dir(config: RunConfig, suffix: str = "") -> RunDirectory:
+    path = Path(config.out) if config.out else Path(f"{default_run_dir()}{suffix}")
+    try:
+        return RunDirectory(path).create()
+    except FileExistsError as error:
+        raise UserError(str(error)) from error
+
+
+class RoundBar:
+    """A progress bar over rounds that shows the latest AUROCs."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+        )  # fmt: skip
+
+    def begin(self, rounds: int, done: int = 0) -> None:
+        self.task = self.bar.add_task(self.label, total=rounds, completed=done, status="")
+        self.bar.start()
+
+    def round_done(self, row: dict) -> None:
+        status = f"val AUROC {row['val_auroc']:.3f}  test AUROC {row['test_auroc']:.3f}"
+        if row.get("hospitals_failed"):
+            status += f"  [yellow]{row['hospitals_failed']} hospital(s) failed[/]"
+        self.bar.update(self.task, advance=1, status=status)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _federated(
+    config: RunConfig, federation: Federation, run_dir: RunDirectory, state: RunState | None = None
+) -> dict:
+    from fedicu.simulations.simulate import simulate as run_simulation  # imports Ray lazily
+
+    bar = RoundBar(f"Federated {config.strategy}")
+    try:
+        result = run_simulation(config, federation, run_dir, bar, state)
+    except RuntimeError as error:  # the run directory's run.json says "failed" and why
+        raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
+    finally:
+        bar.close()
+    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json("metrics.json")))
+    return result
+
+
+def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
+    """The configuration and last checkpoint of an interrupted run."""
+    run_dir = RunDirectory(path)
+    if not (run_dir.path / CONFIG_FILE).is_file():
+        raise UserError(f"--resume {path}: not a run directory (no {CONFIG_FILE})")
+    if run_dir.status == "complete":
+        raise UserError(f"--resume {path}: the run is already complete")
+    config = RunConfig.from_flower(run_dir.read_json(CONFIG_FILE))
+    checkpoint = run_dir.path / CHECKPOINT
+    state = RunState.from_checkpoint(run_dir.load_model(CHECKPOINT)) if checkpoint.is_file() else None
+    done = state.completed if state else 0
+    console.print(f"Resuming {path} after round {done} of {config.rounds} (its own configuration applies)")
+    return config, run_dir, state
+
+
+@run_options
+def simulate(
+    config: RunConfig,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run directory from its last completed round.")
+    ] = None,
+) -> None:
+    """Train the LSTM across simulated hospitals with Flower (the main job)."""
+    state = None
+    if resume is not None:
+        config, run_dir, state = _resume(resume)
+    federation = _prepare(config)
+    if resume is None:
+        run_dir = _run_dir(config)
+    result = _federated(config, federation, run_dir, state)
+    console.print(
+        f"Best round {result['best_round']} (by pooled validation AUROC). "
+        f"Run directory: [bold]{run_dir.path}[/]"
+    )
+
+
+@run_options
+def centralized(config: RunConfig) -> None:
+    """Baseline: all stays pooled in one place, same model and training budget."""
+    from fedicu.simulations.baselines import centralized as run_centralized
+
+    federation = _prepare(config)
+    run_dir = _run_dir(config, "-centralized")
+    bar = RoundBar("Centralized")
+    bar.begin(config.rounds)
+    try:
+        run_centralized(config, federation, run_dir, bar.round_done)
+    finally:
+        bar.close()
+    console.print(rounds_table("Centralized", run_dir.read_json("metrics.json")))
+    console.print(f"Run directory: [bold]{run_dir.path}[/]")
+
+
+def _local(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> dict:
+    from fedicu.simulations.baselines import local as run_local
+
+    bar = RoundBar("Local-only hospitals")
+    bar.begin(len(federation.hospitals))
+    try:
+        result = run_local(
+            config, federation, run_dir,
+            lambda r: bar.bar.update(bar.task, advance=1, status=f"{r['hospital']} test AUROC {r['test_auroc']:.3f}"),
+        )  # fmt: skip
+    finally:
+        bar.close()
+    table = results_table({r["hospital"]: r for r in result["hospitals"]} | {"mean of hospitals": result["mean"]})
+    table.title = "Local-only training, held-out test split"
+    console.print(table)
+    return result
+
+
+@run_options
+def local_(config: RunConfig) -> None:
+    """Baseline: each hospital trains alone; all are scored on the same test split."""
+    federation = _prepare(config)
+    run_dir = _run_dir(config, "-local")
+    _local(config, federation, run_dir)
+    console.print(f"Run directory: [bold]{run_dir.path}[/]")
+
+
+@run_options
+def compare(config: RunConfig) -> None:
+    """Federated vs centralized vs local-only, on one test split, in one table."""
+    from fedicu.simulations.baselines import centralized as run_centralized
+
+    federation = _prepare(config)
+    root = _run_dir(config, "-compare").path
+    federated = _federated(config, federation, RunDirectory(root / "federated").create())
+    bar = RoundBar("Centralized")
+    bar.begin(config.rounds)
+    try:
+        central = run_centralized(config, federation, RunDirectory(root / "centralized").create(), bar.round_done)
+    finally:
+        bar.close()
+    local = _local(config, federation, RunDirectory(root / "local").create())
+    best_federated = RunDirectory(root / "federated").read_json("metrics.json")[federated["best_round"] - 1]
+    results = {
+        f"federated ({config.strategy}, best round)": best_federated,
+        "centralized (best round)": central,
+        "local only (mean of hospitals)": local["mean"],
+    }
+    RunDirectory(root).write_json("comparison.json", results)
+    console.print(results_table(results))
+    console.print(f"Run directories under [bold]{root}[/]")

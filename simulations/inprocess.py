@@ -1,0 +1,89 @@
+"""The federation in this one process: each hospital's ClientApp answers on its own thread.
+
+The server's round loop and the hospitals' ClientApp are the ones every other runtime runs;
+only the transport is gone (no Ray, no SuperLink, nothing serialized but a copy of each
+message, as a network would make). It starts in milliseconds, so tests of the round logic
+(failures, timeouts, the contract) need not start Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedicu.client.client_app import app as hospital_app
+from fedicu.server.federated_run import Progress, RunState
+from fedicu.server.server_app import serve
+from fedicu.shared import compat
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation
+from fedicu.shared.run_dir import RunDirectory
+
+CLIENT_APP_RAISED = 1001  # the error code a SuperNode gives a ClientApp's exception
+
+
+class InProcessGrid:
+    """A grid whose nodes are ClientApps in this process (node config `partition-id` i, as
+    the Simulation Engine gives its virtual SuperNodes)."""
+
+    pull_interval = 0.001
+
+    def __init__(self, client_app: ClientApp, hospitals: int, run_id: int = 1):
+        self.client_app = client_app
+        self.contexts = {
+            1000 + i: Context(run_id, 1000 + i, {"partition-id": i}, RecordDict(), {}) for i in range(hospitals)
+        }
+        # one thread per node: a node answers its messages one at a time, in order, as a SuperNode does
+        self.threads = {node: ThreadPoolExecutor(1, thread_name_prefix=f"node-{node}") for node in self.contexts}
+        self.numbers = itertools.count()
+        self.pending: dict[str, Future[Message]] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            message_id = f"message-{next(self.numbers)}"
+            compat.set_message_id(msg, message_id)
+            node = msg.metadata.dst_node_id
+            self.pending[message_id] = self.threads[node].submit(self._answer, node, copy.deepcopy(msg))
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        done = [i for i in message_ids if i in self.pending and self.pending[i].done()]
+        return [copy.deepcopy(self.pending.pop(i).result()) for i in done]
+
+    def _answer(self, node: int, msg: Message) -> Message:
+        try:
+            return self.client_app(msg, self.contexts[node])
+        except Exception as error:  # a SuperNode sends a ClientApp's exception back as an error
+            return Message(Error(CLIENT_APP_RAISED, f"{type(error).__name__}: {error}"), reply_to=msg)
+
+    def close(self) -> None:
+        """Stop taking messages; answers still being computed finish on their threads."""
+        for thread in self.threads.values():
+            thread.shutdown(wait=False, cancel_futures=True)
+
+
+def run_in_process(
+    config: RunConfig,
+    federation: Federation,
+    run_dir: RunDirectory,
+    progress: Progress,
+    client_app: ClientApp = hospital_app,
+    resume: RunState | None = None,
+) -> dict:
+    """Run the remaining rounds with every hospital in this process; return the final metrics row."""
+    grid = InProcessGrid(client_app, len(federation.hospitals))
+    try:
+        with compat.in_a_task():
+            return serve(grid, config, federation, run_dir, progress, resume)  # type: ignore[arg-type]
+    finally:
+        grid.close()
