@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
         if np.asarray(array).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; store strings as unicode arrays")
     with atomic_file(path) as file:
-        np.savez(file, **arrays)
+        named: dict[str, Any] = dict(arrays)  # Any: the stub cannot tell these names from allow_pickle
+        np.savez(file, **named)
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:

@@ -14,7 +14,7 @@ its own (`load_folder`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +43,7 @@ class Federation:
 
     def summary(self) -> dict:
         return {
-            "hospitals": {
-                h.name: {"train": describe(h.train), "val": describe(h.val)} for h in self.hospitals
-            },
+            "hospitals": {h.name: {"train": describe(h.train), "val": describe(h.val)} for h in self.hospitals},
             "test": describe(self.test),
             "values_removed_by_cleaning": self.cleaning,
         }
@@ -55,22 +53,15 @@ def prepare(config: RunConfig) -> Federation:
     cohort = load_cohort(config)
     cohort, removed = clean(cohort)
     scheme = config.partition or natural_partition(config.dataset)
-    hospital = assign_hospitals(
-        cohort, scheme, hospitals=config.hospitals, alpha=config.alpha, seed=config.seed
-    )
-    splits = split(
-        cohort, hospital, config.test_fraction, config.val_fraction, seed=config.seed
-    )
+    hospital = assign_hospitals(cohort, scheme, hospitals=config.hospitals, alpha=config.alpha, seed=config.seed)
+    splits = split(cohort, hospital, config.test_fraction, config.val_fraction, seed=config.seed)
     seqs = to_sequences(cohort)
     row = {stay: i for i, stay in enumerate(seqs.stay_ids)}
 
     def take(ids: np.ndarray) -> Sequences:
         return seqs.take(np.fromiter((row[s] for s in ids), dtype=np.int64, count=len(ids)))
 
-    hospitals = [
-        HospitalData(name, take(splits.train[name]), take(splits.val[name]))
-        for name in splits.hospitals
-    ]
+    hospitals = [HospitalData(name, take(splits.train[name]), take(splits.val[name])) for name in splits.hospitals]
     return Federation(hospitals=hospitals, test=take(splits.test), cleaning=removed)
 
 
@@ -90,17 +81,14 @@ def save(federation: Federation, path: Path) -> None:
     save_arrays(path, arrays)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_hospital(path: str, index: int) -> HospitalData:
     """Hospital `index` of a saved federation (read once per process)."""
     with np.load(path, allow_pickle=False) as data:
         names = data["names"]
         if not 0 <= index < len(names):
             raise ValueError(f"{path}: no hospital {index}; the federation has {len(names)}")
-        parts = {
-            part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS))
-            for part in ("train", "val")
-        }
+        parts = {part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS)) for part in ("train", "val")}
         return HospitalData(str(names[index]), parts["train"], parts["val"])
 
 
@@ -113,7 +101,7 @@ def load_folder(data_dir: str, what: str = "node config data-dir") -> Sequences:
     return to_sequences(clean(physionet2012.load(folder, sets=sets))[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
     """A deployed hospital's stays from its own folder (read once per process)."""
     seqs = load_folder(data_dir)

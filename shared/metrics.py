@@ -134,4 +134,4 @@ class ScoreHistogram:
 
     def event1(self, threshold: float) -> float:
         """Event-1 at a bin-edge threshold: exact, since the edge separates whole bins."""
-        return float(self._event1_per_edge()[int(round(threshold * len(self.positives)))])
+        return float(self._event1_per_edge()[round(threshold * len(self.positives))])

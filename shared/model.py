@@ -9,7 +9,6 @@ of all hidden states whose weights show which hours the prediction rests on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +18,7 @@ from fedicu.shared.preprocessing import N_FEATURES
 
 if TYPE_CHECKING:
     from fedicu.shared.config import RunConfig
+    from fedicu.shared.privacy.per_sample_lstm import PerSampleLSTM
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class MortalityLSTM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.lstm = nn.LSTM(
+        self.lstm: nn.LSTM | PerSampleLSTM = nn.LSTM(  # PerSampleLSTM for DP training (to_dp_model)
             config.n_features,
             config.hidden_size,
             num_layers=config.num_layers,

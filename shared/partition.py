@@ -29,9 +29,7 @@ PARTITIONS = ("hospital", "icu-type", "set", "iid", "dirichlet")
 MIN_STAYS_PER_HOSPITAL = 10
 
 
-def assign_hospitals(
-    cohort: Cohort, scheme: str, hospitals: int = 4, alpha: float = 0.5, seed: int = 0
-) -> pd.Series:
+def assign_hospitals(cohort: Cohort, scheme: str, hospitals: int = 4, alpha: float = 0.5, seed: int = 0) -> pd.Series:
     """Hospital name for every stay (a Series indexed like `cohort.stays`)."""
     stays = cohort.stays
     if scheme == "hospital":
@@ -52,8 +50,7 @@ def assign_hospitals(
         raise ValueError(f"--hospitals must be at least 1, not {hospitals}")
     if len(stays) < hospitals * MIN_STAYS_PER_HOSPITAL:
         raise ValueError(
-            f"--hospitals {hospitals}: {len(stays)} stays cannot give every hospital "
-            f"{MIN_STAYS_PER_HOSPITAL} stays"
+            f"--hospitals {hospitals}: {len(stays)} stays cannot give every hospital {MIN_STAYS_PER_HOSPITAL} stays"
         )
     rng = np.random.default_rng(seed)
     labels = stays["label"].to_numpy()
@@ -78,9 +75,7 @@ def _iid(labels: np.ndarray, hospitals: int, rng: np.random.Generator) -> np.nda
     return site
 
 
-def _dirichlet(
-    labels: np.ndarray, hospitals: int, alpha: float, rng: np.random.Generator
-) -> np.ndarray:
+def _dirichlet(labels: np.ndarray, hospitals: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
     # Redraw until every hospital is usable; with a tiny alpha this can be impossible.
     for _ in range(1000):
         site = np.empty(len(labels), dtype=np.int64)
@@ -116,7 +111,7 @@ def stratified_pick(ids: np.ndarray, strata: np.ndarray, fraction: float, rng) -
     picked = []
     for stratum in np.unique(strata):
         members = rng.permutation(ids[strata == stratum])
-        picked.append(members[: int(round(fraction * len(members)))])
+        picked.append(members[: round(fraction * len(members))])
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=ids.dtype)
 
 

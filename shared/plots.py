@@ -8,8 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
-from fedicu.shared.files import atomic_file
 from matplotlib.figure import Figure
+
+from fedicu.shared.files import atomic_file
 
 DPI = 120
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from fedicu.shared.cohort import Cohort
 from fedicu.shared.variables import ICU_TYPES, LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, REFERENCE_RANGES, TIME_SERIES
 
@@ -51,7 +52,7 @@ def clean(cohort: Cohort) -> tuple[Cohort, dict[str, int]]:
     values = m["value"].to_numpy()
     bad = ~((values >= low) & (values <= high))  # NaN counts as bad too
     removed = dict.fromkeys((*TIME_SERIES, *STATIC_NUMERIC), 0)
-    for code, count in zip(*np.unique(codes[bad], return_counts=True)):
+    for code, count in zip(*np.unique(codes[bad], return_counts=True), strict=True):
         removed[TIME_SERIES[code]] = int(count)
 
     stays = cohort.stays.copy()
@@ -187,7 +188,7 @@ class Normalization:
     @staticmethod
     def reference() -> Normalization:
         """Data-independent scales from `REFERENCE_RANGES`: nothing about any stay goes in."""
-        names = TIME_SERIES + ("Age", "Height", "Weight")
+        names = (*TIME_SERIES, "Age", "Height", "Weight")
         bounds = np.array([REFERENCE_RANGES[v] for v in names], dtype=np.float64)
         logged = np.array([v in LOG_TRANSFORMED for v in names])
         bounds[logged] = np.log1p(bounds[logged])
@@ -242,4 +243,3 @@ def describe(seqs: Sequences) -> dict[str, float | int]:
         "mortality": float(seqs.labels.mean()) if len(seqs) else float("nan"),
         "observed_fraction": float(seqs.observed.mean()) if len(seqs) else float("nan"),
     }
-

@@ -121,8 +121,10 @@ class SiteReport:
             "val_fraction": self.val_fraction,
             "min_stays": MIN_STAYS,
             "sets": {s.name: asdict(s) for s in self.sets},
-            "totals": {k: sum(getattr(s, k) for s in self.sets)
-                       for k in ("stays", "deaths", "measurements", "descriptors_only")},  # fmt: skip
+            "totals": {
+                k: sum(getattr(s, k) for s in self.sets)
+                for k in ("stays", "deaths", "measurements", "descriptors_only")
+            },
             "split": self.split,
             "outside_limits": self.outside_limits,
             "never_observed": self.never_observed,
@@ -360,7 +362,7 @@ def _variables(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
         observed += np.bincount(codes, minlength=len(TIME_SERIES))
         for name, count in clean(cohort)[1].items():
             removed[name] = removed.get(name, 0) + count
-    report.never_observed = [v for v, n in zip(TIME_SERIES, observed) if n == 0]
+    report.never_observed = [v for v, n in zip(TIME_SERIES, observed, strict=True) if n == 0]
     if report.never_observed:
         message = (f"{len(report.never_observed)} of {len(TIME_SERIES)} variables never observed (their inputs "
                    f"are always missing here): {', '.join(report.never_observed)}")  # fmt: skip
@@ -383,7 +385,7 @@ def _variables(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
         findings.append(Finding("physiological limits", OK, "no value outside physiological limits"))
     suspect = [
         f"{v} {removed[v] / n:.0%} outside {_limits(v)}"
-        for v, n in zip(TIME_SERIES, observed) if n and removed.get(v, 0) > UNITS_SUSPECT * n
+        for v, n in zip(TIME_SERIES, observed, strict=True) if n and removed.get(v, 0) > UNITS_SUSPECT * n
     ]  # fmt: skip
     if suspect:
         message = f"mostly outside physiological limits, other units? {'; '.join(suspect)}"

@@ -72,7 +72,7 @@ def train_epochs(
             seen += len(batch)
             if start is not None:
                 loss = loss + proximal_mu / 2 * sum(
-                    torch.sum((p - p0) ** 2) for p, p0 in zip(model.parameters(), start)
+                    torch.sum((p - p0) ** 2) for p, p0 in zip(model.parameters(), start, strict=True)
                 )
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)

@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedicu.shared.run_dir import BEST_MODEL, CONFIG_FILE, FINAL_MODEL, RunDirectory, write_model_card
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
 from fedicu.shared.metrics import best_threshold, binary_metrics
 from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.plots import plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
+from fedicu.shared.run_dir import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    CURVES_PNG,
+    FINAL_MODEL,
+    METRICS_CSV,
+    METRICS_JSON,
+    RunDirectory,
+    write_model_card,
+)
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 
@@ -41,7 +51,9 @@ def fit(
     x_train, x_val, x_test = (to_features(s, norm) for s in (train, val, test))
     torch.manual_seed(config.seed)
     model = MortalityLSTM(model_config_of(config))
-    rows, best, best_state = [], None, None
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, Any] | None = None
     for rnd in range(1, config.rounds + 1):
         started = time.monotonic()
         loss = train_epochs(
@@ -67,13 +79,12 @@ def fit(
         if on_round:
             on_round(row)
     final_state = model.state_dict()
+    assert best is not None and best_state is not None  # RunConfig asks for rounds >= 1
     model.load_state_dict(best_state)
     return rows, best, model, norm, final_state
 
 
-def centralized(
-    config: RunConfig, federation: Federation, run_dir: RunDirectory, on_round=None
-) -> dict:
+def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_round=None) -> dict:
     """Pool every hospital's stays and train one model; writes a full run directory."""
     set_torch_threads(torch.get_num_threads())
     run_dir.write_json(CONFIG_FILE, config.to_flower())
@@ -91,12 +102,12 @@ def centralized(
             FINAL_MODEL, {"model_config": model_config.to_dict(), "state_dict": final_state,
                           "round": rows[-1]["round"], "threshold": rows[-1]["threshold"]}
         )  # fmt: skip
-        run_dir.write_table("metrics.csv", "metrics.json", rows)
+        run_dir.write_table(METRICS_CSV, METRICS_JSON, rows)
         write_model_card(
             run_dir, model_config=model_config, norm=norm, rows=rows, best=best,
             training=config.to_flower(), data=federation.summary(),
         )  # fmt: skip
-        plot_learning_curves(rows, run_dir.path / "learning_curves.png")
+        plot_learning_curves(rows, run_dir.path / CURVES_PNG)
     except BaseException as error:
         run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise

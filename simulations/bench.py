@@ -28,14 +28,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
+from fedicu.shared.run_dir import METRICS_JSON, RunDirectory
 from fedicu.shared.training import predict, set_torch_threads, torch_threads, train_epochs
 from fedicu.simulations.deployment.processes import tree_rss
 
@@ -90,13 +92,18 @@ def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
     y = train.labels
     set_torch_threads(os.cpu_count() or 1)
     model_config = model_config_of(config)
-    args = dict(epochs=1, lr=config.lr, batch_size=config.batch_size, seed=0)
+    args: dict[str, Any] = dict(epochs=1, lr=config.lr, batch_size=config.batch_size, seed=0)
     plain = _median_time(lambda: train_epochs(MortalityLSTM(model_config), x, y, **args), repeats)
     private = _median_time(
         lambda: train_epochs_dp(
-            make_dp_model(model_config), x, y, **args, noise_multiplier=1.0, max_grad_norm=1.0,
+            make_dp_model(model_config),
+            x,
+            y,
+            **args,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
             accountant=RDPAccountant(),
-        ),  # fmt: skip
+        ),
         repeats,
     )
     return {"stays": len(x), "plain_epoch_s": plain, "dp_epoch_s": private, "dp_over_plain": private / plain}
@@ -148,7 +155,7 @@ def _simulate(config: RunConfig, federation: Federation) -> tuple[float, float, 
             started = time.perf_counter()
             simulate(config, federation, run_dir, progress)
             wall = time.perf_counter() - started
-        return wall, progress.first_contact or 0.0, run_dir.read_json("metrics.json"), memory.peak
+        return wall, progress.first_contact or 0.0, run_dir.read_json(METRICS_JSON), memory.peak
 
 
 def round_compute(federation: Federation, config: RunConfig) -> float:
@@ -161,9 +168,9 @@ def round_compute(federation: Federation, config: RunConfig) -> float:
     for h in federation.hospitals:
         x, x_val = to_features(h.train, norm), to_features(h.val, norm)
 
-        def work() -> None:
+        def work(x: np.ndarray = x, y: np.ndarray = h.train.labels, x_val: np.ndarray = x_val) -> None:
             model = MortalityLSTM(model_config_of(config))
-            train_epochs(model, x, h.train.labels, epochs=config.local_epochs, lr=config.lr,
+            train_epochs(model, x, y, epochs=config.local_epochs, lr=config.lr,
                          batch_size=config.batch_size, seed=0)  # fmt: skip
             predict(model, x_val)
             predict(model, x_val)
@@ -250,6 +257,7 @@ def run(data_dir: str, quick: bool, repeats: int, on_step: Callable[[str, dict],
     report["scale"] = scale(counts, lambda r: on_step("scale", r))
     report["dp_over_plain_epoch_ratio"] = report["epoch"]["dp_over_plain"]
     report["federated_over_local_compute_ratio"] = report["overhead"][0]["federated_over_local_compute_ratio"]
-    report["max_virtual_hospitals_completed"] = max((r["hospitals"] for r in report["scale"] if r["completed"]), default=0)
+    report["max_virtual_hospitals_completed"] = max(
+        (r["hospitals"] for r in report["scale"] if r["completed"]), default=0
+    )
     return report
-

@@ -95,8 +95,16 @@ def _per_sample_dp(x, y, repeat):
     model = make_dp_model(CONFIG)
     accountant = RDPAccountant()
     return lambda: train_epochs_dp(
-        model, x, y, epochs=1, lr=LR, batch_size=BATCH, seed=repeat,
-        noise_multiplier=NOISE, max_grad_norm=CLIP, accountant=accountant,
+        model,
+        x,
+        y,
+        epochs=1,
+        lr=LR,
+        batch_size=BATCH,
+        seed=repeat,
+        noise_multiplier=NOISE,
+        max_grad_norm=CLIP,
+        accountant=accountant,
     )
 
 
@@ -125,9 +133,17 @@ def run(repeats: int, threads: int) -> dict:
                 times[name].append(elapsed)
     medians = {name: statistics.median(t) for name, t in times.items()}
     return {
-        "sequences": N_SEQUENCES, "hours": HOURS, "features": FEATURES, "hidden_size": HIDDEN,
-        "layers": 1, "batch_size": BATCH, "noise_multiplier": NOISE, "max_grad_norm": CLIP,
-        "threads": threads, "repeats": repeats, "torch": torch.__version__,
+        "sequences": N_SEQUENCES,
+        "hours": HOURS,
+        "features": FEATURES,
+        "hidden_size": HIDDEN,
+        "layers": 1,
+        "batch_size": BATCH,
+        "noise_multiplier": NOISE,
+        "max_grad_norm": CLIP,
+        "threads": threads,
+        "repeats": repeats,
+        "torch": torch.__version__,
         "load_average_1min": [load_before, os.getloadavg()[0]],  # before, after: other work skews times
         "epoch_seconds": {name: {"median": medians[name], "runs": times[name]} for name in SETTINGS},
         "over_plain": {name: medians[name] / medians["plain"] for name in SETTINGS},

@@ -4,16 +4,21 @@ The server's round loop and the hospitals' ClientApp are the ones every other ru
 only the transport is gone (no Ray, no SuperLink, nothing serialized but a copy of each
 message, as a network would make). It starts in milliseconds, so tests of the round logic
 (failures, timeouts, the contract) need not start Ray.
+
+Hospitals answer one message at a time, in the order sent: they share this process's torch
+random generator (dropout), so running them side by side would make a run depend on thread
+timing. A hospital can be made a straggler whose training replies arrive only once an event is set.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedicu.client.client_app import app as hospital_app
@@ -33,13 +38,12 @@ class InProcessGrid:
 
     pull_interval = 0.001
 
-    def __init__(self, client_app: ClientApp, hospitals: int, run_id: int = 1):
+    def __init__(self, client_app: ClientApp, hospitals: int, slow_training: dict[int, threading.Event] | None = None):
         self.client_app = client_app
-        self.contexts = {
-            1000 + i: Context(run_id, 1000 + i, {"partition-id": i}, RecordDict(), {}) for i in range(hospitals)
-        }
-        # one thread per node: a node answers its messages one at a time, in order, as a SuperNode does
-        self.threads = {node: ThreadPoolExecutor(1, thread_name_prefix=f"node-{node}") for node in self.contexts}
+        self.contexts = {1000 + i: Context(1, 1000 + i, {"partition-id": i}, RecordDict(), {}) for i in range(hospitals)}
+        # node -> when its training replies arrive
+        self.slow_training = {1000 + i: event for i, event in (slow_training or {}).items()}
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="hospitals")
         self.numbers = itertools.count()
         self.pending: dict[str, Future[Message]] = {}
 
@@ -52,13 +56,20 @@ class InProcessGrid:
             message_id = f"message-{next(self.numbers)}"
             compat.set_message_id(msg, message_id)
             node = msg.metadata.dst_node_id
-            self.pending[message_id] = self.threads[node].submit(self._answer, node, copy.deepcopy(msg))
+            self.pending[message_id] = self.worker.submit(self._answer, node, copy.deepcopy(msg))
             ids.append(message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        done = [i for i in message_ids if i in self.pending and self.pending[i].done()]
+        done = [i for i in message_ids if i in self.pending and self._arrived(self.pending[i])]
         return [copy.deepcopy(self.pending.pop(i).result()) for i in done]
+
+    def _arrived(self, answer: Future[Message]) -> bool:
+        if not answer.done():
+            return False
+        reply = answer.result()
+        late = self.slow_training.get(reply.metadata.src_node_id)
+        return late is None or late.is_set() or reply.metadata.message_type != MessageType.TRAIN
 
     def _answer(self, node: int, msg: Message) -> Message:
         try:
@@ -68,8 +79,7 @@ class InProcessGrid:
 
     def close(self) -> None:
         """Stop taking messages; answers still being computed finish on their threads."""
-        for thread in self.threads.values():
-            thread.shutdown(wait=False, cancel_futures=True)
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
 
 def run_in_process(
@@ -79,9 +89,12 @@ def run_in_process(
     progress: Progress,
     client_app: ClientApp = hospital_app,
     resume: RunState | None = None,
+    slow_training: dict[int, threading.Event] | None = None,
 ) -> dict:
-    """Run the remaining rounds with every hospital in this process; return the final metrics row."""
-    grid = InProcessGrid(client_app, len(federation.hospitals))
+    """Run the remaining rounds with every hospital in this process; return the final metrics row.
+
+    `slow_training`: hospitals (by partition) whose training replies arrive only once their event is set."""
+    grid = InProcessGrid(client_app, len(federation.hospitals), slow_training)
     try:
         with compat.in_a_task():
             return serve(grid, config, federation, run_dir, progress, resume)  # type: ignore[arg-type]

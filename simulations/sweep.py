@@ -30,19 +30,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fedicu.server.federated_run import Progress, RunState  # noqa: E402
-from fedicu.shared.run_dir import CHECKPOINT, RunDirectory  # noqa: E402
-from fedicu.shared.files import atomic_write_bytes  # noqa: E402
-from fedicu.shared.config import RunConfig  # noqa: E402
-from fedicu.shared.federation import Federation, prepare  # noqa: E402
-from fedicu.shared.plots import save_figure  # noqa: E402
+from fedicu.server.federated_run import Progress, RunState
+from fedicu.shared.config import RunConfig
+from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.plots import save_figure
+from fedicu.shared.run_dir import CHECKPOINT, METRICS_JSON, PRIVACY_FILE, RunDirectory
 
-DEFAULT_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
-DEFAULT_SEEDS = (0, 1, 2)
 CELL_FILE = "cell.json"
+SWEEP_JSON = "sweep.json"  # the grid and settings, so a rerun resumes only the same sweep
+SWEEP_CSV, SWEEP_MD, SWEEP_PNG = "sweep.csv", "sweep.md", "sweep.png"
 COLUMNS = (
     "setting", "epsilon", "seed", "test_auroc", "test_auprc", "test_brier", "test_event1", "best_round",
     "epsilon_spent", "attack_auroc", "attack_tpr_at_1pct_fpr", "seconds",
@@ -64,9 +64,7 @@ class Cell:
 
     def config(self, base: RunConfig, out: Path) -> RunConfig:
         private = self.setting == "federated" and not math.isinf(self.epsilon)
-        return replace(
-            base, seed=self.seed, dp=private, target_epsilon=self.epsilon if private else 0.0, out=str(out)
-        )
+        return replace(base, seed=self.seed, dp=private, target_epsilon=self.epsilon if private else 0.0, out=str(out))
 
 
 def grid(epsilons: list[float], seeds: list[int], baselines: bool) -> list[Cell]:
@@ -121,7 +119,9 @@ class Sweep:
 
     def settings(self) -> dict:
         return {
-            "config": {k: v for k, v in self.base.to_flower().items() if k not in ("seed", "dp", "target-epsilon", "out")},
+            "config": {
+                k: v for k, v in self.base.to_flower().items() if k not in ("seed", "dp", "target-epsilon", "out")
+            },
             "cells": [c.name for c in self.cells],
             "shadow_models": self.shadow_models,
             "max_targets": self.max_targets,
@@ -129,7 +129,7 @@ class Sweep:
 
     def open(self) -> None:
         """Create the sweep directory, or check that an existing one holds this same sweep."""
-        record = self.root / "sweep.json"
+        record = self.root / SWEEP_JSON
         if record.is_file():
             previous = json.loads(record.read_text())
             if previous != json.loads(json.dumps(self.settings())):
@@ -173,7 +173,7 @@ class Sweep:
                 shutil.rmtree(path, ignore_errors=True)
                 run_dir.create()
             best_round = simulate(config, federation, run_dir, progress, state)["best_round"]
-            result = {**run_dir.read_json("metrics.json")[best_round - 1], "best_round": best_round}
+            result = {**run_dir.read_json(METRICS_JSON)[best_round - 1], "best_round": best_round}
         else:
             shutil.rmtree(path, ignore_errors=True)
             run_dir.create()
@@ -184,8 +184,10 @@ class Sweep:
                 result = local(config, federation, run_dir, lambda row: progress.round_done(row))["mean"]
         report = None
         if cell.setting != "local":  # local-only is four models, not one to audit
-            report = audit(path, which="best", shadow_models=self.shadow_models, seed=cell.seed, max_targets=self.max_targets)
-        privacy_file = path / "privacy.json"
+            report = audit(
+                path, which="best", shadow_models=self.shadow_models, seed=cell.seed, max_targets=self.max_targets
+            )
+        privacy_file = path / PRIVACY_FILE
         privacy = json.loads(privacy_file.read_text()) if privacy_file.is_file() else []
         row = _row(cell, result, privacy, report, time.monotonic() - started)
         run_dir.write_json(CELL_FILE, row)
@@ -197,9 +199,9 @@ class Sweep:
         writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(ordered)
-        atomic_write_bytes(self.root / "sweep.csv", text.getvalue().encode())
-        atomic_write_bytes(self.root / "sweep.md", markdown_table(summarize(ordered)).encode())
-        plot(summarize(ordered), self.root / "sweep.png", self.base.delta)
+        atomic_write_bytes(self.root / SWEEP_CSV, text.getvalue().encode())
+        atomic_write_bytes(self.root / SWEEP_MD, markdown_table(summarize(ordered)).encode())
+        plot(summarize(ordered), self.root / SWEEP_PNG, self.base.delta)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -254,7 +256,7 @@ def table_rows(summary: list[dict]) -> list[tuple[str, ...]]:
             return "–"
         return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if s["seeds"] > 1 else "")
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for s in summary:
         eps = "–" if s["setting"] != "federated" else "∞ (no DP)" if math.isinf(s["epsilon"]) else f"{s['epsilon']:g}"
         rows.append(
@@ -285,14 +287,14 @@ def plot(summary: list[dict], path: Path, delta: float) -> None:
         if federated:
             ax.errorbar(xs, [s[key] for s in federated], yerr=[s[f"{key}_sd"] for s in federated],
                         marker="o", capsize=4, label=SETTING_LABELS["federated"])  # fmt: skip
-        for s, style in zip((s for s in summary if s["setting"] != "federated"), ("--", ":")):
+        for s, style in zip((s for s in summary if s["setting"] != "federated"), ("--", ":"), strict=False):
             if math.isnan(s[key]):
                 continue
             line = ax.axhline(s[key], linestyle=style, color="grey" if style == "--" else "tab:red",
                               label=SETTING_LABELS[s["setting"]])  # fmt: skip
             ax.axhspan(s[key] - s[f"{key}_sd"], s[key] + s[f"{key}_sd"], color=line.get_color(), alpha=0.12)
         ax.set_xscale("log")
-        ticks = sorted(set(finite)) + [inf_x]
+        ticks = [*sorted(set(finite)), inf_x]
         ax.set_xticks(ticks, [f"{t:g}" for t in sorted(set(finite))] + ["∞"])
         ax.minorticks_off()
         ax.set_xlabel(f"target ε per hospital (whole run, δ = {delta:g})")

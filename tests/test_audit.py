@@ -6,18 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets.synthetic import generate
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import N_FEATURES, FeatureStats, Normalization, clean, to_features, to_sequences
-from fedicu.shared.training import train_epochs
 from fedicu.shared.privacy import audit as A
+from fedicu.shared.training import train_epochs
 
 # --- ROC helpers -------------------------------------------------------------------
 
@@ -63,9 +63,9 @@ def test_the_dp_bound_is_the_known_curve():
 def test_a_dp_run_reports_the_largest_epsilon_any_hospital_spent(tmp_path):
     ledgers = [{"hospital": "a", "epsilon": 1.5, "delta": 1e-5}, {"hospital": "b", "epsilon": 2.0, "delta": 1e-5}]
     (tmp_path / A.PRIVACY_FILE).write_text(json.dumps(ledgers))
-    dp = A._dp_guarantee(tmp_path, SimpleNamespace(dp=True, delta=1e-6))
+    dp = A._dp_guarantee(tmp_path, RunConfig(dp=True, target_epsilon=1.0, delta=1e-6))
     assert dp == A.dp_bound(2.0, 1e-5)
-    assert A._dp_guarantee(tmp_path, SimpleNamespace(dp=False, delta=1e-5)) is None
+    assert A._dp_guarantee(tmp_path, RunConfig(dp=False, delta=1e-5)) is None
 
 
 # --- Target selection and shadow assignment ---------------------------------------------
@@ -184,8 +184,16 @@ def test_lira_runs_end_to_end_and_is_reproducible(small_cohort):
     is_member = np.r_[np.ones(30, bool), np.zeros(30, bool)]
     progress = []
     runs = [
-        A.run_attacks(small_cohort["model"], x, y, is_member, SMALL_RECIPE, shadow_models=4, seed=7,
-                      on_progress=lambda done, total: progress.append((done, total)))  # fmt: skip
+        A.run_attacks(
+            small_cohort["model"],
+            x,
+            y,
+            is_member,
+            SMALL_RECIPE,
+            shadow_models=4,
+            seed=7,
+            on_progress=lambda done, total: progress.append((done, total)),
+        )
         for _ in range(2)
     ]
     assert progress[:4] == [(1, 4), (2, 4), (3, 4), (4, 4)]

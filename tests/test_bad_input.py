@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -107,8 +108,7 @@ class DataSet:
             self.records = {s.record_id: [RECORD_HEADER, *(r.text for r in s.rows)] for s in self.stays}
         if not self.outcomes:
             self.outcomes = [OUTCOMES_HEADER] + [
-                b"%d,%d,%d,%d,-1,%d" % (s.record_id, 10 + i, i % 12, 3 + i, s.label)
-                for i, s in enumerate(self.stays)
+                b"%d,%d,%d,%d,-1,%d" % (s.record_id, 10 + i, i % 12, 3 + i, s.label) for i, s in enumerate(self.stays)
             ]
 
     def _join(self, lines: list[bytes]) -> bytes:
@@ -236,6 +236,7 @@ def assert_loads_exactly(cohort, stays: list[Stay]) -> None:
             m["minute"].tolist(),
             m["variable"].astype(str).tolist(),
             m["value"].astype(np.float64).tolist(),
+            strict=True,
         )
     )
     assert got_measurements == want_measurements
@@ -260,7 +261,7 @@ times = st.integers(0, physionet2012.MAX_MINUTE).map(lambda m: b"%02d:%02d" % di
 
 
 @st.composite
-def number_texts(draw, width: int = 64) -> bytes:
+def number_texts(draw, width: Literal[16, 32, 64] = 64) -> bytes:
     """Decimal text of a finite number, the ways such files write them."""
     value = draw(st.floats(allow_nan=False, allow_infinity=False, width=width))
     form = draw(st.sampled_from(["repr", "7g", "integer", "E", "fixed"]))
@@ -743,7 +744,7 @@ def test_outcomes_bad_label(dataset, layout, data):
     ))  # fmt: skip
     assume(label.strip() not in ("0", "1"))
     fields = dataset.outcomes[line - 1].split(b",")
-    dataset.outcomes[line - 1] = b",".join(fields[:5] + [label.encode()])
+    dataset.outcomes[line - 1] = b",".join([*fields[:5], label.encode()])
     with written(dataset, layout) as files:
         assert_data_error(files.load, files.outcomes, line, "must be 0 or 1")
 
@@ -915,7 +916,7 @@ def test_damaged_tar_inside_the_gzip_is_named_or_harmless(dataset, data):
             tar[offset] = new
             must_fail = False  # some header bytes (past a field's NUL) are not read at all
         else:
-            after = data.draw(st.sampled_from(headers[1:] + [end]))
+            after = data.draw(st.sampled_from([*headers[1:], end]))
             junk = data.draw(st.binary(min_size=1, max_size=600).filter(lambda b: b.strip(b"\0")))
             tar[after:after] = junk
             must_fail = True
@@ -943,8 +944,14 @@ def test_record_inside_a_tarball_cut_short(dataset, data):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"not an archive at all", b"\x1f\x8b\x08\x00garbage", gzip.compress(b""),
-                gzip.compress(b"\x01" * 1024)]  # fmt: skip
+    "content",
+    [
+        b"",
+        b"not an archive at all",
+        b"\x1f\x8b\x08\x00garbage",
+        gzip.compress(b""),
+        gzip.compress(b"\x01" * 1024),
+    ],
 )
 def test_unreadable_tarball_files(tmp_path, content):
     stay = Stay(5, (Row(b"00:00", b"RecordID", b"5"),), 0)
@@ -956,7 +963,7 @@ def test_unreadable_tarball_files(tmp_path, content):
 # --------------------------------------------------------------------------- CLI
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int | str | None, str]:
     from fedicu.simulations.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fedicu", *args])

@@ -18,7 +18,7 @@ def test_peak_memory_counts_child_processes():
 
 
 def test_scale_runs_virtual_hospitals_with_twenty_training_stays_each():
-    reported = []
+    reported: list[dict] = []
     (result,) = bench.scale([4], reported.append)
     assert reported == [result]
     assert result["completed"], result.get("error")
@@ -46,7 +46,10 @@ def test_quick_bench_ends_with_one_json_object_holding_the_goal_figures():
     assert report["dp_over_plain_epoch_ratio"] == report["epoch"]["dp_epoch_s"] / report["epoch"]["plain_epoch_s"] > 0
     (synthetic,) = report["overhead"]
     assert synthetic["cohort"] == "synthetic" and synthetic["hospitals"] == 4
-    assert report["federated_over_local_compute_ratio"] == synthetic["federated_round_s"] / synthetic["compute_per_round_s"]
+    assert (
+        report["federated_over_local_compute_ratio"]
+        == synthetic["federated_round_s"] / synthetic["compute_per_round_s"]
+    )
     assert 0 < synthetic["federated_round_s"] < synthetic["simulation_wall_s"]
     assert 0 < report["trivial"]["trivial_round_s"] < synthetic["simulation_wall_s"]
     assert report["max_virtual_hospitals_completed"] == 16

@@ -6,9 +6,10 @@ import threading
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedicu.simulations.deployment.certs import create
 from fedicu.simulations.cli import main
+from fedicu.simulations.deployment.certs import create
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def test_each_site_gets_its_own_p384_key_pair_readable_as_flower_reads_it(bundle
     for site in ("st-mary", "general"):
         private = serialization.load_ssh_private_key((bundle / "sites" / f"{site}.key").read_bytes(), password=None)
         public = serialization.load_ssh_public_key((bundle / "sites" / f"{site}.pub").read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(public, ec.EllipticCurvePublicKey)
         assert private.curve.name == "secp384r1"
         assert private.public_key().public_numbers() == public.public_numbers()
         assert (bundle / "sites" / f"{site}.key").stat().st_mode & 0o077 == 0  # private keys: owner only

@@ -48,9 +48,13 @@ def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, 
 def test_unknown_set_and_missing_outcomes_name_the_problem(monkeypatch, capsys, tmp_path):
     data = tmp_path / "pn"
     (data / "set-a").mkdir(parents=True)
-    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a,x")
+    code, err = run(
+        monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a,x"
+    )
     assert code == 2 and "'x'" in err
-    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a")
+    code, err = run(
+        monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a"
+    )
     assert code == 2 and "Outcomes-a.txt" in err
 
 
@@ -64,6 +68,8 @@ def test_malformed_record_line_is_named(monkeypatch, capsys, tmp_path):
     (data / "Outcomes-a.txt").write_text(
         "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n132539,6,1,5,-1,0\n"
     )
-    code, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a")
+    code, err = run(
+        monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(data), "--sets", "a"
+    )
     assert code == 2
     assert "132539.txt:8" in err and "Traceback" not in err

@@ -114,17 +114,39 @@ def site_report(data_dir: str, sets: int) -> SiteReport:
     long_file = f"{data_dir}/set-a/132539.txt"
     findings = [
         Finding("sets", "ok", "reading set-a.tar.gz, set-b/, set-c/"),
-        Finding("set-a outcomes", "error", "1 of 4,000 Outcomes rows cannot be used", (
-            DataError("expected 6 comma-separated fields (RecordID,SAPS-I,SOFA,Length_of_stay,Survival,"
-                      "In-hospital_death), found 2: '1234,x'", f"{data_dir}/Outcomes-a.txt", 6),
-        )),  # fmt: skip
-        Finding("set-a records", "error", "3 of 4,000 record files cannot be used", tuple(
-            DataError(f"unknown parameter 'NoSuchParameterWithAVeryLongName{i}'", long_file, 300 + i) for i in range(5)
-        )),  # fmt: skip
-        Finding("descriptor-only stays", "warning", "12 of 11,991 stays have descriptors only "
-                "(kept; the model sees their descriptors)"),  # fmt: skip
-        Finding("physiological limits", "ok", "472 values (0.12%) outside physiological limits, dropped by "
-                "cleaning: HR 153, FiO2 63, Urine 50, RespRate 30, NISysABP 28, Temp 28, SysABP 20"),  # fmt: skip
+        Finding(
+            "set-a outcomes",
+            "error",
+            "1 of 4,000 Outcomes rows cannot be used",
+            (
+                DataError(
+                    "expected 6 comma-separated fields (RecordID,SAPS-I,SOFA,Length_of_stay,Survival,"
+                    "In-hospital_death), found 2: '1234,x'",
+                    f"{data_dir}/Outcomes-a.txt",
+                    6,
+                ),
+            ),
+        ),
+        Finding(
+            "set-a records",
+            "error",
+            "3 of 4,000 record files cannot be used",
+            tuple(
+                DataError(f"unknown parameter 'NoSuchParameterWithAVeryLongName{i}'", long_file, 300 + i)
+                for i in range(5)
+            ),
+        ),
+        Finding(
+            "descriptor-only stays",
+            "warning",
+            "12 of 11,991 stays have descriptors only (kept; the model sees their descriptors)",
+        ),
+        Finding(
+            "physiological limits",
+            "ok",
+            "472 values (0.12%) outside physiological limits, dropped by "
+            "cleaning: HR 153, FiO2 63, Urine 50, RespRate 30, NISysABP 28, Temp 28, SysABP 20",
+        ),
     ]
     return SiteReport(data_dir=data_dir, val_fraction=0.2, sets=summaries, findings=findings)
 

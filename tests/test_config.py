@@ -18,9 +18,9 @@ def test_from_flower_converts_and_validates():
         RunConfig.from_flower({"roundz": 3})
     with pytest.raises(ValueError, match="'rounds' must be int"):
         RunConfig.from_flower({"rounds": "many"})
-    with pytest.raises(ValueError, match="^run-config strategy must be one of"):  # as the user spelt it
+    with pytest.raises(ValueError, match=r"^run-config strategy must be one of"):  # as the user spelt it
         RunConfig.from_flower({"strategy": "fedsgd"})
-    with pytest.raises(ValueError, match="^run-config dp needs run-config target-epsilon > 0"):
+    with pytest.raises(ValueError, match=r"^run-config dp needs run-config target-epsilon > 0"):
         RunConfig.from_flower({"dp": True})
     with pytest.raises(ValueError, match="--data-dir is required"):
         RunConfig(dataset="physionet2012")

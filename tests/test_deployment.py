@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fedicu.simulations.deployment import certs
-from fedicu.simulations.deployment.rehearsal import CONNECTION, LocalDeployment, write_sites
 from fedicu.simulations.deployment.processes import with_environment
+from fedicu.simulations.deployment.rehearsal import CONNECTION, LocalDeployment, write_sites
 
 SITES = ["hospital-1", "hospital-2", "hospital-3"]
 FEDICU = Path(sys.executable).parent / "fedicu"
@@ -42,7 +42,9 @@ def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
     marker = str(tmp_path)
     quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
     script = f"import subprocess; print(subprocess.Popen(['sleep', '60'], {quiet}).pid)"  # the parent exits at once
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "FEDICU_TEST": marker}, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "FEDICU_TEST": marker}, capture_output=True, text=True
+    )
     orphan = int(done.stdout)
     try:
         assert with_environment("FEDICU_TEST", marker) == [orphan]
@@ -64,7 +66,9 @@ def deployment(tmp_path):
 def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
     out = tmp_path / "demo"
     command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2", "--timeout", "600"]
-    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    demo = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
     try:
         output, _ = demo.communicate(timeout=900)
     finally:  # the demo stops what it started on SIGTERM; whatever it could not stop, the test does
@@ -116,7 +120,14 @@ def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
         deployment.register(site)
         deployment.start_supernode(site, folder)
     run_dir = deployment.out / "run"
-    run_config = {"sites": 3, "rounds": 2, "secagg": True, "round-timeout": 20.0, "test-dir": str(test_dir), "out": str(run_dir)}
+    run_config = {
+        "sites": 3,
+        "rounds": 2,
+        "secagg": True,
+        "round-timeout": 20.0,
+        "test-dir": str(test_dir),
+        "out": str(run_dir),
+    }
     run_id = deployment.submit(run_config)
 
     # SecAgg+ sends each site four train messages a round: keys, key shares, masking, unmasking.
@@ -124,7 +135,9 @@ def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
     # in test_secure_aggregation.py), the site leaves mid-protocol and stays down in round 2.
     victim = "hospital-3"
     wait_until(
-        lambda: deployment.log(victim).read_text().count("Receiving: train message") >= 2, 600, f"{victim} gets its key shares"
+        lambda: deployment.log(victim).read_text().count("Receiving: train message") >= 2,
+        600,
+        f"{victim} gets its key shares",
     )
     deployment.kill(victim)
     deployment.wait(run_id, run_dir, timeout=600, on_round=lambda done: None)

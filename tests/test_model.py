@@ -13,6 +13,7 @@ def test_shapes(attention, layers):
     logits, weights = model.forward_with_attention(torch.randn(5, 48, 7))
     assert logits.shape == (5,)
     if attention:
+        assert weights is not None
         assert weights.shape == (5, 48)
         torch.testing.assert_close(weights.sum(dim=1), torch.ones(5))
     else:

@@ -7,7 +7,13 @@ from tests.cohorts import random_cohort
 
 @pytest.mark.parametrize(
     "scheme, kwargs",
-    [("hospital", {}), ("set", {}), ("icu-type", {}), ("iid", {"hospitals": 5}), ("dirichlet", {"hospitals": 4, "alpha": 0.3})],
+    [
+        ("hospital", {}),
+        ("set", {}),
+        ("icu-type", {}),
+        ("iid", {"hospitals": 5}),
+        ("dirichlet", {"hospitals": 4, "alpha": 0.3}),
+    ],
 )
 def test_partition_and_split_invariants(scheme, kwargs):
     cohort = random_cohort(400, seed=1)

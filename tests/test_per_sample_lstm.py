@@ -55,10 +55,10 @@ def batch(n=5, hours=6, features=3, dtype=torch.float64, seed=1):
 def per_stay_reference(model, x, y):
     """Brute force: one forward and backward pass per stay, batch size 1."""
     names = [n for n, _ in model.named_parameters()]
-    grads = {n: [] for n in names}
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for j in range(len(x)):
         loss = F.binary_cross_entropy_with_logits(model(x[j : j + 1]), y[j : j + 1], reduction="sum")
-        for n, g in zip(names, torch.autograd.grad(loss, list(model.parameters()))):
+        for n, g in zip(names, torch.autograd.grad(loss, list(model.parameters())), strict=True):
             grads[n].append(g)
     return {n: torch.stack(g) for n, g in grads.items()}
 
@@ -77,7 +77,7 @@ def test_forward_and_state_dict_match_the_plain_model(layers, attention):
     plain, dp = pair(layers, attention, n_features=7, hidden=16, dtype=torch.float32, dropout=0.3)
     assert isinstance(dp.lstm, PerSampleLSTM)
     assert list(plain.state_dict()) == list(dp.state_dict())
-    assert all(a.shape == b.shape for a, b in zip(plain.state_dict().values(), dp.state_dict().values()))
+    assert all(a.shape == b.shape for a, b in zip(plain.state_dict().values(), dp.state_dict().values(), strict=True))
     plain.eval(), dp.eval()
     x = torch.randn(9, 48, 7)
     (out_p, (h_p, c_p)), (out_d, (h_d, c_d)) = plain.lstm(x), dp.lstm(x)
@@ -104,11 +104,11 @@ def test_make_dp_model_starts_from_the_same_weights_as_the_plain_model():
     plain = MortalityLSTM(config)
     torch.manual_seed(3)
     dp = make_dp_model(config)
-    for a, b in zip(plain.state_dict().values(), dp.state_dict().values()):
+    for a, b in zip(plain.state_dict().values(), dp.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     again = to_dp_model(copy.deepcopy(dp))  # converting a converted model is harmless
     assert isinstance(again.lstm, PerSampleLSTM)
-    for a, b in zip(again.state_dict().values(), dp.state_dict().values()):
+    for a, b in zip(again.state_dict().values(), dp.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -124,7 +124,7 @@ def test_ordinary_gradients_match_nn_lstm(with_state):
         loss = (out * weights).sum() + (h_n**2).sum() + (c_n**3).sum()
         inputs = [x, *hx] if with_state else [x]
         grads.append(torch.autograd.grad(loss, inputs + list(lstm.parameters())))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, atol=1e-10, rtol=0)
 
 
@@ -152,13 +152,13 @@ def test_per_stay_gradients_are_exact_with_dropout_masks(layers, attention):
     logits = dp(x)
     losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
     per_stay = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
-    expected = [torch.stack(g) for g in zip(*per_stay)]
+    expected = [torch.stack(g) for g in zip(*per_stay, strict=True)]
     torch.manual_seed(11)
     with grad_sample_recording(dp):
         logits_again = dp(x)
         F.binary_cross_entropy_with_logits(logits_again, y, reduction="sum").backward()
     assert torch.equal(logits, logits_again)  # the same dropout masks
-    for p, e in zip(params, expected):
+    for p, e in zip(params, expected, strict=True):
         assert p.grad is None
         assert (p.grad_sample - e).abs().max() <= 1e-5
 
@@ -205,7 +205,7 @@ def test_no_noise_huge_clip_dp_step_is_a_plain_mean_gradient_step(attention):
     sgd = torch.optim.SGD(plain.parameters(), lr=0.1)
     F.binary_cross_entropy_with_logits(plain(x), y).backward()  # mean over the batch
     sgd.step()
-    for (name, a), b in zip(plain.named_parameters(), dp.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), dp.parameters(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=0, msg=name)
 
 
@@ -224,7 +224,7 @@ def test_dp_gradient_divides_the_poisson_batch_sum_by_the_expected_batch_size():
     with grad_sample_recording(dp):
         private_step(dp, optimizer, x[indices], y[indices])
     F.binary_cross_entropy_with_logits(plain(x[indices]), y[indices]).backward()
-    for a, b in zip(plain.parameters(), dp.parameters()):
+    for a, b in zip(plain.parameters(), dp.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad * len(indices) / 8, atol=1e-12, rtol=0)
 
 
@@ -242,7 +242,7 @@ def test_tiny_clip_norm_clips_every_stay():
     with grad_sample_recording(dp):
         private_step(dp, optimizer, x, y)
     total_sq = 0.0
-    for (name, p), g in zip(dp.named_parameters(), reference.values()):
+    for (name, p), g in zip(dp.named_parameters(), reference.values(), strict=True):
         expected = torch.einsum("b,b...->...", factors, g) / 7
         torch.testing.assert_close(p.grad, expected, atol=1e-12, rtol=0, msg=name)
         total_sq += float((p.grad**2).sum())
@@ -258,7 +258,7 @@ def test_proximal_term_is_added_after_privatization():
     with grad_sample_recording(dp):
         private_step(dp, optimizer, x, y, proximal=(0.3, start))
     F.binary_cross_entropy_with_logits(plain(x), y).backward()
-    for a, b, s in zip(plain.parameters(), dp.parameters(), start):
+    for a, b, s in zip(plain.parameters(), dp.parameters(), start, strict=True):
         torch.testing.assert_close(b.grad, a.grad + 0.3 * (a.detach() - s), atol=1e-12, rtol=0)
 
 
@@ -278,7 +278,7 @@ def test_an_empty_poisson_batch_still_steps_on_noise_and_is_accounted():
     noisy.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=0.25))
     private_step(dp, noisy, empty_x, empty_y)
     assert accountant.history == [(0.0, 0.25, 1), (1.0, 0.25, 1)]
-    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, dp.parameters())])
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, dp.parameters(), strict=True)])
     assert 0.3 < float(step.std()) < 0.7  # noise of std sigma * C / expected batch size = 0.5
 
 
@@ -295,8 +295,16 @@ def test_accountant_matches_a_fresh_rdp_accountant():
     model = make_dp_model(ModelConfig(n_features=3, hidden_size=4))
     for round_seed in range(2):  # one accountant across federated rounds
         train_epochs_dp(
-            model, x, y, epochs=2, lr=0.01, batch_size=20, seed=round_seed,
-            noise_multiplier=1.3, max_grad_norm=1.0, accountant=accountant,
+            model,
+            x,
+            y,
+            epochs=2,
+            lr=0.01,
+            batch_size=20,
+            seed=round_seed,
+            noise_multiplier=1.3,
+            max_grad_norm=1.0,
+            accountant=accountant,
         )
     steps = 2 * 2 * 5
     assert accountant.history == [(1.3, 0.2, steps)]
@@ -315,8 +323,16 @@ def test_training_is_seeded_and_rejects_models_without_per_stay_gradients():
         torch.manual_seed(0)
         model = make_dp_model(config)
         loss = train_epochs_dp(
-            model, x, y, epochs=2, lr=0.01, batch_size=16, seed=seed,
-            noise_multiplier=1.0, max_grad_norm=1.0, accountant=RDPAccountant(),
+            model,
+            x,
+            y,
+            epochs=2,
+            lr=0.01,
+            batch_size=16,
+            seed=seed,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            accountant=RDPAccountant(),
         )
         return loss, model.state_dict()
 
@@ -334,8 +350,16 @@ def test_training_with_modest_noise_learns_a_simple_signal():
     model = make_dp_model(ModelConfig(n_features=3, hidden_size=16))
     accountant = RDPAccountant()
     train_epochs_dp(
-        model, x, y, epochs=8, lr=0.02, batch_size=60, seed=0,
-        noise_multiplier=0.7, max_grad_norm=1.0, accountant=accountant,
+        model,
+        x,
+        y,
+        epochs=8,
+        lr=0.02,
+        batch_size=60,
+        seed=0,
+        noise_multiplier=0.7,
+        max_grad_norm=1.0,
+        accountant=accountant,
     )
     assert roc_auc_score(y_test, predict(model, x_test)) > 0.8
     assert accountant.get_epsilon(1e-5) < 50
@@ -354,8 +378,16 @@ def test_training_takes_every_planned_step_even_on_empty_poisson_batches():
     accountant = RDPAccountant()
     model = make_dp_model(ModelConfig(n_features=3, hidden_size=4))
     loss = train_epochs_dp(
-        model, x, y, epochs=3, lr=0.01, batch_size=1, seed=2,
-        noise_multiplier=1.0, max_grad_norm=1.0, accountant=accountant,
+        model,
+        x,
+        y,
+        epochs=3,
+        lr=0.01,
+        batch_size=1,
+        seed=2,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        accountant=accountant,
     )
     assert accountant.history == [(1.0, 0.25, 12)]
     assert math.isfinite(loss) or sizes[-4:] == [0, 0, 0, 0]

@@ -99,6 +99,7 @@ def edit_line(path: Path, line: int, text: str | None, insert: bool = False) -> 
     """Replace (or insert before, or with text None delete) 1-based `line` of `path`."""
     lines = path.read_text().splitlines()
     if insert:
+        assert text is not None, "insert needs a text"
         lines.insert(line - 1, text)
     elif text is None:
         del lines[line - 1]
@@ -142,6 +143,7 @@ def test_fixture_is_parsed_exactly(tmp_path, layout):
             measurements["minute"].tolist(),
             measurements["variable"].astype(str).tolist(),
             measurements["value"].tolist(),
+            strict=True,
         )
     )
     assert [g[:3] for g in got] == [e[:3] for e in EXPECTED_MEASUREMENTS]
@@ -654,7 +656,7 @@ def test_write_rejects_unwritable_cohorts(tmp_path):
         physionet2012.write(Cohort(stays=cohort.stays, measurements=bad_value), tmp_path, "a")
     orphan = cohort.measurements.copy()
     orphan.loc[0, "stay_id"] = 5
-    with pytest.raises(ValueError, match="not in cohort.stays"):
+    with pytest.raises(ValueError, match=r"not in cohort.stays"):
         physionet2012.write(Cohort(stays=cohort.stays, measurements=orphan), tmp_path, "a")
     with pytest.raises(ValueError, match="set name"):
         physionet2012.write(cohort, tmp_path, "../a")

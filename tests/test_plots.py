@@ -2,6 +2,7 @@
 
 import matplotlib.pyplot as plt
 import pytest
+
 from fedicu.shared.plots import plot_learning_curves, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

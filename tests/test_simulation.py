@@ -39,7 +39,11 @@ def test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run(synthet
     assert float(rows[-1]["test_auroc"]) > 0.70  # chance is 0.5
     assert all(int(r["hospitals_trained"]) == 3 for r in rows)
     hospital_rows = json.loads((out / "hospital_metrics.json").read_text())
-    assert len(hospital_rows) == 2 * 3 and {r["hospital"] for r in hospital_rows} == {"hospital-1", "hospital-2", "hospital-3"}
+    assert len(hospital_rows) == 2 * 3 and {r["hospital"] for r in hospital_rows} == {
+        "hospital-1",
+        "hospital-2",
+        "hospital-3",
+    }
     for name in ("config.json", "metrics.json", "model_best.pt", "model_final.pt", "learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
     card = json.loads((out / "model_card.json").read_text())

@@ -36,7 +36,6 @@ from tests.test_bad_input import (
     NOT_FINITE,
     STATIC,
     DataSet,
-    Style,
     bad_times,
     checked,
     datasets,
@@ -70,7 +69,7 @@ def with_value(dataset: DataSet, record_id: int, data, values) -> int:
 def wrong_field_count(dataset, record_id, data):
     line = data_line(dataset, record_id, data)
     count = data.draw(st.sampled_from([1, 2, 4, 5]))
-    set_line(dataset, record_id, line, b",".join((split(dataset, record_id, line) + [b"x", b"y"])[:count]))
+    set_line(dataset, record_id, line, b",".join([*split(dataset, record_id, line), b"x", b"y"][:count]))
     return line, f"found {count}"
 
 
@@ -158,7 +157,11 @@ def damage(dataset: DataSet, data, kinds: list[str]) -> Damage:
             done.unlabelled.append(record_id)
         elif kind == "Outcomes row without record":
             taken = set(ids) | set(done.orphans)
-            orphan = data.draw(st.integers(0, 2**63 - 1).filter(lambda v: v not in taken))
+
+            def untaken(v: int, taken: set[int] = taken) -> bool:
+                return v not in taken
+
+            orphan = data.draw(st.integers(0, 2**63 - 1).filter(untaken))
             position = data.draw(st.integers(2, len(dataset.outcomes) + 1))
             dataset.outcomes.insert(position - 1, b"%d,1,2,3,-1,%d" % (orphan, data.draw(st.integers(0, 1))))
             done.orphans.append(orphan)
@@ -186,7 +189,7 @@ def problems(report: site_check.SiteReport, check: str) -> list[tuple[str | None
 def assert_problems(got, want) -> None:
     """`got` (path, line, message) matches `want` (path, line, words or None) in order."""
     assert [(path, line) for path, line, _ in got] == [(path, line) for path, line, _ in want], got
-    for (_, _, message), (_, _, words) in zip(got, want):
+    for (_, _, message), (_, _, words) in zip(got, want, strict=True):
         assert words is None or words in message, (message, words)
 
 
@@ -245,8 +248,10 @@ def test_every_problem_is_named_and_the_rest_counted(kinds, dataset, layout, dat
         assert summary.outcomes_without_record == len(broken.orphans)
         assert summary.outcome_rows == len(dataset.stays) - len(broken.unlabelled) + len(broken.orphans)
         assert summary.unusable_outcome_rows == 0
-        assert_problems(problems(report, "set-a records"),
-                        [(files.record(rid), line, words) for rid, (line, words) in sorted(broken.records.items())])
+        assert_problems(
+            problems(report, "set-a records"),
+            [(files.record(rid), line, words) for rid, (line, words) in sorted(broken.records.items())],
+        )
         orphans = sorted(broken.orphans, key=lambda rid: outcome_line(dataset, rid))
         assert_problems(problems(report, "set-a labels"),
                         [(files.record(rid), None, f"record {rid} has no line in {files.outcomes}")
@@ -254,7 +259,9 @@ def test_every_problem_is_named_and_the_rest_counted(kinds, dataset, layout, dat
                         + [(files.outcomes, outcome_line(dataset, rid), f"RecordID {rid} has no record file")
                            for rid in orphans])  # fmt: skip
 
-        usable = [s for s in dataset.stays if s.record_id not in broken.records and s.record_id not in broken.unlabelled]
+        usable = [
+            s for s in dataset.stays if s.record_id not in broken.records and s.record_id not in broken.unlabelled
+        ]
         want = expected_counts(usable)
         for key in ("stays", "deaths", "measurements", "descriptors_only"):
             assert getattr(summary, key) == want[key], key
@@ -267,6 +274,7 @@ def test_every_problem_is_named_and_the_rest_counted(kinds, dataset, layout, dat
         if len(broken.records) <= 1 or broken.unlabelled or broken.orphans:
             error = loader_error(files.data_dir)
             first = report.first_error
+            assert first is not None
             assert (first.path, first.line, first.message) == (error.path, error.line, error.message)
 
 
@@ -307,6 +315,7 @@ def test_bad_outcome_lines_are_each_named(dataset, layout, data):
                         [(files.record(rid), None, f"record {rid} has no readable line in") for rid in unreadable])  # fmt: skip
         assert summary.stays == len(dataset.stays) - len(unreadable)
         first = report.first_error
+        assert first is not None
         assert (first.path, first.line) == (files.outcomes, want[0][0])
         error = loader_error(files.data_dir)
         assert (error.path, error.line, error.message) == (first.path, first.line, first.message)
@@ -476,7 +485,10 @@ def test_descriptor_only_stays_and_odd_descriptor_codes(tmp_path):
 def test_folder_layout_problems(tmp_path):
     cohort = random_cohort(60, seed=6)
     assert not site_check.check(tmp_path / "nowhere").usable
-    assert str(site_check.check(tmp_path / "nowhere").first_error) == f"{tmp_path / 'nowhere'}: data directory does not exist"
+    assert (
+        str(site_check.check(tmp_path / "nowhere").first_error)
+        == f"{tmp_path / 'nowhere'}: data directory does not exist"
+    )
     (tmp_path / "file").write_text("x")
     assert str(site_check.check(tmp_path / "file").first_error) == f"{tmp_path / 'file'}: not a directory"
     empty = tmp_path / "empty"
@@ -527,14 +539,14 @@ def test_a_set_folder_that_cannot_be_listed(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- CLI
 
 
-def fedicu(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+def fedicu(monkeypatch, capsys, *args: str) -> tuple[int | str | None, str, str]:
     """Exit code, stdout and stderr of the `fedicu` command line."""
     from fedicu.simulations.cli import main
 
     monkeypatch.setattr(sys, "argv", ["fedicu", *args])
     try:
         main()
-        code = 0
+        code: int | str | None = 0
     except SystemExit as exit_:
         code = exit_.code
     out, err = capsys.readouterr()

@@ -35,10 +35,14 @@ class _NoProgress:
 
 
 def test_every_cell_lands_in_the_csv_with_accuracy_privacy_and_audit(finished):
-    root, rows = finished
+    root, _ = finished
     with open(root / "sweep.csv") as f:
         table = list(csv.DictReader(f))
-    assert [(r["setting"], r["epsilon"]) for r in table] == [("federated", "2.0"), ("centralized", "inf"), ("local", "inf")]
+    assert [(r["setting"], r["epsilon"]) for r in table] == [
+        ("federated", "2.0"),
+        ("centralized", "inf"),
+        ("local", "inf"),
+    ]
     private = table[0]
     assert 0 < float(private["epsilon_spent"]) <= 2.0  # the budget is met, never exceeded
     assert table[1]["epsilon_spent"] == "nan"  # no DP, nothing spent
@@ -74,7 +78,7 @@ def test_a_rerun_skips_finished_cells_and_reruns_an_unfinished_one(finished, mon
 def test_a_sweep_directory_is_not_mixed_with_other_settings(finished):
     root, _ = finished
     other = study.Sweep(root, TINY, study.grid([1.0], [0], baselines=False), shadow_models=2, max_targets=100)
-    with pytest.raises(ValueError, match="other settings .*cells"):
+    with pytest.raises(ValueError, match=r"other settings .*cells"):
         other.open()
 
 

@@ -37,6 +37,7 @@ import csv
 import difflib
 import gzip
 import io
+import itertools
 import logging
 import os
 import re
@@ -65,6 +66,7 @@ def sets_in(folder: Path) -> list[str]:
     """The sets a folder holds, as `set-X/` or `set-X.tar.gz` (a site reads all of them)."""
     return [s for s in VALID_SETS if (folder / f"set-{s}").is_dir() or (folder / f"set-{s}.tar.gz").is_file()]
 
+
 # Bump whenever parsing or the cached arrays change: old cache entries are then ignored.
 FORMAT_VERSION = "fedicu-physionet2012-v2"
 RECORD_HEADER = "Time,Parameter,Value"
@@ -85,8 +87,7 @@ _BOM = b"\xef\xbb\xbf"
 _KEEP_ONLY_COMMAS_AND_NEWLINES = bytes(b for b in range(256) if b not in (10, 44))
 _RECORD_NAME = re.compile(r"[0-9]+\.txt")
 _CACHE_KEYS = frozenset(
-    {"version", "set", "stay_id", "label", "counts", "minute", "variable", "value", "skipped"}
-    | set(_DESCRIPTOR_COLUMN)
+    {"version", "set", "stay_id", "label", "counts", "minute", "variable", "value", "skipped"} | set(_DESCRIPTOR_COLUMN)
 )
 
 
@@ -117,9 +118,7 @@ class _Record:
 # --------------------------------------------------------------------------- load
 
 
-def load(
-    data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True
-) -> Cohort:
+def load(data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True) -> Cohort:
     """The stays of PhysioNet 2012 `sets` (any of a, b, c) found in `data_dir`.
 
     `sets` is a set name or several ("a", "A" and "set-a" all mean set A); the
@@ -134,9 +133,7 @@ def load(
     if not data_dir.exists():
         raise DataError("data directory does not exist", data_dir)
     if not data_dir.is_dir():
-        raise DataError(
-            "not a directory; expected the folder holding set-X/ and Outcomes-X.txt", data_dir
-        )
+        raise DataError("not a directory; expected the folder holding set-X/ and Outcomes-X.txt", data_dir)
     sources = [_locate(data_dir, name) for name in names]
     cohorts = [_to_cohort(_set_arrays(source, cache), source.label) for source in sources]
     for i, first in enumerate(cohorts):
@@ -312,7 +309,7 @@ def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
                 raise DataError(f"cannot read file: {error.strerror}", entry.path) from None
             records.append(_Record(int(entry.name[:-4]), entry.path, data))
     records.sort(key=lambda r: r.record_id)
-    for before, after in zip(records, records[1:]):
+    for before, after in itertools.pairwise(records):
         if before.record_id == after.record_id:
             raise DataError(
                 f"a second file for RecordID {after.record_id} (the first is {before.where})",
@@ -353,7 +350,7 @@ def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[
                 )  # fmt: skip
             if not re.fullmatch(r"[0-9]+", fields[0]):
                 raise DataError(f"RecordID {fields[0]!r} is not a whole number", path, number)
-            for column, field in zip(columns[1:5], fields[1:5]):
+            for column, field in zip(columns[1:5], fields[1:5], strict=True):
                 if not _is_number(field):
                     raise DataError(f"{column} {field!r} is not a number", path, number)
             if fields[5] not in ("0", "1"):
@@ -622,7 +619,7 @@ def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
     if len(overflow):  # measurements are stored as float32
         row = int(overflow[0])
         raise rows.error(row, f"Value {rows.field(row, 2)!r} is too large (above 3.4e38)")
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "stay_id": record_ids,
         "counts": np.bincount(rows.file[measured], minlength=len(records)).astype(np.int64),
         "minute": minute[measured].astype(np.int32),
@@ -672,8 +669,7 @@ def write(cohort: Cohort, out_dir: str | Path, set_name: str) -> Path:
     lines, bounds = _measurement_lines(cohort, stay_ids)
 
     descriptor_columns = [
-        stays[column].to_numpy(dtype=np.float64)
-        for column in ("age", "gender", "height", "icu_type", "weight")
+        stays[column].to_numpy(dtype=np.float64) for column in ("age", "gender", "height", "icu_type", "weight")
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".set-{set_name}.", suffix=".tmp", dir=out_dir))
@@ -681,9 +677,7 @@ def write(cohort: Cohort, out_dir: str | Path, set_name: str) -> Path:
         staging_set = staging / set_dir.name
         staging_set.mkdir()
         for i, stay_id in enumerate(stay_ids.tolist()):
-            age, gender, height, icu_type, weight = (
-                _descriptor_text(column[i]) for column in descriptor_columns
-            )
+            age, gender, height, icu_type, weight = (_descriptor_text(column[i]) for column in descriptor_columns)
             head = (
                 f"{RECORD_HEADER}\n00:00,RecordID,{stay_id}\n00:00,Age,{age}\n"
                 f"00:00,Gender,{gender}\n00:00,Height,{height}\n00:00,ICUType,{icu_type}\n"
@@ -693,8 +687,7 @@ def write(cohort: Cohort, out_dir: str | Path, set_name: str) -> Path:
             (staging_set / f"{stay_id}.txt").write_bytes((head + body).encode())
         outcome_lines = [f"{OUTCOMES_HEADER}\n"]
         outcome_lines += [
-            f"{stay_id},-1,-1,-1,-1,{int(label)}\n"
-            for stay_id, label in zip(stay_ids.tolist(), labels)
+            f"{stay_id},-1,-1,-1,-1,{int(label)}\n" for stay_id, label in zip(stay_ids.tolist(), labels, strict=True)
         ]
         (staging / outcomes_path.name).write_bytes("".join(outcome_lines).encode())
         os.replace(staging_set, set_dir)

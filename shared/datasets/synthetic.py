@@ -434,9 +434,10 @@ def _draw_measurements(rng: np.random.Generator, profiles: pd.DataFrame, world: 
     # missing weight -1, a pH typed without its decimal point.
     # Spread over the variables that have an error pattern, ERROR_RATE overall.
     specs = {v.name: v.error for v in VARIABLES}
-    replace = np.array([specs[name] is not None and specs[name][0] == "set" for name in TIME_SERIES])
-    scale = np.array([specs[name] is not None and specs[name][0] == "times" for name in TIME_SERIES])
-    amount = np.array([0.0 if specs[name] is None else specs[name][1] for name in TIME_SERIES], dtype=np.float32)
+    errors = [specs[name] for name in TIME_SERIES]
+    replace = np.array([e is not None and e[0] == "set" for e in errors])
+    scale = np.array([e is not None and e[0] == "times" for e in errors])
+    amount = np.array([0.0 if e is None else e[1] for e in errors], dtype=np.float32)
     eligible = (replace | scale)[var_code]
     rate = ERROR_RATE * len(value) / max(int(eligible.sum()), 1)
     wrong = eligible & (rng.random(len(value)) < rate)

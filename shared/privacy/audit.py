@@ -69,6 +69,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from sklearn.metrics import auc, roc_curve
+
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import prepare
 from fedicu.shared.model import ModelConfig, MortalityLSTM, model_config_of
@@ -79,14 +81,14 @@ from fedicu.shared.run_dir import (
     CONFIG_FILE,
     FINAL_MODEL,
     MODEL_CARD,
+    PRIVACY_FILE,  # per-hospital privacy ledgers of a DP run
+    RUN_FILE,
     RunDirectory,
     load_trained,
 )
 from fedicu.shared.training import torch_threads, train_epochs
-from sklearn.metrics import auc, roc_curve
 
 AUDIT_JSON, AUDIT_PNG = "audit.json", "audit_roc.png"
-PRIVACY_FILE = "privacy.json"  # per-hospital privacy ledgers of a DP run
 LOW_FPR = 0.01
 DEFAULT_SHADOW_MODELS = 8
 DEFAULT_MAX_TARGETS = 1000  # per group: members and non-members
@@ -386,7 +388,7 @@ def _load_run(path: Path, which: str) -> tuple[RunConfig, MortalityLSTM, Normali
     if not path.is_dir():
         raise ValueError(f"RUN_DIR {path}: no such directory")
     run_dir = RunDirectory(path)
-    for name in ("run.json", CONFIG_FILE):
+    for name in (RUN_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise ValueError(f"RUN_DIR {path}: not a run directory (no {name})")
     if run_dir.status != "complete":
@@ -428,7 +430,11 @@ def matched_targets(
     if counts.sum() == 0:
         raise ValueError("no outcome occurs among both members and non-members")
     picks = [
-        np.sort(np.concatenate([rng.choice(group[side], size=c, replace=False) for group, c in zip(where, counts)]))
+        np.sort(
+            np.concatenate(
+                [rng.choice(group[side], size=c, replace=False) for group, c in zip(where, counts, strict=True)]
+            )
+        )
         for side in (0, 1)
     ]
     return picks[0], picks[1]

@@ -38,7 +38,7 @@ output head (per-stay outer products of inputs and output gradients, summed over
 The per-hour loops run on one intra-op thread and, while recording, large temporaries live in
 per-layer buffers reused from step to step (see `_one_thread` and `_Workspace`).
 
-With per-stay recording on (`enable_grad_sample`), a backward pass stores each trainable
+With per-stay recording on (`grad_sample_recording`), a backward pass stores each trainable
 parameter's per-stay gradients as `param.grad_sample` (`[batch, *param.shape]`), the layout
 Opacus's `DPOptimizer` reads; it then clips, sums, adds noise, scales and steps, and its step
 hook advances the accountant. Per-stay gradients are exact because no operation of the model
@@ -61,8 +61,8 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.compat import store_grad_sample
+from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.training import torch_threads
 
 
@@ -192,7 +192,9 @@ class _LSTMLayerFunction(torch.autograd.Function):
         # gate sigmoids [T, B, 4H]; starts as the input projection of all hours at once
         acts = take("acts", (steps, batch, 4 * hidden), x)
         torch.addmm(
-            (b_ih + b_hh) * scale, x.reshape(steps * batch, n_in), (w_ih * scale[:, None]).t(),
+            (b_ih + b_hh) * scale,
+            x.reshape(steps * batch, n_in),
+            (w_ih * scale[:, None]).t(),
             out=acts.view(steps * batch, 4 * hidden),
         )
         w_rec = (w_hh * (2 * scale)[:, None]).t()  # acts on hh = h / 2
@@ -332,13 +334,14 @@ class PerSampleLSTM(nn.Module):
             nn.init.uniform_(param, -bound, bound)
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM) -> PerSampleLSTM:
+    def from_lstm(cls, lstm: nn.LSTM | PerSampleLSTM) -> PerSampleLSTM:
         """A PerSampleLSTM with a copy of `lstm`'s weights."""
         if not lstm.batch_first or lstm.bidirectional or not lstm.bias or lstm.proj_size:
             raise ValueError("only unidirectional batch-first nn.LSTM with biases and no projection")
         new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout)
         new.load_state_dict(lstm.state_dict())
-        return new.to(lstm.weight_ih_l0.device, lstm.weight_ih_l0.dtype)
+        weight = lstm.get_parameter("weight_ih_l0")
+        return new.to(weight.device, weight.dtype)
 
     def layer_parameters(self, layer: int) -> tuple[nn.Parameter, ...]:
         return tuple(getattr(self, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
@@ -411,13 +414,6 @@ def check_dp_model(model: nn.Module) -> None:
             )
 
 
-def enable_grad_sample(model: nn.Module, enabled: bool = True) -> None:
-    """Switch per-stay gradient recording on or off for all per-stay-capable layers."""
-    for module in model.modules():
-        if isinstance(module, _PER_SAMPLE_MODULES):
-            module.grad_sample_enabled = enabled
-
-
 @contextmanager
 def grad_sample_recording(model: nn.Module):
     """Context manager: record per-stay gradients inside, restore the previous state after."""
@@ -428,7 +424,7 @@ def grad_sample_recording(model: nn.Module):
             m.grad_sample_enabled = True
         yield model
     finally:
-        for m, state in zip(modules, before):
+        for m, state in zip(modules, before, strict=True):
             m.grad_sample_enabled = state
 
 
@@ -469,7 +465,7 @@ def private_step(
     still takes a step on pure noise and is counted by the accountant, as the analysis of
     Poisson sampling requires. `proximal=(mu, start_weights)` adds FedProx's gradient
     mu (w - w_start) after privatization; it depends on no stay, so it costs no privacy.
-    Per-stay recording must be on (`enable_grad_sample`).
+    Per-stay recording must be on (`grad_sample_recording`).
     """
     optimizer.zero_grad(set_to_none=True)
     if len(x) == 0:
@@ -484,7 +480,7 @@ def private_step(
         optimizer.step()
     elif optimizer.pre_step():
         mu, start = proximal
-        for p, p0 in zip(optimizer.params, start):
+        for p, p0 in zip(optimizer.params, start, strict=True):
             p.grad.add_(p.detach() - p0, alpha=mu)
         optimizer.original_optimizer.step()
     return loss_value
@@ -559,7 +555,9 @@ def train_epochs_dp(
     )
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=schedule.sample_rate))
     sampler = UniformWithReplacementSampler(
-        num_samples=len(x), sample_rate=schedule.sample_rate, generator=sample_gen,
+        num_samples=len(x),
+        sample_rate=schedule.sample_rate,
+        generator=sample_gen,
         steps=schedule.steps_per_epoch,
     )
     model.train()

@@ -6,7 +6,7 @@ import functools
 import inspect
 import math
 from dataclasses import fields
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console, Group
@@ -87,7 +87,7 @@ def run_options(command):
             raise UserError(str(error)) from error
         return command(config=config, **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + params)
+    cast(Any, wrapper).__signature__ = inspect.Signature(own + params)  # what typer reads the options from
     return wrapper
 
 

@@ -14,29 +14,39 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
+from fedicu.shared.run_dir import METRICS_JSON
 
 from .common import OPTION_HELP, RunFailed, UserError, console, rounds_table
 
 
 def certs(
     out: Annotated[Path, typer.Option(help="Folder to create for the certificates and keys (never overwritten).")],
-    host: Annotated[list[str], typer.Option(help="The SuperLink's host name or IP address, as sites dial it (repeatable).")],
-    site: Annotated[list[str], typer.Option(help="A site name that gets a key pair for node authentication (repeatable).")],
+    host: Annotated[
+        list[str], typer.Option(help="The SuperLink's host name or IP address, as sites dial it (repeatable).")
+    ],
+    site: Annotated[
+        list[str], typer.Option(help="A site name that gets a key pair for node authentication (repeatable).")
+    ],
 ) -> None:
     """Create a CA, the SuperLink's TLS certificate and one authentication key pair per site."""
-    from fedicu.simulations.deployment.certs import create
+    from fedicu.simulations.deployment.certs import CA_CERT, CA_KEY, SITES_DIR, create
 
     try:
         written = create(out, host, site)
     except (ValueError, FileExistsError) as error:
         raise UserError(str(error)) from error
-    console.print(f"Wrote {len(written)} files to {out}: give each site ca.crt and its own sites/<site>.key; keep ca.key private")
+    console.print(
+        f"Wrote {len(written)} files to {out}: give each site {CA_CERT} and its own {SITES_DIR}/<site>.key; "
+        f"keep {CA_KEY} private"
+    )
 
 
 def deploy_demo(
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder to create for certificates, site data, logs and the run directory (default: runs/deploy-demo-<timestamp>)."),
+        typer.Option(
+            help="Folder to create for certificates, site data, logs and the run directory (default: runs/deploy-demo-<timestamp>)."
+        ),
     ] = None,
     sites: Annotated[int, typer.Option(help="Hospitals: one SuperNode each, with its own synthetic data.")] = 3,
     rounds: Annotated[int, typer.Option(help=OPTION_HELP["rounds"])] = 2,
@@ -56,7 +66,9 @@ def deploy_demo(
     if out.exists():
         raise UserError(f"--out {out}: exists; give a folder to create")
     if not (2 if secagg else 1) <= sites <= 16:
-        raise UserError(f"--sites must lie in {2 if secagg else 1}..16{' with --secagg' if secagg else ''}, not {sites}")
+        raise UserError(
+            f"--sites must lie in {2 if secagg else 1}..16{' with --secagg' if secagg else ''}, not {sites}"
+        )
     if rounds < 1:
         raise UserError("--rounds must be at least 1")
     try:  # refused here rather than by the ServerApp once every process is up
@@ -69,7 +81,9 @@ def deploy_demo(
             "[bold red]WARNING: --insecure: traffic is unencrypted and any process that reaches the port can join as a "
             "hospital. Local experiments only, never with patient data.[/]"
         )
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
     with progress:
         task = progress.add_task("Deployment rounds", total=rounds)
         try:
@@ -80,7 +94,7 @@ def deploy_demo(
             )  # fmt: skip
         except DeploymentError as error:
             raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error
-    rows = json.loads((run_dir / "metrics.json").read_text())
+    rows = json.loads((run_dir / METRICS_JSON).read_text())
     title = f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'}{', INSECURE' if insecure else ''})"
     console.print(rounds_table(title, rows))
     console.print(f"Run directory: {run_dir}", highlight=False)

@@ -26,9 +26,12 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Membership-inference audit of a trained model: can an attacker tell training stays from others?"""
+    from fedicu.shared.privacy.audit import AUDIT_JSON, AUDIT_PNG
     from fedicu.shared.privacy.audit import audit as run_audit
 
-    bar = Progress(TextColumn("[bold]Shadow models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    bar = Progress(
+        TextColumn("[bold]Shadow models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
     task = bar.add_task("shadow", total=shadow_models)
     try:
         with bar:
@@ -59,7 +62,7 @@ def audit(
             f"DP guarantee epsilon={dp['epsilon']:.2f}, delta={dp['delta']:g}: any attack has "
             f"TPR@1%FPR <= {dp['tpr_at_1pct_fpr_bound']:.3f} and AUROC <= {dp['auroc_bound']:.3f}"
         )
-    console.print(f"Wrote {run_dir / 'audit.json'} and {run_dir / 'audit_roc.png'}")
+    console.print(f"Wrote {run_dir / AUDIT_JSON} and {run_dir / AUDIT_PNG}")
 
 
 @run_options
@@ -68,9 +71,15 @@ def sweep(
     epsilons: Annotated[
         str, typer.Option(help="Target epsilons per hospital for federated DP-SGD, comma-separated; inf = no DP.")
     ] = "0.5,1,2,4,8,inf",
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: each changes splits, initialization and noise.")] = "0,1,2",
-    baselines: Annotated[bool, typer.Option(help="Also run the non-private centralized and local-only baselines.")] = True,
-    shadow_models: Annotated[int, typer.Option(help="Shadow models per membership-inference audit (0: loss attack only).")] = 4,
+    seeds: Annotated[
+        str, typer.Option(help="Seeds, comma-separated: each changes splits, initialization and noise.")
+    ] = "0,1,2",
+    baselines: Annotated[
+        bool, typer.Option(help="Also run the non-private centralized and local-only baselines.")
+    ] = True,
+    shadow_models: Annotated[
+        int, typer.Option(help="Shadow models per membership-inference audit (0: loss attack only).")
+    ] = 4,
     max_targets: Annotated[int, typer.Option(help="At most this many members (and non-members) per audit.")] = 1000,
 ) -> None:
     """The privacy-accuracy study: federated DP-SGD over epsilons x seeds, baselines, audits; resumable."""
@@ -116,7 +125,7 @@ def sweep(
     except RuntimeError as error:
         raise RunFailed(f"{error} (the sweep continues from here when rerun with the same options)") from error
     console.print(sweep_tables(config.dataset, study.TABLE_HEADER, study.table_rows(study.summarize(rows))))
-    console.print(f"Wrote {root / 'sweep.csv'}, {root / 'sweep.md'} and {root / 'sweep.png'}")
+    console.print(f"Wrote {root / study.SWEEP_CSV}, {root / study.SWEEP_MD} and {root / study.SWEEP_PNG}")
 
 
 def _parse_seeds(text: str) -> list[int]:

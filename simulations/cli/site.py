@@ -17,7 +17,6 @@ from fedicu.shared.config import RunConfig
 
 from .common import OPTION_HELP, UserError, console, titled
 
-
 site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 

@@ -13,10 +13,14 @@ from .common import OPTION_HELP, UserError, console, fmt
 
 
 def bench(
-    data_dir: Annotated[str, typer.Option(help="PhysioNet 2012 folder for the loader and epoch parts (else synthetic).")] = "",
+    data_dir: Annotated[
+        str, typer.Option(help="PhysioNet 2012 folder for the loader and epoch parts (else synthetic).")
+    ] = "",
     quick: Annotated[bool, typer.Option(help="A small version for CI-sized checks.")] = False,
     repeats: Annotated[int, typer.Option(help="Repeats of each timing (the median is reported).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Measure loading, DP cost, framework overhead and scale on this machine (see BENCHMARKS.md)."""
     from fedicu.simulations import bench as benchmark

@@ -12,9 +12,11 @@ from fedicu.server.federated_run import RunState
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
-from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, RunDirectory
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RunDirectory
 
 from .common import RunFailed, UserError, console, results_table, rounds_table, run_options
+
+COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
 
 def _prepare(config: RunConfig) -> Federation:
@@ -71,9 +73,7 @@ class RoundBar:
         self.bar.stop()
 
 
-def _federated(
-    config: RunConfig, federation: Federation, run_dir: RunDirectory, state: RunState | None = None
-) -> dict:
+def _federated(config: RunConfig, federation: Federation, run_dir: RunDirectory, state: RunState | None = None) -> dict:
     from fedicu.simulations.simulate import simulate as run_simulation  # imports Ray lazily
 
     bar = RoundBar(f"Federated {config.strategy}")
@@ -83,7 +83,7 @@ def _federated(
         raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
     finally:
         bar.close()
-    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json("metrics.json")))
+    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json(METRICS_JSON)))
     return result
 
 
@@ -118,8 +118,7 @@ def simulate(
         run_dir = _run_dir(config)
     result = _federated(config, federation, run_dir, state)
     console.print(
-        f"Best round {result['best_round']} (by pooled validation AUROC). "
-        f"Run directory: [bold]{run_dir.path}[/]"
+        f"Best round {result['best_round']} (by pooled validation AUROC). Run directory: [bold]{run_dir.path}[/]"
     )
 
 
@@ -136,7 +135,7 @@ def centralized(config: RunConfig) -> None:
         run_centralized(config, federation, run_dir, bar.round_done)
     finally:
         bar.close()
-    console.print(rounds_table("Centralized", run_dir.read_json("metrics.json")))
+    console.print(rounds_table("Centralized", run_dir.read_json(METRICS_JSON)))
     console.print(f"Run directory: [bold]{run_dir.path}[/]")
 
 
@@ -182,12 +181,12 @@ def compare(config: RunConfig) -> None:
     finally:
         bar.close()
     local = _local(config, federation, RunDirectory(root / "local").create())
-    best_federated = RunDirectory(root / "federated").read_json("metrics.json")[federated["best_round"] - 1]
+    best_federated = RunDirectory(root / "federated").read_json(METRICS_JSON)[federated["best_round"] - 1]
     results = {
         f"federated ({config.strategy}, best round)": best_federated,
         "centralized (best round)": central,
         "local only (mean of hospitals)": local["mean"],
     }
-    RunDirectory(root).write_json("comparison.json", results)
+    RunDirectory(root).write_json(COMPARISON_FILE, results)
     console.print(results_table(results))
     console.print(f"Run directories under [bold]{root}[/]")

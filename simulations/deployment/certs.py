@@ -31,6 +31,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SUPERLINK_SELF = ("127.0.0.1",)  # the SuperLink dials itself here (for any --host, even 0.0.0.0)
 
+CA_CERT, CA_KEY = "ca.crt", "ca.key"
+SUPERLINK_CERT, SUPERLINK_KEY = "superlink.crt", "superlink.key"
+SITES_DIR = "sites"  # sites/<site>.key and sites/<site>.pub: each site's authentication key pair
+
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -51,7 +55,7 @@ def _private_pem(key) -> bytes:
 
 
 def _certificate(subject: str, public_key, issuer: x509.Name, signer, days: int, *, ca: bool, hosts: list[str]):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -103,20 +107,20 @@ def create(out_dir: Path, hosts: list[str], sites: list[str]) -> list[Path]:
         names = [*hosts, *(h for h in SUPERLINK_SELF if h not in hosts)]
         link_cert = _certificate(hosts[0], link_key.public_key(), ca_name, ca_key, 730, ca=False, hosts=names)
         files = {
-            "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
-            "ca.key": _private_pem(ca_key),
-            "superlink.crt": link_cert.public_bytes(serialization.Encoding.PEM),
-            "superlink.key": _private_pem(link_key),
+            CA_CERT: ca_cert.public_bytes(serialization.Encoding.PEM),
+            CA_KEY: _private_pem(ca_key),
+            SUPERLINK_CERT: link_cert.public_bytes(serialization.Encoding.PEM),
+            SUPERLINK_KEY: _private_pem(link_key),
         }
         for site in sites:
             key = ec.generate_private_key(ec.SECP384R1())
-            files[f"sites/{site}.key"] = key.private_bytes(  # the OpenSSH form the SuperNode reads
+            files[f"{SITES_DIR}/{site}.key"] = key.private_bytes(  # the OpenSSH form the SuperNode reads
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
             )
-            files[f"sites/{site}.pub"] = key.public_key().public_bytes(
+            files[f"{SITES_DIR}/{site}.pub"] = key.public_key().public_bytes(
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
             )
-        (staging / "sites").mkdir()
+        (staging / SITES_DIR).mkdir()
         for name, data in files.items():
             path = staging / name
             path.write_bytes(data)

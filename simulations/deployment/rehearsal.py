@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedicu.simulations.deployment import certs
 from fedicu.shared.datasets import physionet2012, synthetic
 from fedicu.shared.partition import stratified_pick
+from fedicu.shared.run_dir import RUN_FILE
+from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import descendants, running, with_environment
 
 CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
-PROJECT = Path(__file__).resolve().parents[1]  # the app `flwr run` submits
+PROJECT = Path(__file__).resolve().parents[2]  # the app `flwr run` submits
 BIN = Path(sys.executable).parent  # Flower's commands, from this environment
 STAYS_PER_SITE = 400
 TEST_FRACTION = 0.2
@@ -53,7 +54,9 @@ def write_sites(out: Path, sites: int, seed: int) -> tuple[dict[str, Path], Path
     """One synthetic hospital per site in PhysioNet format, and the server's test folder."""
     cohort = synthetic.generate(hospitals=sites, stays=STAYS_PER_SITE * sites, seed=seed)
     stays = cohort.stays
-    test = stratified_pick(stays.index.to_numpy(), stays["label"].to_numpy(), TEST_FRACTION, np.random.default_rng(seed))
+    test = stratified_pick(
+        stays.index.to_numpy(), stays["label"].to_numpy(), TEST_FRACTION, np.random.default_rng(seed)
+    )
     training = stays.drop(index=test)
     folders = {}
     for name in sorted(training["hospital"].unique()):
@@ -92,6 +95,9 @@ class LocalDeployment:
             **os.environ,
             "FLWR_HOME": str(out / "flwr-home"),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            # Flower's processes start each other by name (flower-superexec, flwr-clientapp):
+            # found beside this interpreter, also when the venv is not activated.
+            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
         }
 
     def __enter__(self) -> LocalDeployment:
@@ -123,7 +129,7 @@ class LocalDeployment:
             [str(BIN / "flwr"), *args, "--format", "json"], env=self.env, cwd=self.out, capture_output=True, text=True
         )
         try:
-            answer = json.loads(done.stdout[done.stdout.index("{"):])
+            answer = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError:
             answer = {"success": False, "error-message": (done.stdout + done.stderr).strip()[-2000:]}
         if done.returncode or not answer.get("success", False):
@@ -133,9 +139,9 @@ class LocalDeployment:
     def start_superlink(self) -> None:
         """Start the SuperLink (TLS and SuperNode authentication unless insecure); return once it answers."""
         security = ["--insecure"] if self.insecure else [
-            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
-            "--ssl-certfile", str(self.certs / "superlink.crt"),
-            "--ssl-keyfile", str(self.certs / "superlink.key"),
+            "--ssl-ca-certfile", str(self.certs / certs.CA_CERT),
+            "--ssl-certfile", str(self.certs / certs.SUPERLINK_CERT),
+            "--ssl-keyfile", str(self.certs / certs.SUPERLINK_KEY),
             "--enable-supernode-auth",
         ]  # fmt: skip
         self._start(
@@ -148,7 +154,9 @@ class LocalDeployment:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=2) as raw:
                     if not self.insecure:
-                        ssl.create_default_context(cafile=self.certs / "ca.crt").wrap_socket(raw, server_hostname="127.0.0.1").close()
+                        ssl.create_default_context(cafile=self.certs / certs.CA_CERT).wrap_socket(
+                            raw, server_hostname="127.0.0.1"
+                        ).close()
                     break
             except OSError:
                 if self.processes["superlink"].poll() is not None or time.monotonic() > deadline:
@@ -158,18 +166,24 @@ class LocalDeployment:
                 time.sleep(0.5)
         config = self.out / "flwr-home" / "config.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        security = "insecure = true" if self.insecure else f'root-certificates = "{self.certs / "ca.crt"}"'
+        trust = "insecure = true" if self.insecure else f'root-certificates = "{self.certs / certs.CA_CERT}"'
         config.write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\n{security}\n'
+            f'address = "127.0.0.1:{self.port}"\n{trust}\n'
         )
 
     def register(self, site: str) -> None:
         """Register a site's public key: only registered SuperNodes may join."""
-        self.flwr("supernode", "register", str(self.certs / "sites" / f"{site}.pub"), CONNECTION)
+        self.flwr("supernode", "register", str(self.certs / certs.SITES_DIR / f"{site}.pub"), CONNECTION)
 
     def start_supernode(
-        self, site: str, data_dir: Path, *, key: Path | None = None, trust_ca: bool = True, max_retries: int | None = None
+        self,
+        site: str,
+        data_dir: Path,
+        *,
+        key: Path | None = None,
+        trust_ca: bool = True,
+        max_retries: int | None = None,
     ) -> subprocess.Popen:
         """A site's SuperNode: dials the SuperLink, authenticates with the site key, reads `data_dir`."""
         node_config = {"data-dir": str(data_dir), "hospital": site, "state-dir": str(self.out / "state" / site)}
@@ -182,9 +196,9 @@ class LocalDeployment:
         if self.insecure:
             args += ["--insecure"]
         else:
-            args += ["--auth-supernode-private-key", str(key or self.certs / "sites" / f"{site}.key")]
+            args += ["--auth-supernode-private-key", str(key or self.certs / certs.SITES_DIR / f"{site}.key")]
         if trust_ca and not self.insecure:
-            args += ["--root-certificates", str(self.certs / "ca.crt")]
+            args += ["--root-certificates", str(self.certs / certs.CA_CERT)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
         return self._start(site, args)
@@ -210,19 +224,20 @@ class LocalDeployment:
                     )
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the run did not finish within {timeout:.0f} s (status {status})")
-            if (run_json := run_dir / "run.json").exists():
+            if (run_json := run_dir / RUN_FILE).exists():
                 done = int(json.loads(run_json.read_text()).get("rounds_completed", 0))
                 if done > reported:
                     on_round(done)
                     reported = done
             time.sleep(1.0)
-        if (run_json := run_dir / "run.json").exists():
+        if (run_json := run_dir / RUN_FILE).exists():
             on_round(int(json.loads(run_json.read_text()).get("rounds_completed", 0)))
         if status != "finished:completed":
-            details = json.loads((run_dir / "run.json").read_text()).get("error", "") if (run_dir / "run.json").exists() else ""
+            details = (
+                json.loads((run_dir / RUN_FILE).read_text()).get("error", "") if (run_dir / RUN_FILE).exists() else ""
+            )
             raise DeploymentError(
-                f"the run ended {status}: {details or 'see the server log below'}\n"
-                + self.flwr_log(run_id)
+                f"the run ended {status}: {details or 'see the server log below'}\n" + self.flwr_log(run_id)
             )
 
     def flwr_log(self, run_id: int) -> str:
@@ -314,7 +329,7 @@ def rehearse(
 
     out.mkdir(parents=True)
     folders, test_dir = write_sites(out, sites, seed=0)
-    for site, folder in folders.items():
+    for folder in folders.values():
         if not (report := check(folder)).usable:
             raise DeploymentError(f"site check of {folder}: {report.first_error}")
     on_step(f"wrote and checked the data of {len(folders)} sites ({', '.join(folders)}) and the server's test set")
@@ -332,7 +347,13 @@ def rehearse(
                     deployment.register(site)
                 deployment.start_supernode(site, folder)
             on_step(f"{'' if insecure else 'registered the site keys; '}{len(folders)} SuperNodes started")
-            run_config = {"sites": len(folders), "rounds": rounds, "secagg": secagg, "test-dir": str(test_dir), "out": str(out / "run")}
+            run_config = {
+                "sites": len(folders),
+                "rounds": rounds,
+                "secagg": secagg,
+                "test-dir": str(test_dir),
+                "out": str(out / "run"),
+            }
             run_id = deployment.submit(run_config, extra_run_config)
             on_step(f"run {run_id} submitted with `flwr run`")
             deployment.wait(run_id, out / "run", timeout, on_round)
