@@ -116,7 +116,9 @@ def feature_stats(msg: Message, request: FeatureStatsRequest, context: Context) 
     hospital = _hospital(request, context)
     if request.dp and request.delta >= 1 / len(hospital.train):
         # Checked on first contact, before any training: a larger delta could expose whole stays.
-        reason = f"{hospital.name}: --delta {request.delta:g} must be below 1/n = 1/{len(hospital.train)} training stays"
+        reason = (
+            f"{hospital.name}: --delta {request.delta:g} must be below 1/n = 1/{len(hospital.train)} training stays"
+        )
         return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     stats = None if request.dp else FeatureStats.of(hospital.train)
     return FeatureStatsReply(hospital=hospital.name, train_stays=len(hospital.train), stats=stats).reply_to(msg)
@@ -130,28 +132,47 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     x_train, x_val = _inputs(hospital, request)
     model = _model(msg, request)
     # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
-    seed = int(np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0])
+    seed = int(
+        np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0]
+    )
     if request.dp:
         from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
 
         deployed = "data-dir" in context.node_config
         try:
             model, ledger = private_training.train_round(
-                request, context, model, x_train, hospital.train.labels, seed,
-                secure_rng=deployed, state_file=_ledger_file(context, hospital.name) if deployed else None,
-            )  # fmt: skip
+                request,
+                context,
+                model,
+                x_train,
+                hospital.train.labels,
+                seed,
+                secure_rng=deployed,
+                state_file=_ledger_file(context, hospital.name) if deployed else None,
+            )
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
-        reply = TrainReply(hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train), ledger=ledger)
+        reply = TrainReply(
+            hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train), ledger=ledger
+        )
         return reply.reply_to(msg)
     loss = train_epochs(
-        model, x_train, hospital.train.labels, epochs=request.local_epochs, lr=request.lr,
-        batch_size=request.batch_size, seed=seed, proximal_mu=request.proximal_mu,
-    )  # fmt: skip
+        model,
+        x_train,
+        hospital.train.labels,
+        epochs=request.local_epochs,
+        lr=request.lr,
+        batch_size=request.batch_size,
+        seed=seed,
+        proximal_mu=request.proximal_mu,
+    )
     return TrainReply(
-        hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train),
-        train_loss=loss, local_val_auroc=auroc(hospital.val.labels, predict(model, x_val)),
-    ).reply_to(msg)  # fmt: skip
+        hospital=hospital.name,
+        weights=_weights(model),
+        train_stays=len(hospital.train),
+        train_loss=loss,
+        local_val_auroc=auroc(hospital.val.labels, predict(model, x_val)),
+    ).reply_to(msg)
 
 
 def _weights(model: MortalityLSTM) -> ArrayRecord:
@@ -179,6 +200,11 @@ def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Messag
     labels = hospital.val.labels
     m = binary_metrics(labels, scores, threshold=0.5)
     return EvaluateReply(
-        hospital=hospital.name, val_stays=len(labels), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
-        loss=m["loss"], histogram=ScoreHistogram.of(labels, scores),
-    ).reply_to(msg)  # fmt: skip
+        hospital=hospital.name,
+        val_stays=len(labels),
+        auroc=m["auroc"],
+        auprc=m["auprc"],
+        brier=m["brier"],
+        loss=m["loss"],
+        histogram=ScoreHistogram.of(labels, scores),
+    ).reply_to(msg)

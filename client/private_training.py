@@ -60,12 +60,19 @@ def train_round(
     ledger.check_budget(sigma, schedule.sample_rate, steps, request.target_epsilon)
     model = to_dp_model(model)
     train_epochs_dp(
-        model, x, y,
-        epochs=request.local_epochs, lr=request.lr, batch_size=request.batch_size,
-        seed=seed, noise_multiplier=sigma, max_grad_norm=request.max_grad_norm,
-        accountant=new_accountant(ledger.accountant), proximal_mu=request.proximal_mu,
+        model,
+        x,
+        y,
+        epochs=request.local_epochs,
+        lr=request.lr,
+        batch_size=request.batch_size,
+        seed=seed,
+        noise_multiplier=sigma,
+        max_grad_norm=request.max_grad_norm,
+        accountant=new_accountant(ledger.accountant),
+        proximal_mu=request.proximal_mu,
         secure_mode=secure_rng,
-    )  # fmt: skip
+    )
     ledger.record(sigma, schedule.sample_rate, steps)
     record = json.dumps(ledger.to_json())
     context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})

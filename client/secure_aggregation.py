@@ -32,5 +32,6 @@ def _in_project_layout(msg: Message, context: Context, train: ClientAppCallable)
     reply = train(msg, context)
     if reply.has_error():  # e.g. a spent privacy budget: the protocol counts this hospital as dropped
         raise RuntimeError(reply.error.reason)
-    compat.add_legacy_fit_reply(reply, reply.content[ARRAYS], int(reply.content[METRICS][WEIGHT]))
+    arrays, metrics = reply.content.array_records[ARRAYS], reply.content.metric_records[METRICS]
+    compat.add_legacy_fit_reply(reply, arrays, int(metrics[WEIGHT]))  # type: ignore[arg-type]  # an int, by the contract
     return reply

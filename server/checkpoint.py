@@ -41,6 +41,13 @@ class RunState:
     def from_checkpoint(c: dict) -> RunState:
         norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
         return RunState(
-            c["completed"], c["arrays"], norm, c["rows"], c["hospital_rows"], c["best"], c["strategy"],
-            json.loads(c["privacy"]), json.loads(c["hospital_privacy"]),
-        )  # fmt: skip
+            c["completed"],
+            c["arrays"],
+            norm,
+            c["rows"],
+            c["hospital_rows"],
+            c["best"],
+            c["strategy"],
+            json.loads(c["privacy"]),
+            json.loads(c["hospital_privacy"]),
+        )

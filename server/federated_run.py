@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from logging import INFO
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from flwr.app import ArrayRecord, Message
@@ -93,8 +93,12 @@ class LogProgress:
         log(
             INFO,
             "fedicu: round %d  hospitals %d (failed %d)  val AUROC %.4f  test AUROC %.4f",
-            row["round"], row["hospitals_trained"], row["hospitals_failed"], row["val_auroc"], row["test_auroc"],
-        )  # fmt: skip
+            row["round"],
+            row["hospitals_trained"],
+            row["hospitals_failed"],
+            row["val_auroc"],
+            row["test_auroc"],
+        )
 
 
 @dataclass(frozen=True)
@@ -180,10 +184,14 @@ class FederatedRun:
         self.model_config = model_config_of(config)
         self.model = MortalityLSTM(self.model_config)
         self.strategy = make_strategy(config, data.hospitals)
-        self.settings = dict(
-            seed=config.seed, val_fraction=config.val_fraction, dp=config.dp, delta=config.delta,
-            accountant=config.accountant, prepared_data=data.prepared_data,
-        )  # fmt: skip
+        self.settings: dict[str, Any] = dict(
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+            dp=config.dp,
+            delta=config.delta,
+            accountant=config.accountant,
+            prepared_data=data.prepared_data,
+        )
         self.next_training: Sent | None = None
         self.started = time.monotonic()
 
@@ -210,11 +218,16 @@ class FederatedRun:
         norm = self.state.norm
         self.test = (to_features(self.data.test, norm), self.data.test.labels) if self.data.test is not None else None
         self.evaluate_request = EvaluateRequest(
-            **self.settings, server_round=0, norm_mean=norm.mean.tolist(), norm_std=norm.std.tolist(),
+            **self.settings,
+            server_round=0,
+            norm_mean=norm.mean.tolist(),
+            norm_std=norm.std.tolist(),
             model=self.model_config,
-        )  # fmt: skip
+        )
 
-    def _first_contact(self, node_ids: list[int], timeout: float) -> tuple[Normalization, dict[int, str], dict[str, int]]:
+    def _first_contact(
+        self, node_ids: list[int], timeout: float
+    ) -> tuple[Normalization, dict[int, str], dict[str, int]]:
         """Pooled normalization statistics, which node holds which hospital, and each
         hospital's number of training stays.
 
@@ -223,9 +236,14 @@ class FederatedRun:
         request = FeatureStatsRequest(**self.settings)
         # Statistics from only some hospitals would give every hospital the wrong scale.
         replies = exchange(
-            self.grid, [request.message(n) for n in node_ids], FeatureStatsReply, timeout,
-            "normalization statistics", len(node_ids), {},
-        )  # fmt: skip
+            self.grid,
+            [request.message(n) for n in node_ids],
+            FeatureStatsReply,
+            timeout,
+            "normalization statistics",
+            len(node_ids),
+            {},
+        )
         names = {m.metadata.src_node_id: name for name, m in replies.messages.items()}
         train_stays = {name: r.train_stays for name, r in replies.replies.items()}
         if self.config.dp:
@@ -248,24 +266,44 @@ class FederatedRun:
         ]
         if messages:
             exchange(
-                self.grid, messages, RestorePrivacyReply, self.config.round_timeout, "restoring privacy ledgers",
-                len(messages), self.names,
-            )  # fmt: skip
+                self.grid,
+                messages,
+                RestorePrivacyReply,
+                self.config.round_timeout,
+                "restoring privacy ledgers",
+                len(messages),
+                self.names,
+            )
 
     # ---- a round --------------------------------------------------------------------------
 
     def _train_request(self, rnd: int) -> TrainRequest:
         c = self.config
         return TrainRequest(
-            **{**vars(self.evaluate_request), "server_round": rnd}, local_epochs=c.local_epochs, lr=c.lr,
-            batch_size=c.batch_size, planned_rounds=c.rounds, target_epsilon=c.target_epsilon,
-            noise_multiplier=c.noise_multiplier, max_grad_norm=c.max_grad_norm,
+            **{**vars(self.evaluate_request), "server_round": rnd},
+            local_epochs=c.local_epochs,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            planned_rounds=c.rounds,
+            target_epsilon=c.target_epsilon,
+            noise_multiplier=c.noise_multiplier,
+            max_grad_norm=c.max_grad_norm,
             proximal_mu=c.proximal_mu if c.strategy == "fedprox" else 0.0,
-        )  # fmt: skip
+        )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
         config = self._train_request(rnd).config()
-        return list(self.strategy.configure_train(rnd, arrays, config, _AllHospitals(self.grid, self.names)))
+        return list(self.strategy.configure_train(rnd, arrays, config, self._all_hospitals()))
+
+    def _all_hospitals(self) -> Grid:
+        return cast(Grid, _AllHospitals(self.grid, self.names))
+
+    def _aggregate(self, rnd: int, replies: list[Message]) -> ArrayRecord:
+        arrays, _ = self.strategy.aggregate_train(rnd, replies)
+        if arrays is None:  # only without replies, which `min_hospitals` >= 1 rules out
+            raise RuntimeError(f"round {rnd}: the strategy aggregated no model")
+        self.arrays = arrays
+        return arrays
 
     def start_next_training(self, rnd: int, arrays: ArrayRecord) -> None:
         """Hospitals start round `rnd` now: the server's own work for the round before (test
@@ -284,10 +322,8 @@ class FederatedRun:
         trained = receive(self.grid, sent, TrainReply, f"round {rnd} training", self.config.min_hospitals, self.names)
         if self.config.hospital_dp_noise:
             for msg in trained.messages.values():
-                msg.content[METRICS][EQUAL_WEIGHT] = 1.0
-        arrays, _ = self.strategy.aggregate_train(rnd, list(trained.messages.values()))
-        self.arrays = arrays
-        return trained, arrays
+                msg.content.metric_records[METRICS][EQUAL_WEIGHT] = 1.0
+        return trained, self._aggregate(rnd, list(trained.messages.values()))
 
     def _secure_train(self, rnd: int) -> tuple[Replies[TrainReply], ArrayRecord]:
         """One round's training through SecAgg+: the strategy aggregates the secure average."""
@@ -307,16 +343,20 @@ class FederatedRun:
                 f"stayed to the end of the round ({len(trained.replies)} sent masked weights); SecAgg+ needs more "
                 "than half of them to unmask the sum"
             )
-        self.arrays, _ = self.strategy.aggregate_train(rnd, [average])
-        return trained, self.arrays
+        return trained, self._aggregate(rnd, [average])
 
     def evaluate(self, rnd: int, arrays: ArrayRecord) -> Replies[EvaluateReply]:
         request = replace(self.evaluate_request, server_round=rnd)
-        messages = self.strategy.configure_evaluate(rnd, arrays, request.config(), _AllHospitals(self.grid, self.names))
+        messages = self.strategy.configure_evaluate(rnd, arrays, request.config(), self._all_hospitals())
         return exchange(
-            self.grid, messages, EvaluateReply, self.config.round_timeout, f"round {rnd} evaluation",
-            self.config.min_hospitals, self.names,
-        )  # fmt: skip
+            self.grid,
+            messages,
+            EvaluateReply,
+            self.config.round_timeout,
+            f"round {rnd} evaluation",
+            self.config.min_hospitals,
+            self.names,
+        )
 
     # ---- record ---------------------------------------------------------------------------
 
@@ -383,9 +423,14 @@ class FederatedRun:
         assert state.best is not None, "a run records at least one round"
         self.run_dir.save_model(FINAL_MODEL, self._model_state())
         write_model_card(
-            self.run_dir, model_config=self.model_config, norm=state.norm, rows=state.rows, best=state.best,
-            training=self.config.to_flower(), data=self._summary(),
-        )  # fmt: skip
+            self.run_dir,
+            model_config=self.model_config,
+            norm=state.norm,
+            rows=state.rows,
+            best=state.best,
+            training=self.config.to_flower(),
+            data=self._summary(),
+        )
         plot_learning_curves(state.rows, self.run_dir.path / CURVES_PNG)
         self.run_dir.set_status("complete", finished=time.time())
         return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
@@ -394,9 +439,14 @@ class FederatedRun:
         """The global model after the last completed round, with its decision threshold."""
         state = self.state
         return {
-            "model_config": self.model_config.to_dict(), "state_dict": state.arrays, "round": state.completed,
+            "model_config": self.model_config.to_dict(),
+            "state_dict": state.arrays,
+            "round": state.completed,
             "threshold": state.rows[-1]["threshold"],
-        }  # fmt: skip
+        }
 
     def _summary(self) -> dict:
-        return {"hospitals": {name: {"train": {"stays": n}} for name, n in self.train_stays.items()}, **self.data.summary}
+        return {
+            "hospitals": {name: {"train": {"stays": n}} for name, n in self.train_stays.items()},
+            **self.data.summary,
+        }

@@ -60,7 +60,7 @@ def sort_replies(
         if msg.has_error():
             if msg.error.code == CONTRACT_REFUSAL:
                 raise RuntimeError(f"{stage}: {who} refused the server: {msg.error.reason}")
-            failures[who] = msg.error.reason
+            failures[who] = str(msg.error.reason)
             continue
         try:
             reply = kind.from_content(msg.content)
@@ -82,6 +82,8 @@ def sort_replies(
         log(WARNING, "fedicu: %s: %s failed: %s", stage, who, reason)
     if len(replies) < minimum:
         details = "; ".join(f"{who}: {reason}" for who, reason in failures.items())
-        raise TooFewReplies(f"{stage}: only {len(replies)} hospital(s) replied, fewer than the minimum {minimum}. {details}")
+        raise TooFewReplies(
+            f"{stage}: only {len(replies)} hospital(s) replied, fewer than the minimum {minimum}. {details}"
+        )
     order = sorted(replies)
     return Replies({h: messages[h] for h in order}, {h: replies[h] for h in order}, failures)

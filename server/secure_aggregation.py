@@ -66,7 +66,10 @@ class _Bridge:
 
     def configure_fit(self, server_round, parameters, client_manager):
         return [
-            (_Node(m.metadata.dst_node_id), compat.legacy_fit_ins(m.content[ARRAYS], m.content[CONFIG]))
+            (
+                _Node(m.metadata.dst_node_id),
+                compat.legacy_fit_ins(m.content.array_records[ARRAYS], m.content.config_records[CONFIG]),
+            )
             for m in self.instructions
         ]
 
@@ -98,7 +101,7 @@ def secure_train(
     when the protocol stopped because too few hospitals remained) and every reply received,
     whose masking-stage ones carry each hospital's metrics with its weights removed.
     `max_weight` must be at least the largest number of training stays."""
-    arrays = instructions[0].content[ARRAYS]
+    arrays = instructions[0].content.array_records[ARRAYS]
     bridge, recording = _Bridge(instructions), _RecordingGrid(grid)
     workflow = compat.secagg_workflow_class()(
         num_shares=1.0,  # every hospital holds a share of every other's secrets

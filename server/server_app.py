@@ -16,10 +16,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedicu.server.federated_run import LogProgress, Progress, RunState, ServerData, run_federated
-from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, load_folder, prepare, save
 from fedicu.shared.preprocessing import describe
+from fedicu.shared.run_dir import RunDirectory
 
 app = ServerApp()
 

@@ -15,11 +15,12 @@ reproduce exactly, and a resumed one continues with fresh noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx, Strategy
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import ARRAYS, CONFIG, WEIGHT
-
 
 # Under hospital-level DP every hospital weighs the same: a weight by stays would let a large
 # hospital move the average by more than C / n, the sensitivity the noise is calibrated for.
@@ -30,7 +31,7 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
     """FedAvg weighted by training stays; FedProx adds a proximal term at the
     hospitals; FedAdam applies Adam on the server to the averaged update.
     With `hospital_dp_noise`, FedAvg or FedProx inside Flower's central-DP wrapper."""
-    sampling = dict(
+    sampling: dict[str, Any] = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
         min_train_nodes=hospitals,
@@ -43,7 +44,9 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
     )
     if config.hospital_dp_noise:
         sampling["weighted_by_key"] = EQUAL_WEIGHT
-        inner = FedProx(**sampling, proximal_mu=config.proximal_mu) if config.strategy == "fedprox" else FedAvg(**sampling)
+        inner = (
+            FedProx(**sampling, proximal_mu=config.proximal_mu) if config.strategy == "fedprox" else FedAvg(**sampling)
+        )
         return DifferentialPrivacyServerSideFixedClipping(
             inner, config.hospital_dp_noise, config.hospital_dp_clip, num_sampled_clients=hospitals
         )

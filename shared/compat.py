@@ -145,7 +145,8 @@ def legacy_fit_ins(arrays: ArrayRecord, config: ConfigRecord) -> Any:
     from flwr.common import FitIns
     from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 
-    return FitIns(arrayrecord_to_parameters(arrays, keep_input=True), {**config, ARRAY_NAMES: list(arrays.keys())})
+    legacy_config: dict[str, Any] = {**config, ARRAY_NAMES: list(arrays.keys())}
+    return FitIns(arrayrecord_to_parameters(arrays, keep_input=True), legacy_config)
 
 
 def legacy_ndarrays(parameters: Any) -> list[np.ndarray]:
@@ -180,10 +181,12 @@ def legacy_fit_instructions(msg: Message) -> tuple[ConfigRecord, ArrayRecord]:
     """The config and the named global model of a legacy fit message."""
     from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 
-    config = msg.content["fitins.config"]
-    tensors = legacy_ndarrays(arrayrecord_to_parameters(msg.content["fitins.parameters"], keep_input=True))
-    names = config[ARRAY_NAMES]
-    return config, ArrayRecord({n: Array(t) for n, t in zip(names, tensors, strict=True)})  # type: ignore[arg-type]
+    config = msg.content.config_records["fitins.config"]
+    tensors = legacy_ndarrays(
+        arrayrecord_to_parameters(msg.content.array_records["fitins.parameters"], keep_input=True)
+    )
+    names = [str(name) for name in config[ARRAY_NAMES]]  # type: ignore[union-attr]  # a list, as legacy_fit_ins writes it
+    return config, ArrayRecord({n: Array(t) for n, t in zip(names, tensors, strict=True)})
 
 
 def add_legacy_fit_reply(reply: Message, arrays: ArrayRecord, num_examples: int) -> None:
@@ -224,7 +227,7 @@ def in_a_task(run_id: int = 1, node_id: int = 0) -> Iterator[None]:
     from flwr.supercore.task_identity import TaskIdentity
 
     names = {"_run_id": run_id, "_task_id": 1, "_node_id": node_id}
-    before = {name: getattr(TaskIdentity, name, None) for name in names}
+    before: dict[str, Any] = {name: getattr(TaskIdentity, name, None) for name in names}
     for name, value in names.items():
         setattr(TaskIdentity, name, value)
     try:

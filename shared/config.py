@@ -77,23 +77,34 @@ class RunConfig:
             (0 < self.delta < 1, "--delta must lie in (0, 1)"),
             (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.accountant in ("rdp", "prv"), "--accountant must be rdp or prv"),
-            (not self.dp or self.target_epsilon > 0 or self.noise_multiplier > 0,
-             "--dp needs --target-epsilon > 0 or --noise-multiplier > 0"),
+            (
+                not self.dp or self.target_epsilon > 0 or self.noise_multiplier > 0,
+                "--dp needs --target-epsilon > 0 or --noise-multiplier > 0",
+            ),
             (self.hospital_dp_noise >= 0, "--hospital-dp-noise must not be negative"),
             (self.hospital_dp_clip > 0, "--hospital-dp-clip must be positive"),
-            (not self.hospital_dp_noise or self.strategy in ("fedavg", "fedprox"),
-             "--hospital-dp-noise works with --strategy fedavg or fedprox: the noise goes on the average of "
-             "the clipped updates, which FedAdam's server step does not release as such"),
-            (not (self.secagg and self.hospital_dp_noise),
-             "--secagg cannot be combined with --hospital-dp-noise: the server would have to clip each "
-             "hospital's update, which secure aggregation hides from it"),
+            (
+                not self.hospital_dp_noise or self.strategy in ("fedavg", "fedprox"),
+                "--hospital-dp-noise works with --strategy fedavg or fedprox: the noise goes on the average of "
+                "the clipped updates, which FedAdam's server step does not release as such",
+            ),
+            (
+                not (self.secagg and self.hospital_dp_noise),
+                "--secagg cannot be combined with --hospital-dp-noise: the server would have to clip each "
+                "hospital's update, which secure aggregation hides from it",
+            ),
             (self.sites >= 0, "run-config sites must not be negative"),
             (self.sites or not self.test_dir, "run-config test-dir is for deployments (sites > 0)"),
             (self.hospitals >= 1, "--hospitals must be at least 1"),
-            (self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
-             "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)"),
-            (self.dataset != "physionet2012" or bool(self.data_dir), "--data-dir is required for --dataset physionet2012"),
-        ]  # fmt: skip
+            (
+                self.dataset != "synthetic" or self.synthetic_stays >= 20 * self.hospitals,
+                "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)",
+            ),
+            (
+                self.dataset != "physionet2012" or bool(self.data_dir),
+                "--data-dir is required for --dataset physionet2012",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

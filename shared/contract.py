@@ -73,7 +73,7 @@ def _plain(kind: Any) -> Any:
 
 def _is_arrays(kind: Any) -> bool:
     """Dataclasses of numpy arrays (FeatureStats, ScoreHistogram) travel as ArrayRecords."""
-    return is_dataclass(kind) and all(v is np.ndarray for v in _hints(kind).values())
+    return isinstance(kind, type) and is_dataclass(kind) and all(v is np.ndarray for v in _hints(kind).values())
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -151,10 +151,12 @@ def _read(cls: type[Payload], content: RecordDict, record: str, key: str, kind: 
         except KeyError as missing:
             raise ContractError(f"{where} lacks array {missing}") from None
     source = content.metric_records if record == METRICS else content.config_records
-    values = source.get(record, {})
-    if is_dataclass(kind):
+    values: Any = source.get(record, {})
+    if isinstance(kind, type) and is_dataclass(kind):
         inner = _hints(kind)
-        return kind(**{a.name: _scalar(values, f"{key}-{_key(a.name)}", inner[a.name], where, False) for a in fields(kind)})
+        return kind(
+            **{a.name: _scalar(values, f"{key}-{_key(a.name)}", inner[a.name], where, False) for a in fields(kind)}
+        )
     return _scalar(values, key, kind, where, optional)
 
 
@@ -169,8 +171,8 @@ def _scalar(values: Any, key: str, kind: Any, where: str, optional: bool) -> Any
 def _check_versions(cls: type[Payload], content: RecordDict) -> None:
     """Before anything else: a peer of another contract version would misread the rest."""
     record = SITE if issubclass(cls, Reply) else CONFIG
-    values = content.config_records.get(record, {})
-    theirs, their_fedicu = values.get(_key("contract_version")), values.get(_key("fedicu_version"), "unknown")
+    values: Any = content.config_records.get(record, {})
+    theirs, their_fedicu = values.get(_key("contract_version")), str(values.get(_key("fedicu_version"), "unknown"))
     if theirs != CONTRACT_VERSION:
         sender = "the hospital" if issubclass(cls, Reply) else "the server"
         raise ContractMismatch(
@@ -286,7 +288,8 @@ class FeatureStatsReply(Reply):
     describes = "feature statistics reply"
 
     train_stays: int = _in(METRICS, WEIGHT)
-    stats: FeatureStats | None = _in("stats", default=None)  # None under DP-SGD: nothing computed from training stays
+    # None under DP-SGD: nothing computed from training stays
+    stats: FeatureStats | None = _in("stats", default=None)  # noqa: RUF009 (a field specifier)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,7 +303,7 @@ class RestorePrivacyReply(Reply):
 class TrainReply(Reply):
     describes = "train reply"
 
-    weights: ArrayRecord = _in(ARRAYS)
+    weights: ArrayRecord = _in(ARRAYS)  # noqa: RUF009 (a field specifier)
     train_stays: int = _in(METRICS, WEIGHT)
     # Without DP only: under DP-SGD nothing computed from training stays leaves but the weights.
     train_loss: float | None = _in(METRICS, default=None)
@@ -317,7 +320,7 @@ class EvaluateReply(Reply):
     auprc: float = _in(METRICS)
     brier: float = _in(METRICS)
     loss: float = _in(METRICS)
-    histogram: ScoreHistogram = _in("histogram")
+    histogram: ScoreHistogram = _in("histogram")  # noqa: RUF009 (a field specifier)
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

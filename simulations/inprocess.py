@@ -15,11 +15,10 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
-from flwr.clientapp import ClientApp
 
 from fedicu.client.client_app import app as hospital_app
 from fedicu.server.federated_run import Progress, RunState
@@ -38,9 +37,16 @@ class InProcessGrid:
 
     pull_interval = 0.001
 
-    def __init__(self, client_app: ClientApp, hospitals: int, slow_training: dict[int, threading.Event] | None = None):
+    def __init__(
+        self,
+        client_app: Callable[[Message, Context], Message],
+        hospitals: int,
+        slow_training: dict[int, threading.Event] | None = None,
+    ):
         self.client_app = client_app
-        self.contexts = {1000 + i: Context(1, 1000 + i, {"partition-id": i}, RecordDict(), {}) for i in range(hospitals)}
+        self.contexts = {
+            1000 + i: Context(1, 1000 + i, {"partition-id": i}, RecordDict(), {}) for i in range(hospitals)
+        }
         # node -> when its training replies arrive
         self.slow_training = {1000 + i: event for i, event in (slow_training or {}).items()}
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="hospitals")
@@ -87,7 +93,7 @@ def run_in_process(
     federation: Federation,
     run_dir: RunDirectory,
     progress: Progress,
-    client_app: ClientApp = hospital_app,
+    client_app: Callable[[Message, Context], Message] = hospital_app,
     resume: RunState | None = None,
     slow_training: dict[int, threading.Event] | None = None,
 ) -> dict:

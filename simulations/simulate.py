@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
@@ -18,13 +19,12 @@ from flwr.simulation import run_simulation
 
 from fedicu.client.client_app import app as hospital_app
 from fedicu.server.federated_run import Progress, RunState
-from fedicu.shared.run_dir import RunDirectory
 from fedicu.server.server_app import serve
 from fedicu.shared.compat import PromptDispatch, quiet_ray
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
+from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.training import torch_threads
-
 
 REPLY_POLL_SECONDS = 0.005
 
@@ -59,7 +59,7 @@ def simulate(
     def main(grid: Grid, context: Context) -> None:
         # The engine's grid checks for replies every 0.1 s: two exchanges a round made every
         # round at least 0.2 s long. Polling in-memory state every 5 ms costs nothing.
-        grid.pull_interval = REPLY_POLL_SECONDS
+        grid.pull_interval = REPLY_POLL_SECONDS  # type: ignore[attr-defined]  # read by messaging.collect
         dispatch.wake_on_send(grid)
         # The server scores the test split while the hospitals train the next round on every
         # core: on one thread it takes the least from them. (Secure aggregation rounds do not
@@ -68,7 +68,7 @@ def simulate(
             result.update(serve(grid, config, federation, run_dir, progress, resume))
 
     cores = os.cpu_count() or 1
-    backend_config = {
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cores, "logging_level": "error", "log_to_driver": False},
     }

@@ -4,10 +4,55 @@ import pytest
 
 PHYSIONET_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"
 
-requires_physionet = pytest.mark.skipif(
+_physionet_absent = pytest.mark.skipif(
     not (PHYSIONET_DIR / "set-a.tar.gz").exists(),
     reason=f"PhysioNet 2012 data not found at {PHYSIONET_DIR} (get it from PhysioNet to run this test)",
 )
+
+
+def requires_physionet(test):
+    """Reads the PhysioNet 2012 files: marked `realdata`, skipped with a reason when they are absent."""
+    return pytest.mark.realdata(_physionet_absent(test))
+
+
+# Tests of more than about 20 s on two cores (`pytest -m "not slow"` leaves them out), by file and
+# name; a module-scoped fixture's cost counts for the tests that use it.
+SLOW = {
+    "test_faults.py": ["test_a_run_killed_after_round_two_resumes_to_the_same_result"],
+    "test_bench.py": [
+        "test_quick_bench_ends_with_one_json_object_holding_the_goal_figures",
+        "test_scale_runs_virtual_hospitals_with_twenty_training_stays_each",
+    ],
+    "test_audit.py": [
+        "test_audit_of_a_run_writes_the_report_and_the_roc_plot",
+        "test_audit_of_the_best_model_with_few_targets_and_no_shadows",
+        "test_an_incomplete_run_directory_is_refused_by_name",
+    ],
+    "test_simulation.py": [
+        "test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run",
+        "test_evaluate_scores_a_saved_model_as_json",
+        "test_an_existing_run_directory_is_never_overwritten",
+    ],
+    "test_sweep.py": [
+        "test_every_cell_lands_in_the_csv_with_accuracy_privacy_and_audit",
+        "test_a_rerun_skips_finished_cells_and_reruns_an_unfinished_one",
+        "test_a_sweep_directory_is_not_mixed_with_other_settings",
+    ],
+    "test_secure_aggregation.py": ["test_secure_aggregation_works_with_fedadam_and_dp_sgd"],
+    "test_contract.py": ["test_each_strategy_and_protection_runs_end_to_end_through_the_contract"],
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.name
+        if path == "test_deployment.py":
+            item.add_marker(pytest.mark.deploy)
+            item.add_marker(pytest.mark.slow)
+        if item.originalname in SLOW.get(path, []):  # type: ignore[attr-defined]
+            item.add_marker(pytest.mark.slow)
+        if any("PhysioNet" in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.realdata)
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from fedicu.client.client_app import app
-from fedicu.shared.datasets import physionet2012, synthetic
-from fedicu.shared.config import RunConfig
-from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared import compat
+from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import (
     ARRAYS,
     METRICS,
@@ -23,6 +21,8 @@ from fedicu.shared.contract import (
     TrainReply,
     TrainRequest,
 )
+from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.preprocessing import NORMALIZED_CHANNELS
 
 
@@ -37,10 +37,12 @@ def _task_identity():
 def site(tmp_path):
     physionet2012.write(synthetic.generate(hospitals=2, stays=300, seed=8), tmp_path, "b")
     return Context(
-        run_id=1, node_id=7,
+        run_id=1,
+        node_id=7,
         node_config={"data-dir": str(tmp_path), "hospital": "st-elsewhere", "state-dir": str(tmp_path / "state")},
-        state=RecordDict(), run_config={},
-    )  # fmt: skip
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 RUN = dict(seed=0, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp")
@@ -62,12 +64,24 @@ def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
 
 
 def _train_message(torch_state: dict, **settings) -> Message:
-    request = TrainRequest(**{
-        **RUN, "model": model_config_of(RunConfig()), "norm_mean": [0.0] * len(NORMALIZED_CHANNELS),
-        "norm_std": [1.0] * len(NORMALIZED_CHANNELS), "server_round": 1, "local_epochs": 1, "lr": 0.003,
-        "batch_size": 64, "planned_rounds": 1, "target_epsilon": 0.0, "noise_multiplier": 0.0, "max_grad_norm": 1.0,
-        "proximal_mu": 0.0, **settings,
-    })  # fmt: skip
+    request = TrainRequest(
+        **{
+            **RUN,
+            "model": model_config_of(RunConfig()),
+            "norm_mean": [0.0] * len(NORMALIZED_CHANNELS),
+            "norm_std": [1.0] * len(NORMALIZED_CHANNELS),
+            "server_round": 1,
+            "local_epochs": 1,
+            "lr": 0.003,
+            "batch_size": 64,
+            "planned_rounds": 1,
+            "target_epsilon": 0.0,
+            "noise_multiplier": 0.0,
+            "max_grad_norm": 1.0,
+            "proximal_mu": 0.0,
+            **settings,
+        }
+    )
     content = request.to_content()
     content[ARRAYS] = ArrayRecord(torch_state)
     return Message(content, dst_node_id=7, message_type=TrainRequest.message_type)
@@ -94,7 +108,7 @@ def test_a_site_without_physionet_sets_is_refused_by_name(tmp_path):
 def test_a_hospital_refuses_dp_with_delta_not_below_one_over_n_before_training(site):
     reply = app(_stats_message(dp=True, delta=0.01), site)
     assert reply.has_error()
-    assert "st-elsewhere: --delta 0.01 must be below 1/n" in reply.error.reason
+    assert "st-elsewhere: --delta 0.01 must be below 1/n" in str(reply.error.reason)
 
 
 DP_TRAIN = dict(dp=True, noise_multiplier=1.0, delta=1e-3)
@@ -119,7 +133,7 @@ def _fresh_site(site: Context) -> Context:
 def _dp_weights(context: Context, torch_state: dict) -> dict:
     reply = app(_train_message(torch_state, **DP_TRAIN), context)
     assert not reply.has_error(), reply.error
-    return reply.content[ARRAYS].to_torch_state_dict()
+    return reply.content.array_records[ARRAYS].to_torch_state_dict()
 
 
 def test_a_deployed_site_draws_dp_noise_from_the_os_not_from_the_public_seed(site):

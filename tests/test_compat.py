@@ -5,6 +5,7 @@ import inspect
 import threading
 from queue import Queue
 from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -97,8 +98,15 @@ def test_the_secagg_workflow_still_has_the_stage_and_state_the_fix_rewrites():
 
     fixed = compat.secagg_workflow_class()
     assert issubclass(fixed, SecAggPlusWorkflow)
-    assert callable(getattr(SecAggPlusWorkflow, "_check_threshold", None)), "SecAggPlusWorkflow: _check_threshold is gone"
-    assert list(inspect.signature(SecAggPlusWorkflow.share_keys_stage).parameters) == ["self", "grid", "context", "state"]
+    assert callable(getattr(SecAggPlusWorkflow, "_check_threshold", None)), (
+        "SecAggPlusWorkflow: _check_threshold is gone"
+    )
+    assert list(inspect.signature(SecAggPlusWorkflow.share_keys_stage).parameters) == [
+        "self",
+        "grid",
+        "context",
+        "state",
+    ]
     state_fields = set(WorkflowState.__dataclass_fields__)
     assert {"sampled_node_ids", "active_node_ids", "nid_to_neighbours"} <= state_fields, (
         "SecAgg+ workflow state renamed the fields the early-leaver fix rewrites"
@@ -118,12 +126,19 @@ def test_fedadams_moments_survive_a_restore():
     from flwr.serverapp.strategy import FedAdam
 
     def replies(value: float) -> list[Message]:
-        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.full(3, value))}), "metrics": MetricRecord({"num-examples": 5})})
+        content = RecordDict(
+            {"arrays": ArrayRecord({"w": Array(np.full(3, value))}), "metrics": MetricRecord({"num-examples": 5})}
+        )
         return [Message(content, dst_node_id=1, message_type="train")]
 
     with compat.in_a_task():
         strategy = FedAdam(eta=0.1, eta_l=0.1, min_train_nodes=1, min_available_nodes=1)
-        strategy.configure_train(1, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(), SimpleNamespace(get_node_ids=lambda: [1]))
+        strategy.configure_train(
+            1,
+            ArrayRecord({"w": Array(np.zeros(3))}),
+            ConfigRecord(),
+            cast(Any, SimpleNamespace(get_node_ids=lambda: [1])),
+        )
         strategy.aggregate_train(1, replies(1.0))
         state = compat.strategy_state(strategy)
         assert set(state) == set(compat.STRATEGY_STATE), "FedAdam no longer keeps its moments in m_t and v_t"
@@ -132,6 +147,7 @@ def test_fedadams_moments_survive_a_restore():
         compat.restore_strategy_state(restored, state)
         expected, _ = strategy.aggregate_train(2, replies(2.0))
         got, _ = restored.aggregate_train(2, replies(2.0))
+    assert expected is not None and got is not None
     assert np.allclose(expected["w"].numpy(), got["w"].numpy())
 
 
@@ -165,4 +181,6 @@ def test_ray_still_reads_the_variable_that_quiets_it():
     import ray._private.worker as worker
 
     compat.quiet_ray()
-    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" in inspect.getsource(worker), "Ray renamed the accelerator notice switch"
+    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" in inspect.getsource(worker), (
+        "Ray renamed the accelerator notice switch"
+    )

@@ -3,6 +3,8 @@ broken or foreign-version messages are refused by name, and FedProx, FedAdam, DP
 each run end to end through it."""
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,12 +35,23 @@ from fedicu.shared.preprocessing import FeatureStats
 from fedicu.shared.run_dir import RunDirectory
 from fedicu.simulations.inprocess import run_in_process
 
-RUN = dict(seed=4, val_fraction=0.25, dp=True, delta=1e-5, accountant="prv", prepared_data="/tmp/federation.npz")
-EVALUATE = dict(RUN, server_round=3, norm_mean=[0.5, -1.0], norm_std=[2.0, 1.5], model=ModelConfig(n_features=7))
-TRAIN = dict(
-    EVALUATE, local_epochs=2, lr=0.01, batch_size=32, planned_rounds=10, target_epsilon=4.0, noise_multiplier=0.0,
-    max_grad_norm=1.2, proximal_mu=0.1,
-)  # fmt: skip
+RUN: dict[str, Any] = dict(
+    seed=4, val_fraction=0.25, dp=True, delta=1e-5, accountant="prv", prepared_data="/tmp/federation.npz"
+)
+EVALUATE: dict[str, Any] = dict(
+    RUN, server_round=3, norm_mean=[0.5, -1.0], norm_std=[2.0, 1.5], model=ModelConfig(n_features=7)
+)
+TRAIN: dict[str, Any] = dict(
+    EVALUATE,
+    local_epochs=2,
+    lr=0.01,
+    batch_size=32,
+    planned_rounds=10,
+    target_epsilon=4.0,
+    noise_multiplier=0.0,
+    max_grad_norm=1.2,
+    proximal_mu=0.1,
+)
 rng = np.random.default_rng(0)
 EVERY_MESSAGE = [
     FeatureStatsRequest(**RUN),
@@ -49,14 +62,22 @@ EVERY_MESSAGE = [
     FeatureStatsReply(hospital="north", train_stays=120),  # under DP-SGD: no statistics
     RestorePrivacyReply(hospital="north", train_stays=120),
     TrainReply(
-        hospital="north", weights=ArrayRecord({"w": Array(rng.normal(size=(2, 3)))}), train_stays=120,
-        train_loss=0.4, local_val_auroc=0.8,
-    ),  # fmt: skip
+        hospital="north",
+        weights=ArrayRecord({"w": Array(rng.normal(size=(2, 3)))}),
+        train_stays=120,
+        train_loss=0.4,
+        local_val_auroc=0.8,
+    ),
     TrainReply(hospital="north", weights=ArrayRecord({"w": Array(np.zeros(2))}), train_stays=120, ledger="{}"),
     EvaluateReply(
-        hospital="north", val_stays=30, auroc=0.7, auprc=0.3, brier=0.1, loss=0.35,
+        hospital="north",
+        val_stays=30,
+        auroc=0.7,
+        auprc=0.3,
+        brier=0.1,
+        loss=0.35,
         histogram=ScoreHistogram(rng.integers(0, 5, 10), rng.integers(0, 5, 10)),
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -90,19 +111,19 @@ def test_keys_are_derived_from_the_fields_and_flowers_strategies_find_theirs():
 
 def test_a_missing_field_or_a_wrong_type_is_named():
     content = TrainRequest(**TRAIN).to_content()
-    del content[contract.CONFIG]["lr"]
+    del content.config_records[contract.CONFIG]["lr"]
     with pytest.raises(ContractError, match="train request: config lacks 'lr'"):
         TrainRequest.from_content(content)
     content = TrainRequest(**TRAIN).to_content()
-    content[contract.CONFIG]["batch-size"] = "many"
+    content.config_records[contract.CONFIG]["batch-size"] = "many"
     with pytest.raises(ContractError, match="'batch-size' must be int"):
         TrainRequest.from_content(content)
 
 
 def test_another_contract_version_is_refused_naming_both_versions():
     content = FeatureStatsRequest(**RUN).to_content()
-    content[contract.CONFIG]["contract-version"] = contract.CONTRACT_VERSION + 1
-    content[contract.CONFIG]["fedicu-version"] = "9.9.9"
+    content.config_records[contract.CONFIG]["contract-version"] = contract.CONTRACT_VERSION + 1
+    content.config_records[contract.CONFIG]["fedicu-version"] = "9.9.9"
     with pytest.raises(ContractMismatch) as refused:
         FeatureStatsRequest.from_content(content)
     text = str(refused.value)
@@ -113,7 +134,7 @@ def test_another_contract_version_is_refused_naming_both_versions():
 SMALL = dict(hospitals=3, synthetic_stays=600, rounds=2, seed=2)
 
 
-def _run(tmp_path, client_app: ClientApp = hospital_app, **overrides) -> RunDirectory:
+def _run(tmp_path, client_app: Callable[[Message, Any], Message] = hospital_app, **overrides) -> RunDirectory:
     config = RunConfig(**{**SMALL, **overrides})
     run_dir = RunDirectory(tmp_path / "run").create()
     run_in_process(config, prepare(config), run_dir, LogProgress(), client_app=client_app)
@@ -127,7 +148,9 @@ def test_a_hospital_of_another_version_is_refused_at_first_contact(tmp_path, mon
             old.setattr(contract, "FEDICU_VERSION", "9.9.9")
             return hospital_app(msg, context)
 
-    with pytest.raises(RuntimeError, match=r"refused the server: .*contract version 2 \(fedicu .*\), this side 3 \(fedicu 9\.9\.9\)"):
+    with pytest.raises(
+        RuntimeError, match=r"refused the server: .*contract version 2 \(fedicu .*\), this side 3 \(fedicu 9\.9\.9\)"
+    ):
         _run(tmp_path, old_hospital)
     assert RunDirectory(tmp_path / "run").status == "failed"
 

@@ -89,16 +89,33 @@ def _fedicu(*args):
 @pytest.mark.timeout(900)
 def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
     # FedAdam's moments and every hospital's privacy ledger must survive the kill too.
-    options = ["--strategy", "fedadam", "--dp", "--target-epsilon", "4", "--rounds", "4",
-               "--hospitals", "3", "--synthetic-stays", "900", "--seed", "3"]  # fmt: skip
+    options = [
+        "--strategy",
+        "fedadam",
+        "--dp",
+        "--target-epsilon",
+        "4",
+        "--rounds",
+        "4",
+        "--hospitals",
+        "3",
+        "--synthetic-stays",
+        "900",
+        "--seed",
+        "3",
+    ]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    done = subprocess.run(_fedicu("simulate", *options, "--out", str(reference)), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        _fedicu("simulate", *options, "--out", str(reference)), capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr
 
     process = subprocess.Popen(
         _fedicu("simulate", *options, "--out", str(killed)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while RunDirectory(killed).status is None or RunDirectory(killed).read_json("run.json")["rounds_completed"] < 2:
@@ -116,7 +133,7 @@ def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
     assert f"after round {interrupted['rounds_completed']}" in resumed.stderr
     expected, got = RunDirectory(reference).read_json("metrics.json"), RunDirectory(killed).read_json("metrics.json")
     assert [r["round"] for r in got] == [1, 2, 3, 4]
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         for key, value in e.items():
             if key != "seconds" and isinstance(value, float):
                 assert g[key] == pytest.approx(value, abs=1e-4), (e["round"], key)

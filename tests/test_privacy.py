@@ -2,19 +2,20 @@
 
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
 from fedicu.server.federated_run import LogProgress
-from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import prepare
 from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, epsilon_of
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
-from fedicu.simulations.simulate import simulate
+from fedicu.shared.run_dir import RunDirectory
+from fedicu.simulations.inprocess import run_in_process as simulate  # DP accounting needs no Ray
 
 
 def test_ledger_composes_rounds_instead_of_restarting():
@@ -42,7 +43,7 @@ def test_budget_check_refuses_the_round_that_would_overspend():
         ledger.check_budget(1.0, 0.1, 30, target_epsilon=enough * 0.99)
 
 
-SMALL = dict(hospitals=3, synthetic_stays=900, seed=3, dp=True)
+SMALL: dict[str, Any] = dict(hospitals=3, synthetic_stays=900, seed=3, dp=True)
 
 
 def _run(tmp_path, **overrides):
@@ -72,14 +73,16 @@ def test_dp_run_accounts_every_round_and_stays_within_target(tmp_path):
 
 
 def test_a_hospital_out_of_budget_declines_and_the_others_carry_on(tmp_path):
-    config = RunConfig(**SMALL, rounds=2, noise_multiplier=1.0)
+    config = RunConfig(**{**SMALL, "rounds": 2, "noise_multiplier": 1.0})
     federation = prepare(config)
     schedules = {h.name: PoissonSchedule.of(len(h.train), config.batch_size) for h in federation.hospitals}
     spend = {
-        name: (epsilon_of("rdp", [(1.0, s.sample_rate, s.steps_per_epoch)], 1e-5),
-               epsilon_of("rdp", [(1.0, s.sample_rate, 2 * s.steps_per_epoch)], 1e-5))
+        name: (
+            epsilon_of("rdp", [(1.0, s.sample_rate, s.steps_per_epoch)], 1e-5),
+            epsilon_of("rdp", [(1.0, s.sample_rate, 2 * s.steps_per_epoch)], 1e-5),
+        )
         for name, s in schedules.items()
-    }  # fmt: skip
+    }
     hungriest = max(spend, key=lambda n: spend[n][1])
     others_two_rounds = max(two for name, (_, two) in spend.items() if name != hungriest)
     target = (max(spend[hungriest][0], others_two_rounds) + spend[hungriest][1]) / 2
