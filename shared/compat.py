@@ -11,6 +11,7 @@ Flower
 - `SecAggPlusWorkflow`: Flower's SecAgg+ workflow with a fix for hospitals that leave before
   sharing their keys; it rewrites the workflow's state and calls its `_check_threshold`.
 - `legacy_*`: SecAgg+ speaks Flower's legacy `FitIns`/`FitRes` layout and context.
+- `parse_run_config`: `--run-config` text read as `flwr run` reads it.
 - `strategy_state` / `restore_strategy_state`: FedAdam keeps its moments in `m_t` and `v_t`.
 - `in_a_task` / `set_message_id`: building messages outside Flower's runtime (the in-process
   grid of tests), which Flower allows only inside a task.
@@ -126,6 +127,13 @@ def secagg_workflow_class() -> type:
     return SecAggPlusWithEarlyLeavers
 
 
+def secagg_state_fields() -> set[str]:
+    """The fields of the SecAgg+ workflow's state (the fix above rewrites three of them)."""
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+    return set(WorkflowState.__dataclass_fields__)
+
+
 def legacy_context(server_round: int, arrays: ArrayRecord, strategy: Any) -> Any:
     """The legacy context SecAgg+'s workflow runs in: the round, the global model, a strategy."""
     from flwr.server.compat.legacy_context import LegacyContext
@@ -197,6 +205,16 @@ def add_legacy_fit_reply(reply: Message, arrays: ArrayRecord, num_examples: int)
     fit = FitRes(Status(Code.OK, ""), arrayrecord_to_parameters(arrays, keep_input=True), num_examples, {})
     for key, record in fitres_to_recorddict(fit, keep_input=True).items():
         reply.content[key] = record
+
+
+# ---- Flower: run configuration on the command line -----------------------------------------
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """`--run-config` text ('rounds=5 dp=true') as `flwr run` reads it."""
+    from flwr.common.config import parse_config_args
+
+    return dict(parse_config_args([text]))
 
 
 # ---- Flower: strategy state ------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
         "sites": 3,
         "rounds": 2,
         "secagg": True,
-        "round-timeout": 20.0,
+        "round-timeout": 40.0,  # a ClientApp process per message: slow under load
         "test-dir": str(test_dir),
         "out": str(run_dir),
     }

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 
 from fedicu.shared.errors import DataError
+from fedicu.simulations.cli.common import RunFailed, UserError, console
 
 from . import deployment, evaluation, privacy, site, tools, training
-from .common import RunFailed, UserError, console
 
 app = typer.Typer(
     help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",

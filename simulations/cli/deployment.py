@@ -8,15 +8,14 @@ from typing import Annotated
 
 import click
 import typer
-from flwr.common.config import parse_config_args
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedicu.server.server_app import default_run_dir
+from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
 from fedicu.shared.run_dir import METRICS_JSON
-
-from .common import OPTION_HELP, RunFailed, UserError, console, rounds_table
+from fedicu.simulations.cli.common import OPTION_HELP, RunFailed, UserError, console, rounds_table
 
 
 def certs(
@@ -72,7 +71,9 @@ def deploy_demo(
     if rounds < 1:
         raise UserError("--rounds must be at least 1")
     try:  # refused here rather than by the ServerApp once every process is up
-        RunConfig.from_flower({"sites": sites, "rounds": rounds, "secagg": secagg, **parse_config_args([run_config])})
+        RunConfig.from_flower(
+            {"sites": sites, "rounds": rounds, "secagg": secagg, **compat.parse_run_config(run_config)}
+        )
     except (ValueError, click.ClickException) as error:
         message = error.message if isinstance(error, click.ClickException) else str(error)
         raise UserError(f"--run-config {run_config!r}: {message}") from None

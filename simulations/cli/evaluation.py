@@ -16,8 +16,7 @@ from fedicu.shared.metrics import binary_metrics
 from fedicu.shared.preprocessing import clean, to_features, to_sequences
 from fedicu.shared.run_dir import load_trained
 from fedicu.shared.training import predict
-
-from .common import OPTION_HELP, UserError, console, fmt, titled
+from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, fmt, titled
 
 
 def evaluate(

@@ -13,8 +13,7 @@ from rich.table import Table
 
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
-
-from .common import RunFailed, UserError, console, fmt, run_options, titled
+from fedicu.simulations.cli.common import RunFailed, UserError, console, fmt, run_options, titled
 
 
 def audit(

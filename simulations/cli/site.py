@@ -14,8 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedicu.shared.config import RunConfig
-
-from .common import OPTION_HELP, UserError, console, titled
+from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, titled
 
 site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import OPTION_HELP, UserError, console, fmt
+from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, fmt
 
 
 def bench(

@@ -13,8 +13,7 @@ from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RunDirectory
-
-from .common import RunFailed, UserError, console, results_table, rounds_table, run_options
+from fedicu.simulations.cli.common import RunFailed, UserError, console, results_table, rounds_table, run_options
 
 COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
