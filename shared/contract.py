@@ -206,10 +206,6 @@ class Request(Payload):
         """The request as the config record a strategy sends with the global model."""
         return self.to_content()[CONFIG]  # type: ignore[return-value]
 
-    def run_settings(self) -> dict[str, Any]:
-        """The fields every request shares, to build another request of the same run."""
-        return {f.name: getattr(self, f.name) for f in fields(Request)}
-
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureStatsRequest(Request):

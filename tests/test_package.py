@@ -1,5 +1,6 @@
 """The built wheel installs one top-level name, `fedicu`, and holds every module of the four folders."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,9 +14,13 @@ FOLDERS = ("shared", "client", "server", "simulations")
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    out = tmp_path_factory.mktemp("wheel")
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):  # a copy: building leaves build/ behind in the tree it builds
+        shutil.copy(ROOT / name, source / name)
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
