@@ -13,16 +13,23 @@ A `Cohort` is two tables:
   units). A stay may have no measurements at all: it is kept, with an
   all-missing series.
 
+A cohort also says which `task` its `label` column answers (see `shared.tasks`)
+and which input rows its reader skipped (`skipped`: rows whose variable is empty
+or not one the federation models, counted per name with the first place each
+occurs), so that a command can report them and `--strict` can refuse them.
+
 Datasets build cohorts; preprocessing and partitioning only read them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from fedicu.shared.errors import DataError
+from fedicu.shared.tasks import DEFAULT_TASK
 from fedicu.shared.variables import TIME_SERIES
 
 STAY_COLUMNS: tuple[str, ...] = (
@@ -33,11 +40,54 @@ VARIABLE_DTYPE = pd.CategoricalDtype(categories=list(TIME_SERIES), ordered=False
 
 
 @dataclass(frozen=True)
+class SkippedRows:
+    """Input rows skipped because their variable is `name` (empty, unknown or unmapped)."""
+
+    name: str
+    count: int
+    path: str  # the file of the first such row
+    line: int | None  # and its line, where the format has lines
+
+    @property
+    def where(self) -> str:
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "count": self.count, "first": self.where}
+
+    def error(self) -> DataError:
+        """What `--strict` raises for these rows."""
+        what = "an empty variable name" if not self.name else f"the unknown variable {self.name!r}"
+        message = f"row with {what} ({self.count:,} such rows in all); without --strict they are skipped"
+        return DataError(message, self.path, self.line)
+
+
+def merge_skipped(*groups: tuple[SkippedRows, ...]) -> tuple[SkippedRows, ...]:
+    """One entry per name, counts added up, the first place kept (groups in reading order)."""
+    merged: dict[str, SkippedRows] = {}
+    for group in groups:
+        for rows in group:
+            seen = merged.get(rows.name)
+            merged[rows.name] = rows if seen is None else replace(seen, count=seen.count + rows.count)
+    return tuple(merged.values())
+
+
+def skipped_summary(skipped: tuple[SkippedRows, ...]) -> str:
+    """One line for a user: `skipped 12 rows with an unknown or empty variable: '' 10 (first f:3), ...`."""
+    total = sum(rows.count for rows in skipped)
+    shown = ", ".join(f"{rows.name!r} {rows.count:,} (first {rows.where})" for rows in skipped[:5])
+    more = ", ..." if len(skipped) > 5 else ""
+    return f"skipped {total:,} rows with an empty or unknown variable: {shown}{more}"
+
+
+@dataclass(frozen=True)
 class Cohort:
     """ICU stays with static descriptors, irregular measurements and labels."""
 
     stays: pd.DataFrame
     measurements: pd.DataFrame
+    task: str = DEFAULT_TASK
+    skipped: tuple[SkippedRows, ...] = ()  # in reading order of their first row
 
     def __post_init__(self) -> None:
         missing = [c for c in STAY_COLUMNS if c not in self.stays.columns]
@@ -61,16 +111,26 @@ class Cohort:
         """The stays with these ids (in this order) and their measurements."""
         stays = self.stays.loc[stay_ids]
         keep = self.measurements["stay_id"].isin(stays.index)
-        return Cohort(stays=stays, measurements=self.measurements[keep].reset_index(drop=True))
+        return replace(self, stays=stays, measurements=self.measurements[keep].reset_index(drop=True))
+
+    def strict(self) -> Cohort:
+        """This cohort, or the `DataError` of its first skipped rows (`--strict`)."""
+        if self.skipped:
+            raise self.skipped[0].error()
+        return self
 
     @staticmethod
     def concat(cohorts: list[Cohort]) -> Cohort:
+        tasks = {c.task for c in cohorts}
+        if len(tasks) > 1:
+            raise ValueError(f"cohorts of different tasks ({', '.join(sorted(tasks))}) cannot be combined")
         stays = pd.concat([c.stays for c in cohorts])
         if not stays.index.is_unique:
             raise ValueError("cohorts share stay ids; they cannot be combined")
         measurements = pd.concat([c.measurements for c in cohorts], ignore_index=True)
         measurements["variable"] = measurements["variable"].astype(VARIABLE_DTYPE)
-        return Cohort(stays=stays, measurements=measurements)
+        skipped = merge_skipped(*(c.skipped for c in cohorts))
+        return Cohort(stays=stays, measurements=measurements, task=cohorts[0].task, skipped=skipped)
 
 
 def empty_measurements() -> pd.DataFrame:

@@ -1,50 +1,80 @@
 """Datasets: every source becomes a `Cohort` through one small interface.
 
-A dataset is a `load(config) -> Cohort` function plus the partition that splits
-it into its natural hospitals. Adding one means adding a module and one entry to
-`DATASETS`; nothing downstream changes.
+A dataset is a module with `from_source(source: DataSource) -> Cohort` plus the
+partition that splits it into its natural hospitals, registered in `DATASETS`
+under the name `--dataset` (also spelled `--data-format`) takes. Adding one means
+adding a module and one entry here; nothing downstream changes.
+
+Readers skip rows whose variable is empty or unknown and record them on the
+cohort (`Cohort.skipped`); `load_cohort` turns them into an error when the
+source is `strict`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fedicu.shared.cohort import Cohort
-from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.tasks import DEFAULT_TASK
 
-if TYPE_CHECKING:
-    from fedicu.shared.config import RunConfig
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a command reads its stays and how: everything a reader may need."""
+
+    format: str = "synthetic"
+    data_dir: str = ""
+    sets: str = "a,b"  # physionet2012: the sets to read
+    labels: str = ""  # meds: the label file or folder
+    mapping: str = ""  # tables, meds: a TOML mapping to the federation's variables
+    task: str = DEFAULT_TASK
+    strict: bool = False  # skipped rows become an error
+    hospitals: int = 4  # synthetic
+    stays: int = 2400  # synthetic
+    seed: int = 0  # synthetic
+
+    def describe(self) -> str:
+        if self.format == "synthetic":
+            return f"synthetic ({self.stays} stays, {self.hospitals} hospitals, seed {self.seed})"
+        sets = f" sets {self.sets}" if self.format == "physionet2012" else ""
+        return f"{self.format} {self.data_dir}{sets}"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    load: Callable[[RunConfig], Cohort]
+    module: str  # fedicu.shared.datasets.<module> provides from_source(DataSource) -> Cohort
     natural_partition: str
+    needs_data_dir: bool = True
+
+    @property
+    def load(self) -> Callable[[DataSource], Cohort]:
+        return importlib.import_module(f"fedicu.shared.datasets.{self.module}").from_source
 
 
 DATASETS: dict[str, Dataset] = {
-    "synthetic": Dataset(
-        load=lambda c: synthetic.generate(hospitals=c.hospitals, stays=c.synthetic_stays, seed=c.seed),
-        natural_partition="hospital",
-    ),
-    "physionet2012": Dataset(
-        load=lambda c: physionet2012.load(c.data_dir, sets=c.sets.split(",")),
-        natural_partition="icu-type",
-    ),
+    "synthetic": Dataset("synthetic", natural_partition="hospital", needs_data_dir=False),
+    "physionet2012": Dataset("physionet2012", natural_partition="icu-type"),
+    "tables": Dataset("tables", natural_partition="hospital"),
+    "meds": Dataset("meds", natural_partition="hospital"),
 }
 
 
-def _get(name: str) -> Dataset:
+def get(name: str) -> Dataset:
     if name not in DATASETS:
-        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown --data-format {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
-def load_cohort(config: RunConfig) -> Cohort:
-    return _get(config.dataset).load(config)
+def load_cohort(source: DataSource) -> Cohort:
+    """The stays of `source`; with `source.strict`, a `DataError` at the first skipped row."""
+    dataset = get(source.format)
+    if dataset.needs_data_dir and not source.data_dir:
+        raise ValueError(f"--data-dir is required for --data-format {source.format}")
+    cohort = dataset.load(source)
+    return cohort.strict() if source.strict else cohort
 
 
-def natural_partition(dataset: str) -> str:
-    return _get(dataset).natural_partition
+def natural_partition(name: str) -> str:
+    return get(name).natural_partition

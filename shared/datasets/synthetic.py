@@ -29,13 +29,17 @@ arguments give bit-for-bit identical tables.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort
+from fedicu.shared.tasks import DEFAULT_TASK
 from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
+
+if TYPE_CHECKING:
+    from fedicu.shared.datasets import DataSource
 
 SOURCE = "synthetic"
 MINUTES = 48 * 60
@@ -479,3 +483,10 @@ def generate(hospitals: int = 4, stays: int = 2400, seed: int = 0) -> Cohort:
     table, world = _draw_stays(rng, profiles, stays)
     measurements = _draw_measurements(rng, profiles, world)
     return Cohort(stays=table, measurements=measurements)
+
+
+def from_source(source: DataSource) -> Cohort:
+    """The dataset interface: `generate` with the source's size and seed."""
+    if source.task != DEFAULT_TASK:
+        raise ValueError(f"the synthetic cohort has only the task {DEFAULT_TASK}, not --task {source.task}")
+    return generate(hospitals=source.hospitals, stays=source.stays, seed=source.seed)
