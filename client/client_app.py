@@ -50,7 +50,7 @@ from fedicu.shared.contract import (
     TrainReply,
     TrainRequest,
 )
-from fedicu.shared.federation import HospitalData, load_hospital, load_site
+from fedicu.shared.federation import HospitalData, load_hospital, load_site, site_source
 from fedicu.shared.metrics import ScoreHistogram, auroc, binary_metrics
 from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
@@ -64,16 +64,18 @@ def _hospital(request: Request, context: Context) -> HospitalData:
     """This hospital's stays: its own folder when deployed, its partition in simulation."""
     node = context.node_config
     if "data-dir" in node:
-        return load_site(str(node["data-dir"]), str(node.get("hospital", "")), request.val_fraction, request.seed)
+        source = site_source(node, request.task)
+        return load_site(source, str(node.get("hospital", "")), request.val_fraction, request.seed)
     return load_hospital(request.prepared_data, int(node["partition-id"]))
 
 
 def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarray, np.ndarray]:
     """Normalized training and validation inputs, built once per normalization."""
-    key = (id(hospital), tuple(request.norm_mean), tuple(request.norm_std))
+    key = (id(hospital), tuple(request.norm_mean), tuple(request.norm_std), request.model.variables)
     if key not in _features:
         norm = Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
-        _features[key] = (to_features(hospital.train, norm), to_features(hospital.val, norm))
+        channels = request.model.channels
+        _features[key] = (to_features(hospital.train, norm, channels), to_features(hospital.val, norm, channels))
     return _features[key]
 
 

@@ -186,6 +186,7 @@ class FederatedRun:
         self.strategy = make_strategy(config, data.hospitals)
         self.settings: dict[str, Any] = dict(
             seed=config.seed,
+            task=config.task,
             val_fraction=config.val_fraction,
             dp=config.dp,
             delta=config.delta,
@@ -216,7 +217,11 @@ class FederatedRun:
             self._restore_privacy()
         self.arrays = ArrayRecord(self.state.arrays)
         norm = self.state.norm
-        self.test = (to_features(self.data.test, norm), self.data.test.labels) if self.data.test is not None else None
+        self.test = (
+            (to_features(self.data.test, norm, self.model_config.channels), self.data.test.labels)
+            if self.data.test is not None
+            else None
+        )
         self.evaluate_request = EvaluateRequest(
             **self.settings,
             server_round=0,

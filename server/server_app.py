@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
@@ -42,7 +43,8 @@ def serve(
     try:
         with tempfile.TemporaryDirectory(prefix="fedicu-") as tmp:
             if federation is None:
-                test = load_folder(config.test_dir, "run-config test-dir") if config.test_dir else None
+                test_data = replace(config.data_source(), data_dir=config.test_dir)
+                test = load_folder(test_data, "run-config test-dir") if config.test_dir else None
                 data = ServerData(config.sites, test, {"test": describe(test) if test is not None else None})
             else:
                 data_file = Path(tmp) / "federation.npz"

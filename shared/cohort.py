@@ -113,6 +113,11 @@ class Cohort:
         keep = self.measurements["stay_id"].isin(stays.index)
         return replace(self, stays=stays, measurements=self.measurements[keep].reset_index(drop=True))
 
+    def only_variables(self, variables: tuple[str, ...]) -> Cohort:
+        """The same stays with the measurements of these time series only."""
+        keep = self.measurements["variable"].isin(variables).to_numpy()
+        return replace(self, measurements=self.measurements[keep].reset_index(drop=True))
+
     def strict(self) -> Cohort:
         """This cohort, or the `DataError` of its first skipped rows (`--strict`)."""
         if self.skipped:

@@ -12,15 +12,24 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedicu.shared.datasets import DATASETS, DataSource
+from fedicu.shared.tasks import DEFAULT_TASK, check_name
+from fedicu.shared.variables import TIME_SERIES
+
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     # Data
-    dataset: str = "synthetic"
+    dataset: str = "synthetic"  # the data format: a key of shared.datasets.DATASETS
     data_dir: str = ""
     sets: str = "a,b"
+    labels: str = ""  # meds: the label file or folder
+    mapping: str = ""  # tables, meds: TOML mapping of the site's columns and codes
+    task: str = DEFAULT_TASK
+    variables: str = ""  # comma-separated time series the model reads; empty: all of them
+    strict: bool = False  # rows with an empty or unknown variable are errors, not skipped
     partition: str = ""  # empty: the dataset's natural partition
     hospitals: int = 4
     alpha: float = 0.5
@@ -62,7 +71,15 @@ class RunConfig:
     out: str = ""  # empty: runs/<timestamp>
 
     def __post_init__(self) -> None:
+        chosen = self._chosen_variables()
+        unknown = [v for v in chosen if v not in TIME_SERIES]
         checks = [
+            (
+                self.dataset in DATASETS,
+                f"unknown data format {self.dataset!r} (--dataset/--data-format); choose one of {', '.join(DATASETS)}",
+            ),
+            (not unknown, f"--variables: {', '.join(unknown)} not among the time series ({', '.join(TIME_SERIES)})"),
+            (len(set(chosen)) == len(chosen), "--variables names a variable twice"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.rounds >= 1, "--rounds must be at least 1"),
             (self.local_epochs >= 1, "--local-epochs must be at least 1"),
@@ -101,13 +118,31 @@ class RunConfig:
                 "--synthetic-stays must be at least 20 per hospital (20 x --hospitals)",
             ),
             (
-                self.dataset != "physionet2012" or bool(self.data_dir),
-                "--data-dir is required for --dataset physionet2012",
+                not DATASETS.get(self.dataset, DATASETS["synthetic"]).needs_data_dir or bool(self.data_dir),
+                f"--data-dir is required for --data-format {self.dataset}",
             ),
+            (self.dataset == "meds" or not self.labels, "--labels is for --data-format meds"),
+            (self.dataset in ("tables", "meds") or not self.mapping, "--mapping is for --data-format tables or meds"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_name(self.task)
+
+    def _chosen_variables(self) -> list[str]:
+        return [v.strip() for v in self.variables.split(",") if v.strip()]
+
+    @property
+    def model_variables(self) -> tuple[str, ...]:
+        """The time series the model reads, in the federation's channel order (all when none is chosen)."""
+        chosen = self._chosen_variables()
+        return tuple(v for v in TIME_SERIES if v in chosen) or TIME_SERIES
+
+    def data_source(self) -> DataSource:
+        return DataSource(
+            format=self.dataset, data_dir=self.data_dir, sets=self.sets, labels=self.labels, mapping=self.mapping,
+            task=self.task, strict=self.strict, hospitals=self.hospitals, stays=self.synthetic_stays, seed=self.seed,
+        )  # fmt: skip
 
     def to_flower(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}

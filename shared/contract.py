@@ -30,7 +30,7 @@ from fedicu.shared.metrics import ScoreHistogram
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -193,6 +193,7 @@ class Request(Payload):
     contract_version: int = CONTRACT_VERSION
     fedicu_version: str = FEDICU_VERSION
     seed: int
+    task: str  # the label a site reads its stays for (shared.tasks)
     val_fraction: float
     dp: bool
     delta: float

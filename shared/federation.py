@@ -5,23 +5,26 @@ and bins every split into hourly `Sequences`. `save` writes the result to one
 uncompressed .npz so each simulated hospital (a separate worker process) reads
 only its own arrays with `load_hospital`, once per process.
 
-Deployment: `load_site` reads the site's own PhysioNet-format folder (every
-set in it), cleans and bins it, and splits it into training and validation
-stays; it never sees another site's data. The server may hold a test folder of
-its own (`load_folder`).
+Deployment: `load_site` reads the site's own data (a PhysioNet 2012 folder
+with every set in it, or any other data format), cleans and bins it, and splits
+it into training and validation stays; it never sees another site's data. The
+server may hold a test folder of its own (`load_folder`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedicu.shared.cache import save_arrays
+from fedicu.shared.cohort import SkippedRows
 from fedicu.shared.config import RunConfig
-from fedicu.shared.datasets import load_cohort, natural_partition, physionet2012
+from fedicu.shared.datasets import DataSource, get, load_cohort, natural_partition, physionet2012
 from fedicu.shared.partition import assign_hospitals, split, stratified_pick
 from fedicu.shared.preprocessing import Sequences, clean, describe, to_sequences
 
@@ -40,17 +43,21 @@ class Federation:
     hospitals: list[HospitalData]
     test: Sequences
     cleaning: dict[str, int]  # values removed per variable
+    task: str
+    skipped: tuple[SkippedRows, ...]  # input rows the reader skipped (empty or unknown variable)
 
     def summary(self) -> dict:
         return {
+            "task": self.task,
             "hospitals": {h.name: {"train": describe(h.train), "val": describe(h.val)} for h in self.hospitals},
             "test": describe(self.test),
             "values_removed_by_cleaning": self.cleaning,
+            "rows_skipped": [rows.to_dict() for rows in self.skipped],
         }
 
 
 def prepare(config: RunConfig) -> Federation:
-    cohort = load_cohort(config)
+    cohort = load_cohort(config.data_source())
     cohort, removed = clean(cohort)
     scheme = config.partition or natural_partition(config.dataset)
     hospital = assign_hospitals(cohort, scheme, hospitals=config.hospitals, alpha=config.alpha, seed=config.seed)
@@ -62,7 +69,7 @@ def prepare(config: RunConfig) -> Federation:
         return seqs.take(np.fromiter((row[s] for s in ids), dtype=np.int64, count=len(ids)))
 
     hospitals = [HospitalData(name, take(splits.train[name]), take(splits.val[name])) for name in splits.hospitals]
-    return Federation(hospitals=hospitals, test=take(splits.test), cleaning=removed)
+    return Federation(hospitals, take(splits.test), removed, cohort.task, cohort.skipped)
 
 
 _FIELDS = tuple(Sequences.__dataclass_fields__)
@@ -92,22 +99,42 @@ def load_hospital(path: str, index: int) -> HospitalData:
         return HospitalData(str(names[index]), parts["train"], parts["val"])
 
 
-def load_folder(data_dir: str, what: str = "node config data-dir") -> Sequences:
-    """Every stay of a PhysioNet-format folder (every set in it), cleaned and binned."""
-    folder = Path(data_dir)
-    sets = physionet2012.sets_in(folder)
+def whole_folder(source: DataSource, what: str = "node config data-dir") -> DataSource:
+    """A source reading all of its folder: for PhysioNet 2012, every set in it."""
+    if source.format != "physionet2012":
+        return source
+    sets = physionet2012.sets_in(Path(source.data_dir))
     if not sets:
-        raise ValueError(f"{what} {data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
-    return to_sequences(clean(physionet2012.load(folder, sets=sets))[0])
+        raise ValueError(f"{what} {source.data_dir}: no set-a, set-b or set-c (folder or .tar.gz) found")
+    return replace(source, sets=",".join(sets))
+
+
+def load_folder(source: DataSource, what: str = "node config data-dir") -> Sequences:
+    """Every stay of a data folder (for PhysioNet 2012, every set in it), cleaned and binned."""
+    return to_sequences(clean(load_cohort(whole_folder(source, what)))[0])
+
+
+def site_source(node_config: Mapping[str, Any], task: str) -> DataSource:
+    """A deployed site's data as its node config describes it: `data-dir`, and optionally
+    `data-format` (default physionet2012), `labels`, `mapping` and `strict`."""
+    data_format = str(node_config.get("data-format", "physionet2012"))
+    try:
+        get(data_format)
+    except ValueError as error:
+        raise ValueError(f"node config data-format: {error}") from None
+    return DataSource(
+        format=data_format, data_dir=str(node_config["data-dir"]), labels=str(node_config.get("labels", "")),
+        mapping=str(node_config.get("mapping", "")), task=task, strict=bool(node_config.get("strict", False)),
+    )  # fmt: skip
 
 
 @cache
-def load_site(data_dir: str, hospital: str, val_fraction: float, seed: int) -> HospitalData:
+def load_site(source: DataSource, hospital: str, val_fraction: float, seed: int) -> HospitalData:
     """A deployed hospital's stays from its own folder (read once per process)."""
-    seqs = load_folder(data_dir)
+    seqs = load_folder(source)
     val = np.isin(
         seqs.stay_ids,
         stratified_pick(seqs.stay_ids, seqs.labels, val_fraction, np.random.default_rng(seed)),
     )
-    name = hospital or Path(data_dir).name
+    name = hospital or Path(source.data_dir).name
     return HospitalData(name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)))

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fedicu.shared.preprocessing import N_FEATURES
+from fedicu.shared.preprocessing import n_features
+from fedicu.shared.variables import TIME_SERIES
 
 if TYPE_CHECKING:
     from fedicu.shared.config import RunConfig
@@ -28,6 +29,7 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.2
     attention: bool = False
+    variables: str = ",".join(TIME_SERIES)  # the time series it reads, comma-separated, in channel order
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -38,15 +40,20 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.variables.split(","))
+
 
 def model_config_of(config: RunConfig) -> ModelConfig:
-    """The model a run configuration asks for, on the standard feature layout."""
+    """The model a run configuration asks for, on the feature layout of its variables."""
     return ModelConfig(
-        n_features=N_FEATURES,
+        n_features=n_features(config.model_variables),
         hidden_size=config.hidden_size,
         num_layers=config.layers,
         dropout=config.dropout,
         attention=config.attention,
+        variables=",".join(config.model_variables),
     )
 
 

@@ -12,7 +12,8 @@
    `Normalization.reference()` instead, built from clinical reference ranges,
    since these statistics would reveal the training stays outside the guarantee.
 4. `to_features` standardizes with those statistics and lays out one
-   `[stays, 48, N_FEATURES]` float32 tensor.
+   `[stays, 48, n_features(variables)]` float32 tensor for the time series a
+   model reads (all 37 by default; `--variables` chooses a subset).
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ STATIC_NUMERIC: tuple[str, ...] = ("age", "height", "weight")
 NORMALIZED_CHANNELS: tuple[str, ...] = TIME_SERIES + STATIC_NUMERIC
 _LOG_MASK = np.array([v in LOG_TRANSFORMED for v in TIME_SERIES])
 
-FEATURE_NAMES: tuple[str, ...] = (
-    TIME_SERIES
-    + tuple(f"{v}:observed" for v in TIME_SERIES)
-    + tuple(f"{v}:hours_since" for v in TIME_SERIES)
-    + STATIC_NUMERIC
-    + tuple(f"{s}:missing" for s in STATIC_NUMERIC)
-    + ("gender:female", "gender:male")
-    + tuple(f"icu_type:{k}" for k in ICU_TYPES)
-)
-N_FEATURES = len(FEATURE_NAMES)
+
+def feature_names(variables: tuple[str, ...] = TIME_SERIES) -> tuple[str, ...]:
+    """The model's input channels for these time series, in `to_features` order."""
+    return (
+        variables
+        + tuple(f"{v}:observed" for v in variables)
+        + tuple(f"{v}:hours_since" for v in variables)
+        + STATIC_NUMERIC
+        + tuple(f"{s}:missing" for s in STATIC_NUMERIC)
+        + ("gender:female", "gender:male")
+        + tuple(f"icu_type:{k}" for k in ICU_TYPES)
+    )
+
+
+def n_features(variables: tuple[str, ...] = TIME_SERIES) -> int:
+    return len(feature_names(variables))
 
 
 def clean(cohort: Cohort) -> tuple[Cohort, dict[str, int]]:
@@ -206,16 +213,18 @@ class Normalization:
         return Normalization(mean, std)
 
 
-def to_features(seqs: Sequences, norm: Normalization) -> np.ndarray:
-    """Model input `[n, HOURS, N_FEATURES]` (float32), laid out as in `FEATURE_NAMES`.
+def to_features(seqs: Sequences, norm: Normalization, variables: tuple[str, ...] = TIME_SERIES) -> np.ndarray:
+    """Model input `[n, HOURS, n_features(variables)]` (float32), laid out as in `feature_names`.
 
     Standardized values are 0 (the mean) where nothing was observed yet; the mask
     and hours-since channels tell the model which zeros are real.
     """
-    n_vars = len(TIME_SERIES)
+    n_all = len(TIME_SERIES)
+    channel = np.array([TIME_SERIES.index(v) for v in variables], dtype=np.int64)
+    n_vars = len(channel)
     series, static_num = _normalized_channels(seqs)
-    series = (series - norm.mean[:n_vars]) / norm.std[:n_vars]
-    static_z = (static_num - norm.mean[n_vars:]) / norm.std[n_vars:]
+    series = (series[..., channel] - norm.mean[channel]) / norm.std[channel]
+    static_z = (static_num - norm.mean[n_all:]) / norm.std[n_all:]
     gender, icu_type = seqs.static[:, 3], seqs.static[:, 4]
     static = np.concatenate(
         [
@@ -227,10 +236,10 @@ def to_features(seqs: Sequences, norm: Normalization) -> np.ndarray:
         axis=1,
     ).astype(np.float32)
     n = len(seqs)
-    out = np.empty((n, HOURS, N_FEATURES), dtype=np.float32)
+    out = np.empty((n, HOURS, n_features(variables)), dtype=np.float32)
     out[..., :n_vars] = np.nan_to_num(series, nan=0.0)
-    out[..., n_vars : 2 * n_vars] = seqs.observed
-    out[..., 2 * n_vars : 3 * n_vars] = seqs.hours_since / HOURS
+    out[..., n_vars : 2 * n_vars] = seqs.observed[..., channel]
+    out[..., 2 * n_vars : 3 * n_vars] = seqs.hours_since[..., channel] / HOURS
     out[..., 3 * n_vars :] = static[:, None, :]
     return out
 

@@ -19,7 +19,8 @@ import torch
 
 from fedicu.shared.files import atomic_write_bytes
 from fedicu.shared.model import ModelConfig, MortalityLSTM
-from fedicu.shared.preprocessing import FEATURE_NAMES, NORMALIZED_CHANNELS, Normalization
+from fedicu.shared.preprocessing import NORMALIZED_CHANNELS, Normalization, feature_names
+from fedicu.shared.tasks import DEFAULT_TASK, describe
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -100,13 +101,16 @@ def write_model_card(
     training: dict,
     data: dict,
 ) -> None:
-    """Everything needed to reuse the model: features, normalization, threshold, provenance."""
+    """Everything needed to reuse the model: task, features, normalization, threshold, provenance."""
+    task = training["task"]
     run_dir.write_json(
         MODEL_CARD,
         {
-            "task": "in-hospital mortality from the first 48 h of an ICU stay",
+            "task": task,
+            "predicts": f"{describe(task)}, from the first 48 h of an ICU stay",
             "model": model_config.to_dict(),
-            "features": list(FEATURE_NAMES),
+            "variables": list(model_config.channels),
+            "features": list(feature_names(model_config.channels)),
             "normalization": {"channels": list(NORMALIZED_CHANNELS), **norm.to_dict()},
             "threshold": {"best": best["threshold"], "final": rows[-1]["threshold"]},
             "threshold_rule": "maximizes Event-1 = min(Se, +P) on validation stays",
@@ -116,6 +120,11 @@ def write_model_card(
             "data": data,
         },
     )
+
+
+def trained_task(path: str | Path) -> str:
+    """The task a completed run's model was trained for (runs from before tasks: the default)."""
+    return str(RunDirectory(path).read_json(MODEL_CARD).get("training", {}).get("task", DEFAULT_TASK))
 
 
 def load_trained(path: str | Path, which: str = "best") -> tuple[MortalityLSTM, Normalization, float]:

@@ -1,12 +1,16 @@
 """Check a hospital's data folder before its SuperNode joins a federation.
 
-`check(data_dir)` reads the folder as `shared.federation.load_site` does (every
-PhysioNet 2012 set in it: `set-X/` or `set-X.tar.gz`, plus `Outcomes-X.txt`),
-with the loader's own parser, but does not stop at the first problem: each
-record file and each Outcomes line that cannot be used becomes one `DataError`
-(file and line, the loader's message) in the report, and everything else is
-counted. A set is parsed whole; only when that fails is it halved until every
-bad record file is found, so a clean folder costs one parse.
+`check(source)` reads the folder as `shared.federation.load_site` does, with
+the loader's own parser. For PhysioNet 2012 (every set in the folder: `set-X/`
+or `set-X.tar.gz`, plus `Outcomes-X.txt`) it does not stop at the first
+problem: each record file and each Outcomes line that cannot be used becomes
+one `DataError` (file and line, the loader's message) in the report, and
+everything else is counted. A set is parsed whole; only when that fails is it
+halved until every bad record file is found, so a clean folder costs one parse.
+Other formats (long tables, MEDS) are read whole; the first problem is the
+report's error. Rows skipped for an empty or unknown variable are a warning
+with their counts (an error with `strict`); the statistics cover the time
+series the model reads (`variables`).
 
 The report is a list of findings, each `ok`, `warning` (usable, but look) or
 `error` (`load_site` would refuse the folder, or training on it makes no
@@ -16,14 +20,14 @@ usable stays: records that parse and have an Outcomes line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from fedicu.shared.cohort import Cohort
+from fedicu.shared.cohort import Cohort, SkippedRows, merge_skipped, skipped_summary
 from fedicu.shared.config import RunConfig
-from fedicu.shared.datasets import physionet2012
+from fedicu.shared.datasets import DataSource, load_cohort, physionet2012
 from fedicu.shared.errors import DataError
 from fedicu.shared.partition import stratified_pick
 from fedicu.shared.preprocessing import STATIC_NUMERIC, clean
@@ -98,6 +102,7 @@ class SiteReport:
     findings: list[Finding] = field(default_factory=list)
     outside_limits: dict[str, int] = field(default_factory=dict)  # values per variable
     never_observed: list[str] = field(default_factory=list)
+    coverage: dict[str, float] = field(default_factory=dict)  # share of stays observing each variable
     split: dict[str, int] = field(default_factory=dict)  # train/val stays and deaths
 
     @property
@@ -128,32 +133,85 @@ class SiteReport:
             "split": self.split,
             "outside_limits": self.outside_limits,
             "never_observed": self.never_observed,
+            "coverage": self.coverage,
             "findings": [f.to_dict() for f in self.findings],
         }
 
 
-def check(data_dir: str | Path, val_fraction: float = RunConfig.val_fraction) -> SiteReport:
-    """Check every set in `data_dir`; never raises for bad data (it is in the report)."""
-    folder = Path(data_dir)
+def check(
+    source: DataSource, val_fraction: float = RunConfig.val_fraction, variables: tuple[str, ...] = TIME_SERIES
+) -> SiteReport:
+    """Check the site's data; never raises for bad data (it is in the report)."""
+    folder = Path(source.data_dir)
     report = SiteReport(data_dir=str(folder), val_fraction=val_fraction)
     if not folder.is_dir():
         message = "data directory does not exist" if not folder.exists() else "not a directory"
         report.findings.append(_error("data folder", message, DataError(message, folder)))
         return report
+    if source.format == "physionet2012":
+        cohorts = _check_sets(folder, report, source.task)
+    else:
+        cohorts = _check_whole(source, report)
+    if cohorts:
+        report.findings.append(_skipped_finding(merge_skipped(*(c.skipped for c in cohorts)), source.strict))
+    if report.sets:
+        report.findings += _site_findings(report, cohorts, variables)
+    return report
+
+
+def _check_sets(folder: Path, report: SiteReport, task: str) -> list[Cohort]:
     names = physionet2012.sets_in(folder)
     report.findings += _layout_findings(folder, names)
     cohorts = []
     for name in names:
-        summary, cohort, findings = _check_set(folder, name)
+        summary, cohort, findings = _check_set(folder, name, task)
         report.sets.append(summary)
         report.findings += findings
         if cohort is not None:
             cohorts.append(cohort)
     if len(names) > 1:
         report.findings.append(_duplicates_across_sets(folder, cohorts))
-    if names:
-        report.findings += _site_findings(report, cohorts)
-    return report
+    return cohorts
+
+
+def _check_whole(source: DataSource, report: SiteReport) -> list[Cohort]:
+    """Another format: read it whole with its reader (skipped rows allowed, reported after)."""
+    check = f"{source.format} data"
+    try:
+        cohort = load_cohort(replace(source, strict=False))
+    except (DataError, ValueError, OSError) as error:
+        problem = error if isinstance(error, DataError) else DataError(str(error), source.data_dir)
+        report.findings.append(_error(check, problem.message, problem))
+        return []
+    summary = SetSummary(source.format, source.data_dir, source.labels or source.data_dir)
+    summary.stays, summary.deaths = len(cohort), int(cohort.stays["label"].sum())
+    summary.measurements = len(cohort.measurements)
+    summary.descriptors_only = len(cohort) - cohort.measurements["stay_id"].nunique()
+    report.sets.append(summary)
+    report.findings.append(Finding(check, OK, f"read {len(cohort):,} stays for task {cohort.task}"))
+    if source.format == "meds":
+        report.findings += _unmapped_codes(source)
+    return [cohort] if len(cohort) else []
+
+
+def _unmapped_codes(source: DataSource) -> list[Finding]:
+    from fedicu.shared.datasets import meds
+
+    top = meds.unmapped_numeric_codes(source, top=SHOWN)
+    if not top:
+        return []
+    listed = ", ".join(f"{code} ({count:,})" for code, count in top)
+    message = f"most frequent numeric codes that map to no variable (add them to --mapping if they are one): {listed}"
+    return [Finding("unmapped codes", WARNING, message)]
+
+
+def _skipped_finding(skipped: tuple[SkippedRows, ...], strict: bool) -> Finding:
+    if not skipped:
+        return Finding("skipped rows", OK, "no row with an empty or unknown variable")
+    message = skipped_summary(skipped)
+    if strict:
+        return _error("skipped rows", f"{message} (--strict)", *(rows.error() for rows in skipped))
+    return Finding("skipped rows", WARNING, f"{message}; the stays keep their other rows (--strict refuses them)")
 
 
 # ----------------------------------------------------------------------- one set
@@ -176,7 +234,7 @@ def _layout_findings(folder: Path, names: list[str]) -> list[Finding]:
     return findings
 
 
-def _check_set(folder: Path, name: str) -> tuple[SetSummary, Cohort | None, list[Finding]]:
+def _check_set(folder: Path, name: str, task: str) -> tuple[SetSummary, Cohort | None, list[Finding]]:
     """Counts, the usable stays (None if there are none) and the findings of one set."""
     label = f"set-{name}"
     try:
@@ -220,26 +278,29 @@ def _check_set(folder: Path, name: str) -> tuple[SetSummary, Cohort | None, list
     findings.append(_problems_finding(
         f"{label} records", record_problems, len(records), "record files",
         f"{len(records):,} record files; header {physionet2012.RECORD_HEADER}, 3 fields a line, "
-        "times 00:00-48:00, known parameters, finite values, descriptors once at 00:00",
+        "times 00:00-48:00, finite values, descriptors once at 00:00",
     ))  # fmt: skip
     if skipped:
         message = f"{len(skipped)} skipped, not <RecordID>.txt records: {_names(skipped)}"
         findings.append(Finding(f"{label} records", WARNING, message))
     if outcomes is None or not parts:
         return summary, None, findings
-    arrays = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    skipped = merge_skipped(*(physionet2012.skipped_rows(part) for part in parts))
+    per_stay = [key for key in parts[0] if key != physionet2012.SKIPPED_ROWS]
+    arrays = {key: np.concatenate([part[key] for part in parts]) for key in per_stay}
     labelled = np.array([rid in outcomes for rid in arrays["stay_id"].tolist()], dtype=bool)
     per_measurement = np.repeat(labelled, arrays["counts"])
     arrays = {
         key: values[per_measurement if key in ("minute", "variable", "value") else labelled]
         for key, values in arrays.items()
     }
-    arrays["label"] = np.array([outcomes[rid][0] for rid in arrays["stay_id"].tolist()], dtype=np.int8)
-    cohort = physionet2012._to_cohort(arrays, label)
+    arrays.update(physionet2012.outcome_arrays(outcomes, arrays["stay_id"]))
+    arrays.update(physionet2012.skip_arrays(list(skipped)))
+    cohort = physionet2012._to_cohort(arrays, label, task)
     summary.stays = len(cohort)
-    summary.deaths = int(arrays["label"].sum())
+    summary.deaths = int(cohort.stays["label"].sum())
     summary.measurements = len(cohort.measurements)
-    summary.descriptors_only = int((arrays["counts"] == 0).sum())
+    summary.descriptors_only = len(cohort) - cohort.measurements["stay_id"].nunique()
     return summary, (cohort if len(cohort) else None), findings
 
 
@@ -271,7 +332,7 @@ def _matching_findings(
     present = {r.record_id for r in records}
     orphans = [
         DataError(f"RecordID {record_id} has no record file in {source.records}", source.outcomes, line)
-        for record_id, (_, line) in sorted(outcomes.items(), key=lambda item: item[1][1])
+        for record_id, (_, _, line) in sorted(outcomes.items(), key=lambda item: item[1].line)
         if record_id not in present
     ]  # fmt: skip
     summary.without_outcome, summary.outcomes_without_record = len(unlabelled), len(orphans)
@@ -298,7 +359,7 @@ def _duplicates_across_sets(folder: Path, cohorts: list[Cohort]) -> Finding:
 # -------------------------------------------------------------------- whole site
 
 
-def _site_findings(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
+def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[str, ...]) -> list[Finding]:
     folder = Path(report.data_dir)
     stays = sum(s.stays for s in report.sets)
     deaths = sum(s.deaths for s in report.sets)
@@ -326,7 +387,7 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
     if cohorts:
         descriptors_only = sum(s.descriptors_only for s in report.sets)
         findings.append(_descriptors_only(stays, descriptors_only, measurements, folder))
-        findings += _variables(report, cohorts)
+        findings += _variables(report, cohorts, variables)
         findings.append(_descriptors(cohorts))
     return findings
 
@@ -335,7 +396,7 @@ def _prevalence(stays: int, deaths: int, val: int, val_deaths: int, folder: Path
     share = deaths / stays
     message = f"{deaths:,} deaths in {stays:,} stays ({share:.2%}); {val_deaths:,} of them in validation"
     if deaths in (0, stays):
-        message = f"every stay has In-hospital_death = {int(deaths > 0)}: no outcome to learn"
+        message = f"every stay has label {int(deaths > 0)}: no outcome to learn"
         return _error("label prevalence", message, DataError(message, folder))
     if val_deaths in (0, val):
         return Finding("label prevalence", WARNING, f"{message}: the site's validation AUROC is undefined")
@@ -353,22 +414,33 @@ def _descriptors_only(stays: int, count: int, measurements: int, folder: Path) -
     return Finding("descriptor-only stays", WARNING if count > MAX_DESCRIPTORS_ONLY * stays else OK, message)
 
 
-def _variables(report: SiteReport, cohorts: list[Cohort]) -> list[Finding]:
-    """Variables never observed; values outside physiological limits (what `clean` drops)."""
+def _variables(report: SiteReport, cohorts: list[Cohort], variables: tuple[str, ...]) -> list[Finding]:
+    """Variables never observed; values outside physiological limits (what `clean` drops),
+    for the time series the model reads."""
+    cohorts = [cohort.only_variables(variables) for cohort in cohorts]
     observed = np.zeros(len(TIME_SERIES), dtype=np.int64)
+    stays_observed = np.zeros(len(TIME_SERIES), dtype=np.int64)
     removed: dict[str, int] = {}
     for cohort in cohorts:
-        codes = cohort.measurements["variable"].cat.codes.to_numpy()
+        m = cohort.measurements
+        codes = m["variable"].cat.codes.to_numpy()
         observed += np.bincount(codes, minlength=len(TIME_SERIES))
+        pairs = m[["stay_id"]].assign(code=codes).drop_duplicates()
+        stays_observed += np.bincount(pairs["code"].to_numpy(), minlength=len(TIME_SERIES))
         for name, count in clean(cohort)[1].items():
             removed[name] = removed.get(name, 0) + count
-    report.never_observed = [v for v, n in zip(TIME_SERIES, observed, strict=True) if n == 0]
+    stays = sum(len(c) for c in cohorts)
+    report.coverage = {v: round(int(stays_observed[TIME_SERIES.index(v)]) / stays, 4) for v in variables}
+    report.never_observed = [v for v in variables if observed[TIME_SERIES.index(v)] == 0]
     if report.never_observed:
-        message = (f"{len(report.never_observed)} of {len(TIME_SERIES)} variables never observed (their inputs "
+        message = (f"{len(report.never_observed)} of {len(variables)} variables never observed (their inputs "
                    f"are always missing here): {', '.join(report.never_observed)}")  # fmt: skip
         findings = [Finding("variables", WARNING, message)]
     else:
-        findings = [Finding("variables", OK, f"all {len(TIME_SERIES)} time series observed")]
+        lowest = sorted(report.coverage.items(), key=lambda kv: kv[1])[:SHOWN]
+        shown = ", ".join(f"{v} {share:.0%}" for v, share in lowest)
+        message = f"all {len(variables)} time series observed; least covered (share of stays): {shown}"
+        findings = [Finding("variables", OK, message)]
 
     values = int(observed.sum()) + sum(int(c.stays[list(STATIC_NUMERIC)].notna().sum().sum()) for c in cohorts)
     # clean() names the static descriptors age, height, weight: report them as such

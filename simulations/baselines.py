@@ -48,7 +48,7 @@ def fit(
     the final (last round's) weights.
     """
     norm = Normalization.from_stats(FeatureStats.of(train))
-    x_train, x_val, x_test = (to_features(s, norm) for s in (train, val, test))
+    x_train, x_val, x_test = (to_features(s, norm, config.model_variables) for s in (train, val, test))
     torch.manual_seed(config.seed)
     model = MortalityLSTM(model_config_of(config))
     rows: list[dict[str, Any]] = []

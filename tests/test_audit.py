@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets.synthetic import generate
 from fedicu.shared.model import ModelConfig, MortalityLSTM
-from fedicu.shared.preprocessing import N_FEATURES, FeatureStats, Normalization, clean, to_features, to_sequences
+from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
 from fedicu.shared.privacy import audit as A
 from fedicu.shared.training import train_epochs
 
@@ -136,7 +136,7 @@ def small_cohort():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = MortalityLSTM(ModelConfig(N_FEATURES, hidden_size=32, dropout=0.0))
+    model = MortalityLSTM(ModelConfig(n_features(), hidden_size=32, dropout=0.0))
     x = to_features(members, norm)
     train_epochs(model, x, members.labels, epochs=60, lr=0.01, batch_size=16, seed=0)
     torch.set_num_threads(threads)
@@ -165,7 +165,7 @@ def test_the_loss_attack_is_at_chance_on_stays_the_model_never_saw(small_cohort)
     assert abs(result.metrics["loss_threshold"]["auroc"] - 0.5) < 0.1
 
 
-SMALL_RECIPE = A.ShadowRecipe(ModelConfig(N_FEATURES, hidden_size=16, dropout=0.0), epochs=15, lr=0.01, batch_size=16)
+SMALL_RECIPE = A.ShadowRecipe(ModelConfig(n_features(), hidden_size=16, dropout=0.0), epochs=15, lr=0.01, batch_size=16)
 
 
 def test_shadow_based_attacks_are_at_chance_on_stays_the_model_never_saw(small_cohort):

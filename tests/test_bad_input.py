@@ -32,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from fedicu.shared.cohort import SkippedRows
 from fedicu.shared.datasets import physionet2012
 from fedicu.shared.errors import DataError
 from fedicu.shared.variables import TIME_SERIES
@@ -447,7 +448,8 @@ def test_empty_line_in_the_middle(dataset, layout, data):
 def test_garbage_bytes_in_any_field(dataset, layout, data):
     record_id, line = data.draw(target_row(dataset))
     fields = split(dataset, record_id, line)
-    fields[data.draw(st.integers(0, 2))] = data.draw(garbage_bytes())
+    # in the time or the value; garbage in the parameter makes an unknown parameter, skipped (tested above)
+    fields[data.draw(st.sampled_from([0, 2]))] = data.draw(garbage_bytes())
     set_line(dataset, record_id, line, b",".join(fields))
     with written(dataset, layout) as files:
         assert_data_error(files.load, files.record(record_id), line)
@@ -621,8 +623,8 @@ def test_descriptors_after_00_00(dataset, layout, data):
 
 @checked(30)
 @given(dataset=datasets(), layout=layouts, data=st.data())
-def test_unknown_variables(dataset, layout, data):
-    record_id, line = data.draw(target_row(dataset))
+def test_unknown_or_empty_variables_are_skipped_counted_and_refused_when_strict(dataset, layout, data):
+    record_id, line = data.draw(target_row(dataset, measurement=True))
     name = data.draw(st.one_of(
         st.sampled_from([b"Fio2", b"hr", b"HR ", b" HR", b'"HR"', b"Heart rate", b"", b"SpO2", b"RecordId",
                          b"HR\x00", b"\x00HR", b"Temp\t"]),
@@ -630,10 +632,16 @@ def test_unknown_variables(dataset, layout, data):
         garbage_bytes(),
     ))  # fmt: skip
     assume(name.decode("utf-8", "replace") not in KNOWN_PARAMETERS)
+    value = data.draw(st.sampled_from([None, b"", b"n/a"]))  # a skipped row's value is not read
     fields = split(dataset, record_id, line)
-    set_line(dataset, record_id, line, b",".join([fields[0], name, fields[2]]))
+    set_line(dataset, record_id, line, b",".join([fields[0], name, fields[2] if value is None else value]))
+    stay = next(s for s in dataset.stays if s.record_id == record_id)
+    kept = Stay(record_id, stay.rows[: line - 2] + stay.rows[line - 1 :], stay.label)
     with written(dataset, layout) as files:
-        assert_data_error(files.load, files.record(record_id), line, "unknown parameter")
+        cohort = files.load()
+        assert cohort.skipped == (SkippedRows(name.decode("utf-8", "replace"), 1, files.record(record_id), line),)
+        assert_loads_exactly(cohort, [kept if s is stay else s for s in dataset.stays])  # every other row kept
+        assert_data_error(lambda: files.load().strict(), files.record(record_id), line, "without --strict")
 
 
 @checked(15)
@@ -1030,8 +1038,9 @@ def test_cli_reports_bad_input_in_one_line(monkeypatch, capsys, tmp_path, layout
         path = files.outcomes if record_id is None else files.record(record_id)
         where = f"{path}:{line}:" if line is not None else f"{path}:"
     monkeypatch.chdir(tmp_path)
+    # --strict: a garbled parameter name is an error, not a skipped row
     code, err = run_cli(monkeypatch, capsys, "simulate", "--dataset", "physionet2012",
-                        "--data-dir", str(files.data_dir), "--sets", "a")  # fmt: skip
+                        "--data-dir", str(files.data_dir), "--sets", "a", "--strict")  # fmt: skip
     assert code == 2, err
     assert "Traceback" not in err
     lines = [text for text in err.splitlines() if text.strip()]
@@ -1048,8 +1057,9 @@ def test_cli_prints_bracketed_values_literally(monkeypatch, capsys, tmp_path, va
     dataset.records[record_id].append(b"12:00,HR," + value)
     files = write(dataset, tmp_path / "pn", "directory")
     monkeypatch.chdir(tmp_path)
+    # --strict: a garbled parameter name is an error, not a skipped row
     code, err = run_cli(monkeypatch, capsys, "simulate", "--dataset", "physionet2012",
-                        "--data-dir", str(files.data_dir), "--sets", "a")  # fmt: skip
+                        "--data-dir", str(files.data_dir), "--sets", "a", "--strict")  # fmt: skip
     assert code == 2, err
     lines = [text for text in err.splitlines() if text.strip()]
     assert len(lines) == 1 and f"{files.record(record_id)}:5: Value '{value.decode()}' is not a number" in lines[0]

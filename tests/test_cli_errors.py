@@ -21,7 +21,7 @@ def run(monkeypatch, capsys, *args):
         (["simulate", "--dataset", "physionet2012"], "--data-dir is required"),
         (["simulate", "--strategy", "fedsgd"], "--strategy"),
         (["simulate", "--rounds", "0"], "--rounds"),
-        (["simulate", "--dataset", "mimic"], "unknown --dataset 'mimic'"),
+        (["simulate", "--dataset", "mimic"], "unknown data format 'mimic'"),
         (["simulate", "--partition", "zip"], "unknown --partition 'zip'"),
         (["simulate", "--no-such-option"], "No such option"),
         (["evaluate", "/nonexistent/run"], "/nonexistent/run"),

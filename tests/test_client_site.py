@@ -45,7 +45,7 @@ def site(tmp_path):
     )
 
 
-RUN = dict(seed=0, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp")
+RUN = dict(seed=0, task="in_hospital_death", val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp")
 
 
 def _stats_message(**settings) -> Message:

@@ -36,10 +36,20 @@ from fedicu.shared.run_dir import RunDirectory
 from fedicu.simulations.inprocess import run_in_process
 
 RUN: dict[str, Any] = dict(
-    seed=4, val_fraction=0.25, dp=True, delta=1e-5, accountant="prv", prepared_data="/tmp/federation.npz"
+    seed=4,
+    task="los_over_3d",
+    val_fraction=0.25,
+    dp=True,
+    delta=1e-5,
+    accountant="prv",
+    prepared_data="/tmp/federation.npz",
 )
 EVALUATE: dict[str, Any] = dict(
-    RUN, server_round=3, norm_mean=[0.5, -1.0], norm_std=[2.0, 1.5], model=ModelConfig(n_features=7)
+    RUN,
+    server_round=3,
+    norm_mean=[0.5, -1.0],
+    norm_std=[2.0, 1.5],
+    model=ModelConfig(n_features=3 * 2 + 12, variables="HR,Temp"),
 )
 TRAIN: dict[str, Any] = dict(
     EVALUATE,
@@ -104,7 +114,7 @@ def test_every_message_survives_a_round_trip_through_flowers_records(message):
 def test_keys_are_derived_from_the_fields_and_flowers_strategies_find_theirs():
     content = TrainRequest(**TRAIN).to_content()
     config = content[contract.CONFIG]
-    assert config["proximal-mu"] == 0.1 and config["server-round"] == 3 and config["model-n-features"] == 7
+    assert config["proximal-mu"] == 0.1 and config["server-round"] == 3 and config["model-n-features"] == 18
     reply = TrainReply(hospital="h", weights=ArrayRecord({"w": Array(np.zeros(1))}), train_stays=9).to_content()
     assert reply[contract.METRICS][contract.WEIGHT] == 9 and contract.ARRAYS in reply.array_records
 
@@ -149,7 +159,9 @@ def test_a_hospital_of_another_version_is_refused_at_first_contact(tmp_path, mon
             return hospital_app(msg, context)
 
     with pytest.raises(
-        RuntimeError, match=r"refused the server: .*contract version 2 \(fedicu .*\), this side 3 \(fedicu 9\.9\.9\)"
+        RuntimeError,
+        match=rf"refused the server: .*contract version {contract.CONTRACT_VERSION} \(fedicu .*\), "
+        rf"this side {contract.CONTRACT_VERSION + 1} \(fedicu 9\.9\.9\)",
     ):
         _run(tmp_path, old_hospital)
     assert RunDirectory(tmp_path / "run").status == "failed"

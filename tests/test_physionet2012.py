@@ -9,6 +9,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ import pandas as pd
 import pytest
 
 from fedicu.shared import cache
-from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort, empty_measurements
-from fedicu.shared.datasets import physionet2012
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort, SkippedRows, empty_measurements
+from fedicu.shared.datasets import DataSource, load_cohort, physionet2012
 from fedicu.shared.errors import DataError
 from fedicu.shared.variables import TIME_SERIES
 
@@ -248,8 +249,6 @@ RECORD_ERRORS = [
     ("value NaN", lambda d: edit_line(d / A2, 10, "03:15,FiO2,NaN"), A2, 10, "not a finite number"),
     ("value inf", lambda d: edit_line(d / A2, 10, "03:15,FiO2,inf"), A2, 10, "not a finite number"),
     ("value -inf", lambda d: edit_line(d / A2, 10, "03:15,FiO2,-inf"), A2, 10, "not a finite number"),
-    ("unknown param", lambda d: edit_line(d / A2, 10, "03:15,Fio2,0.5"), A2, 10, "unknown parameter 'Fio2'"),
-    ("quoted param", lambda d: edit_line(d / A2, 10, '03:15,"FiO2",0.5'), A2, 10, "unknown parameter"),
     ("descriptor twice", lambda d: edit_line(d / A2, 9, "00:00,Age,72", insert=True), A2, 9, "Age given twice (first on line 3)"),
     ("descriptor late", lambda d: edit_line(d / A2, 4, "01:00,Gender,1"), A2, 4, "must be at 00:00"),
     ("record id differs", lambda d: edit_line(d / A2, 2, "00:00,RecordID,140009"), A2, 2, "differs from the file name"),
@@ -307,6 +306,62 @@ def test_errors_inside_a_tarball_name_the_member(tmp_path, change, file, line, w
         physionet2012.load(data_dir, sets="a", cache=False)
     assert caught.value.path == f"{archive}:{file}"
     _check(caught.value, data_dir, file, line, words)
+
+
+def _append(path: Path, text: str, crlf: bool = False) -> None:
+    body = path.read_text() + text
+    path.write_bytes((body.replace("\n", "\r\n") if crlf else body).encode())
+
+
+@pytest.mark.parametrize("layout", ["directory", "tarball"])
+def test_rows_with_an_empty_or_unknown_parameter_are_skipped_counted_and_the_stay_kept(tmp_path, layout):
+    data_dir = copy_fixture(tmp_path)
+    clean = physionet2012.load(data_dir, sets="a", cache=False)
+    first = len((data_dir / A2).read_text().splitlines()) + 1  # the first appended line
+    # what real exports hold: empty parameters (any value), an unknown name; CRLF and blank lines at the end
+    _append(data_dir / A2, "10:45,,1.9\n11:00,Fio2,0.5\n12:00,,\n\n\n", crlf=True)
+    _append(data_dir / "set-a" / "140003.txt", "01:00,,7\n")
+    where = str(data_dir / "set-a") + "/" if layout == "directory" else f"{make_tarball(data_dir)}:set-a/"
+    messy = physionet2012.load(data_dir, sets="a", cache=False)
+    assert messy.skipped == (
+        SkippedRows("", 3, f"{where}140002.txt", first),
+        SkippedRows("Fio2", 1, f"{where}140002.txt", first + 1),
+    )
+    pd.testing.assert_frame_equal(messy.stays, clean.stays)
+    pd.testing.assert_frame_equal(messy.measurements, clean.measurements)
+    with pytest.raises(DataError) as caught:
+        messy.strict()
+    assert str(caught.value).startswith(f"{where}140002.txt:{first}: ")
+
+
+def test_strict_names_the_first_skipped_row_in_reading_order_and_the_cache_keeps_the_counts(tmp_path):
+    data_dir = copy_fixture(tmp_path)
+    _append(data_dir / A2, "01:00,,7\n")
+    _append(data_dir / "set-a" / "99001.txt", "01:00,SpO2,97\n")  # the lowest RecordID: read first
+    source = DataSource(format="physionet2012", data_dir=str(data_dir), sets="a", strict=True)
+    for _ in range(2):  # the second load comes from the cache
+        with pytest.raises(DataError) as caught:
+            load_cohort(source)
+        assert caught.value.path == str(data_dir / "set-a" / "99001.txt") and "'SpO2'" in caught.value.message
+        cohort = load_cohort(replace(source, strict=False))
+        assert [(rows.name, rows.count) for rows in cohort.skipped] == [("SpO2", 1), ("", 1)]
+
+
+def test_length_of_stay_tasks_label_by_days_and_leave_out_unknown_stays(tmp_path, caplog):
+    data_dir = copy_fixture(tmp_path)
+    outcomes = pd.read_csv(data_dir / OUT).set_index("RecordID")
+    for task, days in (("los_over_3d", 3), ("los_over_7d", 7)):
+        cohort = physionet2012.load(data_dir, sets="a", cache=False, task=task)
+        known = outcomes[outcomes["Length_of_stay"] >= 0]
+        assert cohort.task == task and cohort.stays.index.tolist() == sorted(known.index)
+        assert cohort.stays["label"].tolist() == (known.sort_index()["Length_of_stay"] > days).astype(int).tolist()
+    edit_line(data_dir / OUT, 3, "99001,16,8,-1,-1,0")
+    with caplog.at_level(logging.WARNING, logger="fedicu"):
+        cohort = physionet2012.load(data_dir, sets="a", cache=False, task="los_over_3d")
+    assert 99001 not in cohort.stays.index and not (cohort.measurements["stay_id"] == 99001).any()
+    assert any("1 of 4 stays have no Length_of_stay" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError, match="no task 'mortality'"):
+        physionet2012.load(data_dir, sets="a", cache=False, task="mortality")
 
 
 def test_duplicate_record_member_in_tarball(tmp_path):

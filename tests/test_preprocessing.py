@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 
 from fedicu.shared.preprocessing import (
-    FEATURE_NAMES,
     HOURS,
-    N_FEATURES,
     FeatureStats,
     Normalization,
     clean,
+    feature_names,
+    n_features,
     to_features,
     to_sequences,
 )
@@ -80,9 +80,8 @@ def test_features_layout_and_standardization():
     seqs = to_sequences(cohort)
     norm = Normalization.from_stats(FeatureStats.of(seqs))
     x = to_features(seqs, norm)
-    assert x.shape == (2, HOURS, N_FEATURES) and x.dtype == np.float32
-    assert len(FEATURE_NAMES) == N_FEATURES
-    name = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    assert x.shape == (2, HOURS, n_features()) and x.dtype == np.float32
+    name = {n: i for i, n in enumerate(feature_names())}
     assert x[0, 0, name["HR"]] == pytest.approx(-1.0) and x[1, 0, name["HR"]] == pytest.approx(1.0)
     assert x[0, 5, name["HR"]] == pytest.approx(-1.0)  # forward filled
     assert x[0, 5, name["HR:observed"]] == 0 and x[0, 0, name["HR:observed"]] == 1
@@ -103,3 +102,15 @@ def test_normalization_round_trips_through_dict():
     np.testing.assert_array_equal(again.mean, norm.mean)
     with pytest.raises(ValueError, match="channels"):
         Normalization.from_dict({"mean": [0.0], "std": [1.0]})
+
+
+def test_a_subset_of_variables_gives_exactly_their_channels_of_the_full_layout():
+    cohort = random_cohort(40, seed=3)
+    seqs = to_sequences(clean(cohort)[0])
+    norm = Normalization.from_stats(FeatureStats.of(seqs))
+    full, names = to_features(seqs, norm), feature_names()
+    vitals = ("HR", "DiasABP", "SysABP", "Temp")
+    subset = to_features(seqs, norm, vitals)
+    assert subset.shape == (40, HOURS, n_features(vitals)) == (40, HOURS, 3 * 4 + n_features(()))
+    columns = [names.index(n) for n in feature_names(vitals)]
+    np.testing.assert_array_equal(subset, full[..., columns])

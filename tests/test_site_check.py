@@ -26,13 +26,14 @@ from hypothesis import strategies as st
 
 from fedicu.shared import site_check
 from fedicu.shared.cohort import Cohort
-from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.datasets import DataSource, physionet2012, synthetic
 from fedicu.shared.errors import DataError
 from fedicu.shared.preprocessing import clean
 from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
 from tests.cohorts import random_cohort
 from tests.conftest import PHYSIONET_DIR, requires_physionet
 from tests.test_bad_input import (
+    CLI_DATASET,
     NOT_FINITE,
     STATIC,
     DataSet,
@@ -46,9 +47,16 @@ from tests.test_bad_input import (
     set_line,
     split,
     tar_gz,
+    write,
     written,
 )
 from tests.test_physionet2012 import make_tarball
+
+
+def check_folder(path: Path, val_fraction: float = 0.2, strict: bool = False) -> site_check.SiteReport:
+    """The site check of a PhysioNet 2012 folder."""
+    return site_check.check(DataSource(format="physionet2012", data_dir=str(path), strict=strict), val_fraction)
+
 
 # ------------------------------------------------------------------ corruptions
 # Each breaks one record file and returns the line the first problem is on (None: the
@@ -106,14 +114,6 @@ def duplicated_descriptor(dataset, record_id, data):
     return len(lines), f"{name} given twice (first on line {original + 1})"
 
 
-def unknown_variable(dataset, record_id, data):
-    line = data_line(dataset, record_id, data)
-    name = data.draw(st.sampled_from([b"Fio2", b"hr", b"SpO2", b"Heart rate", b"RecordId", b"Temp\t", b""]))
-    fields = split(dataset, record_id, line)
-    set_line(dataset, record_id, line, b",".join([fields[0], name, fields[2]]))
-    return line, "unknown parameter"
-
-
 def empty_file(dataset, record_id, data):
     dataset.raw_records[record_id] = data.draw(st.sampled_from([b"", b"\n", b"\r\n\r\n", b"\xef\xbb\xbf"]))
     return None, "empty file"
@@ -126,7 +126,6 @@ RECORD_CORRUPTIONS = {
     "NaN or inf": not_finite_value,
     "bad time": bad_time,
     "duplicated descriptor": duplicated_descriptor,
-    "unknown variable": unknown_variable,
     "empty file": empty_file,
 }
 OUTCOME_CORRUPTIONS = ("no Outcomes line", "Outcomes row without record")
@@ -238,7 +237,7 @@ def loader_error(data_dir: Path) -> DataError:
 def test_every_problem_is_named_and_the_rest_counted(kinds, dataset, layout, data):
     broken = damage(dataset, data, kinds)
     with written(dataset, layout) as files:
-        report = site_check.check(files.data_dir)  # never raises: the test would fail
+        report = check_folder(files.data_dir)  # never raises: the test would fail
 
         (summary,) = report.sets
         assert not report.usable
@@ -305,7 +304,7 @@ def test_bad_outcome_lines_are_each_named(dataset, layout, data):
     want.sort()
     unreadable = sorted(s.record_id for s in chosen if s.record_id not in duplicated)
     with written(dataset, layout) as files:
-        report = site_check.check(files.data_dir)
+        report = check_folder(files.data_dir)
         (summary,) = report.sets
         assert_problems(problems(report, "set-a outcomes"), [(files.outcomes, line, words) for line, words in want])
         assert summary.unusable_outcome_rows == len(want)
@@ -329,7 +328,7 @@ def test_unusable_outcomes_file_is_one_error_and_records_are_still_checked(datas
     broken = damage(dataset, data, list(RECORD_CORRUPTIONS))
     with written(dataset, layout) as files:
         Path(files.outcomes).write_bytes(content)
-        report = site_check.check(files.data_dir)
+        report = check_folder(files.data_dir)
         (summary,) = report.sets
         assert [(p.path, p.line) for p in finding(report, "set-a outcomes").problems] == [(files.outcomes, line)]
         assert summary.outcome_rows is None and summary.without_outcome is None  # not counted, not guessed
@@ -349,7 +348,7 @@ def test_tarball_extra_members_are_skipped_and_counted(dataset, data):
         data_dir = Path(folder)
         (data_dir / "set-a.tar.gz").write_bytes(tar_gz(data.draw(st.permutations(members + extras))))
         (data_dir / "Outcomes-a.txt").write_bytes(dataset.outcomes_bytes())
-        report = site_check.check(data_dir)
+        report = check_folder(data_dir)
         (summary,) = report.sets
         assert summary.skipped_files == len(extras)
         assert summary.record_files == summary.stays == len(dataset.stays)
@@ -376,7 +375,7 @@ def test_broken_tarball_is_named_and_nothing_is_counted(dataset, data):
                 member = data.draw(st.sampled_from([m for m in archive if m.isfile()]))
             cut = data.draw(st.integers(member.offset_data, member.offset_data + max(member.size - 1, 0)))
             files.archive.write_bytes(gzip.compress(tar[:cut]))
-        report = site_check.check(files.data_dir)
+        report = check_folder(files.data_dir)
         (summary,) = report.sets
         assert [(p.path, p.line) for p in finding(report, "set-a records").problems] == [(str(files.archive), None)]
         assert summary.record_files is None and summary.unusable_records is None and summary.stays == 0
@@ -405,7 +404,7 @@ def test_clean_site_is_usable_and_counted_like_the_loader(tmp_path, layout):
     cohort = synthetic.generate(hospitals=2, stays=120, seed=3)
     data_dir = write_site(cohort.subset(cohort.stays.index[:70]), tmp_path, "a", layout)
     write_site(cohort.subset(cohort.stays.index[70:]), tmp_path, "b", layout)
-    report = site_check.check(data_dir)
+    report = check_folder(data_dir)
     assert report.usable and report.first_error is None
     assert all(f.severity != site_check.ERROR for f in report.findings)
     loaded = physionet2012.load(data_dir, sets=("a", "b"), cache=False)
@@ -424,7 +423,7 @@ def test_clean_site_is_usable_and_counted_like_the_loader(tmp_path, layout):
 @pytest.mark.parametrize("stays", [site_check.MIN_STAYS - 1, site_check.MIN_STAYS])
 def test_too_few_stays_for_training(tmp_path, stays):
     data_dir = write_site(relabel(random_cohort(stays, seed=1), deaths=10), tmp_path)
-    report = site_check.check(data_dir)
+    report = check_folder(data_dir)
     check = finding(report, "stays for training")
     if stays < site_check.MIN_STAYS:
         assert check.severity == site_check.ERROR and not report.usable
@@ -437,12 +436,12 @@ def test_too_few_stays_for_training(tmp_path, stays):
 
 @pytest.mark.parametrize(
     ("deaths", "severity", "words"),
-    [(0, "error", "every stay has In-hospital_death = 0"), (60, "error", "every stay has In-hospital_death = 1"),
+    [(0, "error", "every stay has label 0"), (60, "error", "every stay has label 1"),
      (2, "warning", "validation AUROC is undefined"), (40, "warning", "check the labels"),
      (9, "ok", "9 deaths in 60 stays (15.00%)")],
 )  # fmt: skip
 def test_label_prevalence(tmp_path, deaths, severity, words):
-    report = site_check.check(write_site(relabel(random_cohort(60, seed=2), deaths), tmp_path))
+    report = check_folder(write_site(relabel(random_cohort(60, seed=2), deaths), tmp_path))
     check = finding(report, "label prevalence")
     assert (check.severity, report.usable) == (severity, severity != "error")
     assert words in check.message
@@ -456,7 +455,7 @@ def test_variables_never_observed_and_values_outside_limits(tmp_path):
     m.loc[m.index[~temp][:3], "value"] = 0.0  # HR 0: a detached lead
     stays = cohort.stays.copy()
     stays.loc[stays.index[:2], "height"] = 1.75  # metres, not cm
-    report = site_check.check(write_site(Cohort(stays=stays, measurements=m), tmp_path))
+    report = check_folder(write_site(Cohort(stays=stays, measurements=m), tmp_path))
     assert report.usable
     assert report.never_observed == [v for v in TIME_SERIES if v not in ("HR", "Temp")]
     assert finding(report, "variables").severity == site_check.WARNING
@@ -473,7 +472,7 @@ def test_descriptor_only_stays_and_odd_descriptor_codes(tmp_path):
     stays.loc[stays.index[10], "gender"] = 2.0
     stays.loc[stays.index[11:13], "icu_type"] = 7.0
     m = cohort.measurements[~cohort.measurements["stay_id"].isin(without_series)].reset_index(drop=True)
-    report = site_check.check(write_site(Cohort(stays=stays, measurements=m), tmp_path))
+    report = check_folder(write_site(Cohort(stays=stays, measurements=m), tmp_path))
     assert report.sets[0].descriptors_only == 6
     assert finding(report, "descriptor-only stays").severity == site_check.WARNING
     descriptors = finding(report, "descriptors")
@@ -484,22 +483,21 @@ def test_descriptor_only_stays_and_odd_descriptor_codes(tmp_path):
 
 def test_folder_layout_problems(tmp_path):
     cohort = random_cohort(60, seed=6)
-    assert not site_check.check(tmp_path / "nowhere").usable
+    assert not check_folder(tmp_path / "nowhere").usable
     assert (
-        str(site_check.check(tmp_path / "nowhere").first_error)
-        == f"{tmp_path / 'nowhere'}: data directory does not exist"
+        str(check_folder(tmp_path / "nowhere").first_error) == f"{tmp_path / 'nowhere'}: data directory does not exist"
     )
     (tmp_path / "file").write_text("x")
-    assert str(site_check.check(tmp_path / "file").first_error) == f"{tmp_path / 'file'}: not a directory"
+    assert str(check_folder(tmp_path / "file").first_error) == f"{tmp_path / 'file'}: not a directory"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no set-a, set-b or set-c" in str(site_check.check(empty).first_error)
+    assert "no set-a, set-b or set-c" in str(check_folder(empty).first_error)
 
     site = write_site(cohort, tmp_path / "site", "a", "tarball")
     physionet2012.write(cohort, tmp_path / "extracted", "a")
     shutil.move(tmp_path / "extracted" / "set-a", site / "set-a")  # both set-a/ and set-a.tar.gz
     (site / "Outcomes-c.txt").write_text(physionet2012.OUTCOMES_HEADER + "\n")  # no set-c
-    report = site_check.check(site)
+    report = check_folder(site)
     assert report.usable
     warnings = [f.message for f in report.findings if f.check == "sets" and f.severity == site_check.WARNING]
     assert any("set-a/ is read, the tarball ignored" in w for w in warnings)
@@ -509,7 +507,7 @@ def test_folder_layout_problems(tmp_path):
                         measurements=cohort.measurements.assign(stay_id=cohort.measurements["stay_id"] + 10**6))  # fmt: skip
     physionet2012.write(renumbered, site, "b")
     (site / "Outcomes-b.txt").unlink()
-    report = site_check.check(site)
+    report = check_folder(site)
     assert str(report.first_error) == f"{site / 'Outcomes-b.txt'}: outcomes file of set b is missing"
 
 
@@ -517,7 +515,7 @@ def test_a_stay_in_two_sets(tmp_path):
     cohort = random_cohort(60, seed=7)
     site = write_site(cohort, tmp_path, "a")
     write_site(cohort.subset(cohort.stays.index[:3]), tmp_path, "b")
-    report = site_check.check(site)
+    report = check_folder(site)
     duplicates = [str(p) for p in finding(report, "RecordIDs").problems]
     assert duplicates == [f"{site}: RecordID {rid} is in both set-a and set-b" for rid in cohort.stays.index[:3]]
     with pytest.raises(DataError, match=f"RecordID {cohort.stays.index[0]} is in both set-a and set-b"):
@@ -531,7 +529,7 @@ def test_a_set_folder_that_cannot_be_listed(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(source.records))
 
     monkeypatch.setattr(physionet2012, "_read_records", refuse)
-    report = site_check.check(site)
+    report = check_folder(site)
     assert str(report.first_error) == f"{site / 'set-a'}: cannot read: Permission denied"
     assert report.sets[0].record_files is None and report.sets[0].stays == 0
 
@@ -591,7 +589,7 @@ def test_cli_exit_codes_and_messages(monkeypatch, capsys, tmp_path):
 
 @requires_physionet
 def test_real_sets_a_and_b():
-    report = site_check.check(PHYSIONET_DIR)
+    report = check_folder(PHYSIONET_DIR)
     assert report.usable and report.first_error is None
     sets = {s.name: s for s in report.sets}
     assert (sets["set-a"].stays, sets["set-a"].deaths) == (4000, 554)
@@ -603,3 +601,23 @@ def test_real_sets_a_and_b():
     loaded = physionet2012.load(PHYSIONET_DIR, sets=("a", "b"), cache=False)
     assert sum(s.measurements for s in report.sets) == len(loaded.measurements)
     assert report.outside_limits == as_reported(clean(loaded)[1])
+
+
+@pytest.mark.parametrize("layout", ["directory", "tarball"])
+def test_skipped_rows_are_a_warning_with_their_counts_and_an_error_when_strict(tmp_path, layout):
+    dataset = DataSet(CLI_DATASET.stays, CLI_DATASET.style)
+    first, second = sorted(s.record_id for s in dataset.stays)[:2]  # read in this order
+    dataset.records[first].insert(3, b"10:45,,1.9")
+    dataset.records[second] += [b"11:00,,2", b"12:00,SpO2,97"]
+    files = write(dataset, tmp_path / "pn", layout)
+    lenient = check_folder(files.data_dir)
+    skipped = finding(lenient, "skipped rows", site_check.WARNING)
+    assert "skipped 3 rows" in skipped.message and f"'' 2 (first {files.record(first)}:4)" in skipped.message
+    assert f"'SpO2' 1 (first {files.record(second)}:{len(dataset.records[second])})" in skipped.message
+    assert finding(lenient, "set-a records", site_check.OK)  # the records themselves are fine
+    strict = check_folder(files.data_dir, strict=True)
+    assert not strict.usable and str(strict.first_error).startswith(f"{files.record(first)}:4: ")
+    assert [p.line for p in finding(strict, "skipped rows", site_check.ERROR).problems] == [
+        4,
+        len(dataset.records[second]),
+    ]

@@ -63,7 +63,7 @@ DATASETS: dict[str, Dataset] = {
 
 def get(name: str) -> Dataset:
     if name not in DATASETS:
-        raise ValueError(f"unknown --data-format {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data format {name!r} (--dataset/--data-format); choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

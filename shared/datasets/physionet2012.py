@@ -22,7 +22,16 @@ kept raw: physiologically out-of-range values are the cleaning step's business
 keep their order within a file. Stays with descriptors only are kept, with no
 measurements. Stays are ordered by set, then by RecordID.
 
-Anything unusable raises `DataError` naming the file (`set-a.tar.gz:set-a/1.txt`
+Real exports hold rows whose parameter is empty (`10:45,,1.9`) or not one of
+the Challenge's: such a row is skipped, whatever its value, and counted per
+parameter name with the first file and line (`Cohort.skipped`); the stay keeps
+all its other rows. `--strict` turns them back into errors.
+
+The label is the task's (`shared.tasks`): In-hospital_death, or Length_of_stay
+(days) over 3 or 7 days; a stay whose Length_of_stay is unknown (-1) has no
+label for those tasks and is left out, with a warning that counts them.
+
+Anything else unusable raises `DataError` naming the file (`set-a.tar.gz:set-a/1.txt`
 for a tarball member) and the line. Parsing concatenates all record bodies of a
 set into one buffer, validates its structure with numpy and parses it with one
 call of pandas' C reader, so sets A and B (8,000 files, 3.3M lines) take a few
@@ -34,10 +43,10 @@ path, size and mtime (see `shared.cache`); `load(..., cache=False)` bypasses it.
 from __future__ import annotations
 
 import csv
-import difflib
 import gzip
 import io
 import itertools
+import json
 import logging
 import os
 import re
@@ -48,14 +57,19 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from fedicu.shared import cache as _cache
-from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort
+from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort, SkippedRows
 from fedicu.shared.errors import DataError
+from fedicu.shared.tasks import DEFAULT_TASK, LENGTH_OF_STAY_DAYS
 from fedicu.shared.variables import TIME_SERIES
+
+if TYPE_CHECKING:
+    from fedicu.shared.datasets import DataSource
 
 logger = logging.getLogger("fedicu")
 
@@ -68,7 +82,7 @@ def sets_in(folder: Path) -> list[str]:
 
 
 # Bump whenever parsing or the cached arrays change: old cache entries are then ignored.
-FORMAT_VERSION = "fedicu-physionet2012-v2"
+FORMAT_VERSION = "fedicu-physionet2012-v3"
 RECORD_HEADER = "Time,Parameter,Value"
 OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
 MAX_MINUTE = 48 * 60
@@ -86,9 +100,14 @@ _DESCRIPTOR_COLUMN = {"age": 1, "gender": 2, "height": 3, "icu_type": 4, "weight
 _BOM = b"\xef\xbb\xbf"
 _KEEP_ONLY_COMMAS_AND_NEWLINES = bytes(b for b in range(256) if b not in (10, 44))
 _RECORD_NAME = re.compile(r"[0-9]+\.txt")
+# The rows skipped, as JSON text [[name, count, path, line], ...]: numpy's fixed-width strings
+# would drop a name's trailing NUL characters, and names are whatever bytes a file holds.
+SKIPPED_ROWS = "skipped_rows"
 _CACHE_KEYS = frozenset(
-    {"version", "set", "stay_id", "label", "counts", "minute", "variable", "value", "skipped"} | set(_DESCRIPTOR_COLUMN)
-)
+    {"version", "set", "stay_id", "death", "length_of_stay", "counts", "minute", "variable", "value", "skipped"}
+    | set(_DESCRIPTOR_COLUMN) | {SKIPPED_ROWS}
+)  # fmt: skip
+TASKS = ("in_hospital_death", *LENGTH_OF_STAY_DAYS)
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,12 @@ class _Source:
         return f"set-{self.name}"
 
 
+class Outcome(NamedTuple):
+    death: int  # In-hospital_death, 0 or 1
+    length_of_stay: float  # days; NaN when the file says -1 (unknown)
+    line: int  # in the Outcomes file
+
+
 @dataclass(frozen=True)
 class _Record:
     record_id: int
@@ -118,16 +143,26 @@ class _Record:
 # --------------------------------------------------------------------------- load
 
 
-def load(data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True) -> Cohort:
+def from_source(source: DataSource) -> Cohort:
+    """The dataset interface: the source's sets, labelled for its task."""
+    return load(source.data_dir, sets=source.sets.split(","), task=source.task)
+
+
+def load(
+    data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True, task: str = DEFAULT_TASK
+) -> Cohort:
     """The stays of PhysioNet 2012 `sets` (any of a, b, c) found in `data_dir`.
 
     `sets` is a set name or several ("a", "A" and "set-a" all mean set A); the
     stays come ordered by set as given, then by RecordID. `hospital` and
-    `source` of every stay are `set-<X>`. Raises `DataError` for anything
-    unusable in the input. Files skipped as non-records are logged (INFO, logger
-    "fedicu"). With `cache=True` each set's parsed arrays are reused until one
-    of its source files changes.
+    `source` of every stay are `set-<X>`. `task` is one of `TASKS`. Raises
+    `DataError` for anything unusable in the input. Files skipped as non-records
+    are logged (INFO, logger "fedicu"); rows skipped for an empty or unknown
+    parameter are in `Cohort.skipped`. With `cache=True` each set's parsed
+    arrays are reused until one of its source files changes.
     """
+    if task not in TASKS:
+        raise DataError(f"PhysioNet 2012 has no task {task!r}; its tasks are {', '.join(TASKS)}")
     names = _check_sets(sets)
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -135,7 +170,7 @@ def load(data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bo
     if not data_dir.is_dir():
         raise DataError("not a directory; expected the folder holding set-X/ and Outcomes-X.txt", data_dir)
     sources = [_locate(data_dir, name) for name in names]
-    cohorts = [_to_cohort(_set_arrays(source, cache), source.label) for source in sources]
+    cohorts = [_to_cohort(_set_arrays(source, cache), source.label, task) for source in sources]
     for i, first in enumerate(cohorts):
         for j in range(i + 1, len(cohorts)):
             common = first.stays.index.intersection(cohorts[j].stays.index)
@@ -224,13 +259,14 @@ def _valid_cached(arrays: dict[str, np.ndarray], source: _Source) -> bool:
         if str(arrays["set"]) != source.name:
             return False
         n = len(arrays["stay_id"])
-        per_stay = ["stay_id", "label", "counts", *_DESCRIPTOR_COLUMN]
+        per_stay = ["stay_id", "death", "length_of_stay", "counts", *_DESCRIPTOR_COLUMN]
         if any(arrays[k].ndim != 1 or len(arrays[k]) != n for k in per_stay):
             return False
+        skipped_rows(arrays)  # raises ValueError or TypeError if damaged
         m = len(arrays["minute"])
         if len(arrays["variable"]) != m or len(arrays["value"]) != m or arrays["counts"].sum() != m:
             return False
-        expected = {"stay_id": np.int64, "label": np.int8, "counts": np.int64,
+        expected = {"stay_id": np.int64, "death": np.int8, "counts": np.int64,
                     "minute": np.int32, "variable": np.int8, "value": np.float32}  # fmt: skip
         if any(arrays[k].dtype != t for k, t in expected.items()):
             return False
@@ -240,13 +276,13 @@ def _valid_cached(arrays: dict[str, np.ndarray], source: _Source) -> bool:
         return False
 
 
-def _to_cohort(arrays: dict[str, np.ndarray], label: str) -> Cohort:
+def _to_cohort(arrays: dict[str, np.ndarray], label: str, task: str) -> Cohort:
     stay_id = arrays["stay_id"]
     stays = pd.DataFrame(
         {column: arrays[column] for column in ("age", "gender", "height", "weight", "icu_type")},
         index=pd.Index(stay_id, name="stay_id"),
     )
-    stays["label"] = arrays["label"]
+    stays["label"] = arrays["death"]
     stays["hospital"] = label
     stays["source"] = label
     measurements = pd.DataFrame(
@@ -257,7 +293,32 @@ def _to_cohort(arrays: dict[str, np.ndarray], label: str) -> Cohort:
             "value": arrays["value"],
         }
     )
-    return Cohort(stays=stays, measurements=measurements)
+    cohort = Cohort(stays=stays, measurements=measurements, task=task, skipped=skipped_rows(arrays))
+    if task in LENGTH_OF_STAY_DAYS:
+        cohort = _length_of_stay_task(cohort, arrays["length_of_stay"], task, label)
+    return cohort
+
+
+def skipped_rows(arrays: dict[str, np.ndarray]) -> tuple[SkippedRows, ...]:
+    """The skipped rows recorded in parsed arrays (see `skip_arrays`)."""
+    return tuple(
+        SkippedRows(str(name), int(count), str(path), int(line))
+        for name, count, path, line in json.loads(str(arrays[SKIPPED_ROWS]))
+    )
+
+
+def _length_of_stay_task(cohort: Cohort, days: np.ndarray, task: str, label: str) -> Cohort:
+    """Label stays by Length_of_stay over the task's threshold; leave out those without one."""
+    known = np.isfinite(days)
+    if not known.all():
+        logger.warning(
+            "%s: %d of %d stays have no Length_of_stay (-1) and are left out of task %s",
+            label, int((~known).sum()), len(days), task,
+        )  # fmt: skip
+    stays = cohort.stays.copy()
+    stays["label"] = (days > LENGTH_OF_STAY_DAYS[task]).astype(np.int8)
+    relabelled = Cohort(stays=stays, measurements=cohort.measurements, task=task, skipped=cohort.skipped)
+    return relabelled if known.all() else relabelled.subset(stays.index[known])
 
 
 # ------------------------------------------------------------------ reading files
@@ -319,8 +380,8 @@ def _read_records(source: _Source) -> tuple[list[_Record], list[str]]:
     return records, skipped
 
 
-def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[int, tuple[int, int]]:
-    """RecordID -> (in-hospital death 0/1, line number) from an Outcomes file.
+def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[int, Outcome]:
+    """RecordID -> its `Outcome` from an Outcomes file.
 
     A bad data line raises `DataError`; with a `problems` list it is appended
     there and left out instead (a missing, empty or mis-headed file still raises).
@@ -336,7 +397,7 @@ def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[
     if lines[0].strip() != OUTCOMES_HEADER:
         raise DataError(f"header must be {OUTCOMES_HEADER!r}, not {lines[0].strip()!r}", path, 1)
     columns = OUTCOMES_HEADER.split(",")
-    outcomes: dict[int, tuple[int, int]] = {}
+    outcomes: dict[int, Outcome] = {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -357,7 +418,7 @@ def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[
                 raise DataError(f"In-hospital_death must be 0 or 1, not {fields[5]!r}", path, number)
             record_id = int(fields[0])
             if record_id in outcomes:
-                first = outcomes[record_id][1]
+                first = outcomes[record_id].line
                 message = f"RecordID {record_id} appears twice (first on line {first})"
                 raise DataError(message, path, number)
         except DataError as error:
@@ -365,7 +426,8 @@ def _read_outcomes(path: Path, problems: list[DataError] | None = None) -> dict[
                 raise
             problems.append(error)
             continue
-        outcomes[record_id] = (int(fields[5]), number)
+        days = float(fields[3])
+        outcomes[record_id] = Outcome(int(fields[5]), np.nan if days < 0 else days, number)
     return outcomes
 
 
@@ -466,39 +528,67 @@ class _Rows:
             raise self.error(row, _time_problem(self.field(row, 0)))
         return minute
 
-    def parameters_and_values(self) -> tuple[np.ndarray, np.ndarray]:
-        """Parameter codes (`_PARAM_CODES`) and values of every row."""
+    def parameters_and_values(self) -> tuple[np.ndarray, np.ndarray, list[SkippedRows]]:
+        """Parameter codes (`_PARAM_CODES`, -1 for an empty or unknown parameter) and
+        values of every row, and the skipped rows per parameter name in reading order.
+        A skipped row's value is not checked."""
         if self.n == 0:
-            return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.float64)
+            return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.float64), []
         try:
-            frame = self._read(value_dtype=np.float64)
-        except (ValueError, TypeError) as error:
-            self._raise_bad_value()
-            raise DataError(f"cannot read values: {error}", self.records[0].where) from None
+            frame = self._read(self.buffer, np.float64)
+        except (ValueError, TypeError):  # some value is not a number: a skipped row's, or an error
+            buffer = self._without_unreadable_values()
+            try:
+                frame = self._read(buffer, np.float64)
+            except (ValueError, TypeError) as error:
+                raise DataError(f"cannot read values: {error}", self.records[0].where) from None
         if len(frame) != self.n:  # cannot happen after minutes(); a guard against silent shifts
             message = f"could not be read as CSV ({len(frame)} rows, {self.n} lines)"
             raise DataError(message, self.records[0].where)
-        parameter = frame["Parameter"].array
-        known = [_PARAM_CODES.get(name, -1) for name in parameter.categories]
-        lookup = np.array(known, dtype=np.int8)
-        codes = lookup[np.asarray(parameter.codes)]
-        unknown = np.flatnonzero(codes < 0)
-        if len(unknown):
-            row = int(unknown[0])
-            name = self.field(row, 1)
-            close = difflib.get_close_matches(name, list(_PARAM_CODES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise self.error(row, f"unknown parameter {name!r}{hint}")
         values = frame["Value"].to_numpy(dtype=np.float64)
-        not_finite = np.flatnonzero(~np.isfinite(values))
+        parameter = frame["Parameter"].array
+        codes = self._codes(parameter)
+        not_finite = np.flatnonzero((codes >= 0) & ~np.isfinite(values))
         if len(not_finite):
             row = int(not_finite[0])
             raise self.error(row, _value_problem(self.field(row, 2)))
-        return codes, values
+        return codes, values, self._skipped(parameter, codes < 0)
 
-    def _read(self, value_dtype: type) -> pd.DataFrame:
+    def _skipped(self, parameter: pd.Categorical, unknown: np.ndarray) -> list[SkippedRows]:
+        rows = np.flatnonzero(unknown)
+        names, first, counts = np.unique(np.asarray(parameter.codes)[rows], return_index=True, return_counts=True)
+        entries = []
+        for name, row, count in sorted(zip(names.tolist(), rows[first].tolist(), counts.tolist(), strict=True),
+                                       key=lambda entry: entry[1]):  # fmt: skip
+            where = self.records[self.file[row]].where
+            entries.append(SkippedRows(str(parameter.categories[name]), count, where, self.line(row)))
+        return entries
+
+    @staticmethod
+    def _codes(parameter: pd.Categorical) -> np.ndarray:
+        lookup = np.array([_PARAM_CODES.get(name, -1) for name in parameter.categories], dtype=np.int8)
+        return lookup[np.asarray(parameter.codes)]
+
+    def _without_unreadable_values(self) -> bytes:
+        """The buffer with the values that are not numbers replaced by 0, if only skipped rows
+        hold them; else the `DataError` of the first. The numbers are then parsed by the same
+        reader as always, so a value reads alike whatever its neighbours hold."""
+        text = self._read(self.buffer, str)
+        unreadable = np.isnan(pd.to_numeric(text["Value"], errors="coerce").to_numpy(dtype=np.float64))
+        known = np.flatnonzero(unreadable & (self._codes(text["Parameter"].array) >= 0))
+        if len(known):
+            raise self.error(int(known[0]), _value_problem(self.field(int(known[0]), 2)))
+        pieces, position = [], 0
+        for row in np.flatnonzero(unreadable).tolist():
+            value_starts = self.buffer.rfind(b",", self.starts[row], self.ends[row]) + 1
+            pieces += [self.buffer[position:value_starts], b"0"]
+            position = int(self.ends[row])
+        return b"".join([*pieces, self.buffer[position:]])
+
+    @staticmethod
+    def _read(buffer: bytes, value_dtype: type) -> pd.DataFrame:
         return pd.read_csv(
-            io.BytesIO(self.buffer),
+            io.BytesIO(buffer),
             header=None,
             names=["Time", "Parameter", "Value"],
             usecols=["Parameter", "Value"],
@@ -509,15 +599,6 @@ class _Rows:
             encoding_errors="replace",
             engine="c",
         )
-
-    def _raise_bad_value(self) -> None:
-        """Find and report the first value the fast reader could not convert."""
-        text = self._read(value_dtype=str)["Value"]
-        numeric = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(numeric))
-        if len(bad):
-            row = int(bad[0])
-            raise self.error(row, _value_problem(self.field(row, 2)))
 
 
 def _time_problem(time: str) -> str:
@@ -555,17 +636,26 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
             raise DataError(message, record.where)
     if len(outcomes) != len(records):
         present = {record.record_id for record in records}
-        record_id, (_, line) = min(
-            ((rid, o) for rid, o in outcomes.items() if rid not in present), key=lambda x: x[1][1]
+        record_id, outcome = min(
+            ((rid, o) for rid, o in outcomes.items() if rid not in present), key=lambda x: x[1].line
         )
         message = f"RecordID {record_id} has no record file in {source.records}"
-        raise DataError(message, source.outcomes, line)
+        raise DataError(message, source.outcomes, outcome.line)
     arrays = _parse_records(records)
-    arrays["label"] = np.array([outcomes[rid][0] for rid in arrays["stay_id"].tolist()], dtype=np.int8)
+    arrays.update(outcome_arrays(outcomes, arrays["stay_id"]))
     arrays["version"] = np.array(FORMAT_VERSION)
     arrays["set"] = np.array(source.name)
     arrays["skipped"] = np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1")
     return arrays
+
+
+def outcome_arrays(outcomes: dict[int, Outcome], stay_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-stay outcome arrays the cache keeps, for `stay_ids` in order."""
+    rows = [outcomes[rid] for rid in stay_ids.tolist()]
+    return {
+        "death": np.array([o.death for o in rows], dtype=np.int8),
+        "length_of_stay": np.array([o.length_of_stay for o in rows], dtype=np.float64),
+    }
 
 
 def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
@@ -578,7 +668,7 @@ def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
     record_ids = np.array([record.record_id for record in records], dtype=np.int64)
     rows = _Rows(records)
     minute = rows.minutes()
-    codes, values = rows.parameters_and_values()
+    codes, values, skipped = rows.parameters_and_values()
 
     # Descriptors: the static parameters, once each, at 00:00, plus the first Weight at 00:00.
     static = np.flatnonzero(codes >= _STATIC_BASE)
@@ -613,10 +703,11 @@ def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
     values_part = descriptors[:, 1:]
     values_part[values_part == -1] = np.nan  # -1 = not recorded
 
-    measured = codes < _STATIC_BASE
+    measured = (codes >= 0) & (codes < _STATIC_BASE)
     measured[weight] = False
-    overflow = np.flatnonzero(measured & (np.abs(values) > np.finfo(np.float32).max))
-    if len(overflow):  # measurements are stored as float32
+    with np.errstate(over="ignore"):  # measurements are stored as float32: refuse what overflows it
+        overflow = np.flatnonzero(measured & np.isinf(values.astype(np.float32)))
+    if len(overflow):
         row = int(overflow[0])
         raise rows.error(row, f"Value {rows.field(row, 2)!r} is too large (above 3.4e38)")
     arrays: dict[str, np.ndarray] = {
@@ -628,7 +719,13 @@ def _parse_records(records: list[_Record]) -> dict[str, np.ndarray]:
     }
     for column, index in _DESCRIPTOR_COLUMN.items():
         arrays[column] = descriptors[:, index].copy()
+    arrays.update(skip_arrays(skipped))
     return arrays
+
+
+def skip_arrays(skipped: list[SkippedRows]) -> dict[str, np.ndarray]:
+    """`SkippedRows` entries as the cache's arrays (read back by `skipped_rows`)."""
+    return {SKIPPED_ROWS: np.array(json.dumps([[s.name, s.count, s.path, s.line] for s in skipped]))}
 
 
 # -------------------------------------------------------------------------- write

@@ -517,7 +517,7 @@ def audit(
     n = len(pick_members)
     targets = Sequences.concat([members_all.take(pick_members), non_members_all.take(pick_non_members)])
     is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
-    x, y = to_features(targets, norm), targets.labels
+    x, y = to_features(targets, norm, model.config.channels), targets.labels
 
     recipe = ShadowRecipe.of(config, shadow_epochs)
     result = run_attacks(model, x, y, is_member, recipe, shadow_models, seed, on_progress)

@@ -13,14 +13,22 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
+from fedicu.shared.tasks import BUILT_IN
 
 console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
 
 OPTION_HELP = {
-    "dataset": "Cohort: 'synthetic' (built in) or 'physionet2012'.",
-    "data_dir": "Folder with PhysioNet 2012 set-X/ or set-X.tar.gz and Outcomes-X.txt.",
+    "dataset": "Data format: synthetic (built in), physionet2012, tables (stays and events as CSV or Parquet) or meds.",
+    "data_dir": "The data folder: PhysioNet 2012 set-X/ or set-X.tar.gz with Outcomes-X.txt; stays and events "
+    "tables; or a MEDS dataset.",
     "sets": "PhysioNet 2012 sets to load, comma-separated (a, b, c).",
+    "labels": "MEDS label file or folder (subject_id, prediction_time, boolean_value).",
+    "mapping": "TOML file mapping the site's columns and codes to the federation's variables (tables, meds).",
+    "task": f"What the label means: {', '.join(BUILT_IN)}, or a label column of a stays table.",
+    "variables": "Time series the model reads, comma-separated (e.g. HR,SysABP,DiasABP,Temp; default: all).",
+    "strict": "Refuse rows with an empty or unknown variable instead of skipping and counting them.",
     "partition": "How stays are split into hospitals: hospital, icu-type, set, iid, dirichlet "
     "(default: the dataset's natural sites).",
     "hospitals": "Number of hospitals (synthetic cohort, iid and dirichlet partitions).",
@@ -54,6 +62,20 @@ OPTION_HELP = {
     "out": "Run directory to create (default: runs/<timestamp>).",
 }
 DEPLOYMENT_ONLY = ("sites", "test_dir")  # run-config keys of a real deployment, not options here
+OPTION_NAMES = {"dataset": ("--dataset", "--data-format")}  # one option, two spellings
+
+# The options of every command that reads stays (run_options gives the training commands all of them).
+DataFormat = Annotated[str, typer.Option(*OPTION_NAMES["dataset"], help=OPTION_HELP["dataset"])]
+DataDir = Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])]
+Labels = Annotated[str, typer.Option(help=OPTION_HELP["labels"])]
+MappingFile = Annotated[str, typer.Option("--mapping", help=OPTION_HELP["mapping"])]
+Strict = Annotated[bool, typer.Option(help=OPTION_HELP["strict"])]
+
+
+def report_skipped(skipped: tuple[SkippedRows, ...]) -> None:
+    """The one line a command prints about rows its reader skipped."""
+    if skipped:
+        console.print(f"[yellow]{skipped_summary(skipped)}[/] (--strict refuses them)", highlight=False)
 
 
 class UserError(Exception):
@@ -72,7 +94,9 @@ def run_options(command):
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[type(getattr(defaults, name)), typer.Option(help=OPTION_HELP[name])],
+            annotation=Annotated[
+                type(getattr(defaults, name)), typer.Option(*OPTION_NAMES.get(name, ()), help=OPTION_HELP[name])
+            ],
             default=getattr(defaults, name),
         )
         for name in names

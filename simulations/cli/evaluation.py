@@ -14,16 +14,33 @@ from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.metrics import binary_metrics
 from fedicu.shared.preprocessing import clean, to_features, to_sequences
-from fedicu.shared.run_dir import load_trained
+from fedicu.shared.run_dir import load_trained, trained_task
+from fedicu.shared.tasks import check_same
 from fedicu.shared.training import predict
-from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, fmt, titled
+from fedicu.simulations.cli.common import (
+    OPTION_HELP,
+    DataDir,
+    DataFormat,
+    Labels,
+    MappingFile,
+    Strict,
+    UserError,
+    console,
+    fmt,
+    report_skipped,
+    titled,
+)
 
 
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
-    dataset: Annotated[str, typer.Option(help=OPTION_HELP["dataset"])] = "physionet2012",
-    data_dir: Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])] = "",
+    dataset: DataFormat = "physionet2012",
+    data_dir: DataDir = "",
     sets: Annotated[str, typer.Option(help=OPTION_HELP["sets"])] = "c",
+    labels: Labels = "",
+    mapping: MappingFile = "",
+    task: Annotated[str, typer.Option(help="The stays' task (default: the model's); another is refused.")] = "",
+    strict: Strict = False,
     synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
     hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
     seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
@@ -33,16 +50,23 @@ def evaluate(
     """Score a saved model on any cohort (every stay in it)."""
     try:
         trained, norm, threshold = load_trained(run_dir, model)
+        trained_for = trained_task(run_dir)
+        check_same(trained_for, task or trained_for)
         config = RunConfig(
-            dataset=dataset, data_dir=data_dir, sets=sets, synthetic_stays=synthetic_stays,
-            hospitals=hospitals, seed=seed,
+            dataset=dataset, data_dir=data_dir, sets=sets, labels=labels, mapping=mapping, task=trained_for,
+            strict=strict, synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading and scoring the cohort"):
-        cohort, _ = clean(load_cohort(config))
+        try:
+            loaded = load_cohort(config.data_source())
+        except ValueError as error:  # DataError included: it names the file and line
+            raise UserError(str(error)) from error
+        cohort, _ = clean(loaded)
         seqs = to_sequences(cohort)
-        scores = predict(trained, to_features(seqs, norm))
+        scores = predict(trained, to_features(seqs, norm, trained.config.channels))
+    report_skipped(loaded.skipped)
     metrics = binary_metrics(seqs.labels, scores, threshold)
     metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
     if as_json:
@@ -53,4 +77,4 @@ def evaluate(
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, fmt(v))
-    console.print(titled(f"{run_dir} ({model} model) on {dataset} {sets if dataset == 'physionet2012' else ''}", table))
+    console.print(titled(f"{run_dir} ({model} model, task {trained_for}) on {config.data_source().describe()}", table))

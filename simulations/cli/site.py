@@ -14,7 +14,16 @@ from rich.table import Table
 from rich.text import Text
 
 from fedicu.shared.config import RunConfig
-from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, titled
+from fedicu.simulations.cli.common import (
+    OPTION_HELP,
+    DataFormat,
+    Labels,
+    MappingFile,
+    Strict,
+    UserError,
+    console,
+    titled,
+)
 
 site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
@@ -23,16 +32,29 @@ SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 @site_app.command("check")
 def check_site(
     data_dir: Annotated[Path, typer.Option(help=OPTION_HELP["data_dir"])],
+    dataset: DataFormat = "physionet2012",
+    labels: Labels = "",
+    mapping: MappingFile = "",
+    task: Annotated[str, typer.Option(help=OPTION_HELP["task"])] = RunConfig.task,
+    variables: Annotated[str, typer.Option(help=OPTION_HELP["variables"])] = "",
+    strict: Strict = False,
     val_fraction: Annotated[float, typer.Option(help=OPTION_HELP["val_fraction"])] = RunConfig.val_fraction,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Validate a site's PhysioNet 2012 folder: exit 0 if it can be used (warnings allowed), 2 if not."""
+    """Validate a site's data folder: exit 0 if it can be used (warnings allowed), 2 if not."""
     from fedicu.shared.site_check import check
 
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must lie in (0, 1), not {val_fraction:g}")
+    try:
+        config = RunConfig(dataset=dataset, data_dir=str(data_dir), labels=labels, mapping=mapping, task=task,
+                           variables=variables, strict=strict, val_fraction=val_fraction)  # fmt: skip
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    if dataset == "synthetic":
+        raise UserError("--data-format synthetic has no folder to check; give the site's data format")
     with console.status(f"Checking {escape(str(data_dir))}"):
-        report = check(data_dir, val_fraction)
+        report = check(config.data_source(), val_fraction, config.model_variables)
     if as_json:
         print(json.dumps(report.to_dict()))
     else:

@@ -13,7 +13,15 @@ from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RunDirectory
-from fedicu.simulations.cli.common import RunFailed, UserError, console, results_table, rounds_table, run_options
+from fedicu.simulations.cli.common import (
+    RunFailed,
+    UserError,
+    console,
+    report_skipped,
+    results_table,
+    rounds_table,
+    run_options,
+)
 
 COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
@@ -32,6 +40,7 @@ def _prepare(config: RunConfig) -> Federation:
             f"--delta {config.delta:g} must be below 1/n for every hospital; {smallest.name} "
             f"has n = {len(smallest.train)} training stays"
         )
+    report_skipped(federation.skipped)
     sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
     console.print(
         f"[bold]{len(federation.hospitals)} hospitals[/] ({sizes} stays); "
