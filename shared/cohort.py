@@ -41,7 +41,8 @@ VARIABLE_DTYPE = pd.CategoricalDtype(categories=list(TIME_SERIES), ordered=False
 
 @dataclass(frozen=True)
 class SkippedRows:
-    """Input rows skipped because their variable is `name` (empty, unknown or unmapped)."""
+    """Input rows skipped because of their variable `name`: empty, unknown, unmapped, or (MEDS)
+    a mapped code without a numeric value."""
 
     name: str
     count: int
@@ -57,7 +58,7 @@ class SkippedRows:
 
     def error(self) -> DataError:
         """What `--strict` raises for these rows."""
-        what = "an empty variable name" if not self.name else f"the unknown variable {self.name!r}"
+        what = "an empty variable name" if not self.name else f"variable {self.name!r}, unknown or without a value"
         message = f"row with {what} ({self.count:,} such rows in all); without --strict they are skipped"
         return DataError(message, self.path, self.line)
 

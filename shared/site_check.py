@@ -285,7 +285,7 @@ def _check_set(folder: Path, name: str, task: str) -> tuple[SetSummary, Cohort |
         findings.append(Finding(f"{label} records", WARNING, message))
     if outcomes is None or not parts:
         return summary, None, findings
-    skipped = merge_skipped(*(physionet2012.skipped_rows(part) for part in parts))
+    rows_skipped = merge_skipped(*(physionet2012.skipped_rows(part) for part in parts))
     per_stay = [key for key in parts[0] if key != physionet2012.SKIPPED_ROWS]
     arrays = {key: np.concatenate([part[key] for part in parts]) for key in per_stay}
     labelled = np.array([rid in outcomes for rid in arrays["stay_id"].tolist()], dtype=bool)
@@ -295,7 +295,7 @@ def _check_set(folder: Path, name: str, task: str) -> tuple[SetSummary, Cohort |
         for key, values in arrays.items()
     }
     arrays.update(physionet2012.outcome_arrays(outcomes, arrays["stay_id"]))
-    arrays.update(physionet2012.skip_arrays(list(skipped)))
+    arrays.update(physionet2012.skip_arrays(list(rows_skipped)))
     cohort = physionet2012._to_cohort(arrays, label, task)
     summary.stays = len(cohort)
     summary.deaths = int(cohort.stays["label"].sum())

@@ -15,6 +15,7 @@ BUILT_IN: dict[str, str] = {
     "in_hospital_death": "death in hospital",
     "los_over_3d": "length of stay over 3 days",
     "los_over_7d": "length of stay over 7 days",
+    "diabetes_complications": "an acute diabetic complication later in the admission (MEDS labels)",
 }
 
 # Length-of-stay tasks: the threshold in days on the stay's length of stay.

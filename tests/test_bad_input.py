@@ -637,6 +637,8 @@ def test_unknown_or_empty_variables_are_skipped_counted_and_refused_when_strict(
     set_line(dataset, record_id, line, b",".join([fields[0], name, fields[2] if value is None else value]))
     stay = next(s for s in dataset.stays if s.record_id == record_id)
     kept = Stay(record_id, stay.rows[: line - 2] + stay.rows[line - 1 :], stay.label)
+    with np.errstate(over="ignore"):  # a second Weight at 00:00 may hold a descriptor-sized number
+        assume(all(math.isfinite(v) for s in dataset.stays for _, _, v in expected_stay(s)[1]))
     with written(dataset, layout) as files:
         cohort = files.load()
         assert cohort.skipped == (SkippedRows(name.decode("utf-8", "replace"), 1, files.record(record_id), line),)

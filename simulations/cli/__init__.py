@@ -11,7 +11,7 @@ from rich.markup import escape
 from fedicu.shared.errors import DataError
 from fedicu.simulations.cli.common import RunFailed, UserError, console
 
-from . import deployment, evaluation, privacy, site, tools, training
+from . import data, deployment, evaluation, privacy, site, tools, training
 
 app = typer.Typer(
     help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",
@@ -32,6 +32,7 @@ app.command()(deployment.certs)
 app.command("deploy-demo")(deployment.deploy_demo)
 app.command("export-synthetic")(tools.export_synthetic)
 app.add_typer(site.site_app, name="site")
+app.add_typer(data.data_app, name="data")
 
 
 def main() -> None:

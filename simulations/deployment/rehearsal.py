@@ -325,12 +325,13 @@ def rehearse(
     on_round: Callable[[int], None],
 ) -> Path:
     """The whole rehearsal into `out` (which must not exist); the run directory."""
+    from fedicu.shared.datasets import DataSource
     from fedicu.shared.site_check import check
 
     out.mkdir(parents=True)
     folders, test_dir = write_sites(out, sites, seed=0)
     for folder in folders.values():
-        if not (report := check(folder)).usable:
+        if not (report := check(DataSource(format="physionet2012", data_dir=str(folder)))).usable:
             raise DeploymentError(f"site check of {folder}: {report.first_error}")
     on_step(f"wrote and checked the data of {len(folders)} sites ({', '.join(folders)}) and the server's test set")
     if not insecure:
