@@ -37,6 +37,7 @@ STAY_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 MEASUREMENT_COLUMNS: tuple[str, ...] = ("stay_id", "minute", "variable", "value")
 VARIABLE_DTYPE = pd.CategoricalDtype(categories=list(TIME_SERIES), ordered=False)
+MAX_MINUTE = 48 * 60  # measurements lie in the first 48 hours of a stay
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,25 @@ class Cohort:
         measurements["variable"] = measurements["variable"].astype(VARIABLE_DTYPE)
         skipped = merge_skipped(*(c.skipped for c in cohorts))
         return Cohort(stays=stays, measurements=measurements, task=cohorts[0].task, skipped=skipped)
+
+
+def measurement_arrays(cohort: Cohort, stay_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(stay position in `stay_ids`, minute, variable code, float32 value) of every measurement,
+    checked as a writer needs them: known stays, minutes in 0..2880, a variable, finite values."""
+    measurements = cohort.measurements
+    position = pd.Index(stay_ids).get_indexer(measurements["stay_id"].to_numpy())
+    if (position < 0).any():
+        raise ValueError("measurements refer to stays that are not in cohort.stays")
+    minute = measurements["minute"].to_numpy(dtype=np.int64)
+    if len(minute) and (minute.min() < 0 or minute.max() > MAX_MINUTE):
+        raise ValueError(f"measurement minutes must lie in 0..{MAX_MINUTE}, the input window")
+    codes = np.asarray(measurements["variable"].cat.codes)
+    if (codes < 0).any():
+        raise ValueError("measurements have a missing variable")
+    values = measurements["value"].to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("measurement values must be finite (NaN is not a measurement)")
+    return position, minute, codes, values
 
 
 def empty_measurements() -> pd.DataFrame:

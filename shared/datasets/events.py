@@ -39,14 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedicu.shared.cohort import STAY_COLUMNS, VARIABLE_DTYPE, Cohort, SkippedRows, merge_skipped
+from fedicu.shared.cohort import MAX_MINUTE, STAY_COLUMNS, VARIABLE_DTYPE, Cohort, SkippedRows, merge_skipped
 from fedicu.shared.datasets.mapping import FEDERATION_NAMES, NAME_DTYPE
 from fedicu.shared.errors import DataError
 from fedicu.shared.variables import TIME_SERIES
 
 logger = logging.getLogger("fedicu")
 
-MAX_MINUTE = 48 * 60
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Federation descriptor name -> stays column.
 DESCRIPTOR_COLUMNS: dict[str, str] = {

@@ -42,12 +42,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fedicu.shared.cohort import Cohort
+from fedicu.shared.cohort import MAX_MINUTE, Cohort, measurement_arrays
 from fedicu.shared.tasks import check_name
 from fedicu.shared.variables import TIME_SERIES
 
 DEFAULT_ADMISSION = datetime(2000, 1, 1)
-MAX_MINUTE = 48 * 60
+
 INPUT_WINDOW = timedelta(minutes=MAX_MINUTE)  # prediction_time = admission + INPUT_WINDOW
 SITE_COLUMN = "hospital"
 DATA_FILE = Path(meds.data_subdirectory) / "0.parquet"
@@ -188,19 +188,7 @@ def _static_events(cohort: Cohort) -> tuple[np.ndarray, ...]:
 
 def _timed_events(cohort: Cohort, stay_ids: np.ndarray) -> tuple[np.ndarray, ...]:
     """(stay position, minute, code, value) of every measurement, checked."""
-    measurements = cohort.measurements
-    stay = pd.Index(stay_ids).get_indexer(measurements["stay_id"].to_numpy())
-    if (stay < 0).any():
-        raise ValueError("measurements refer to stays that are not in cohort.stays")
-    minute = measurements["minute"].to_numpy(dtype=np.int64)
-    if len(minute) and (minute.min() < 0 or minute.max() > MAX_MINUTE):
-        raise ValueError(f"measurement minutes must lie in 0..{MAX_MINUTE}, the input window")
-    variable = np.asarray(measurements["variable"].cat.codes)
-    if (variable < 0).any():
-        raise ValueError("measurements have a missing variable")
-    value = measurements["value"].to_numpy(dtype=np.float32)
-    if not np.isfinite(value).all():
-        raise ValueError("measurement values must be finite")
+    stay, minute, variable, value = measurement_arrays(cohort, stay_ids)
     return stay, minute, _SERIES_CODE[variable], value
 
 

@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from fedicu.shared import cache as _cache
-from fedicu.shared.cohort import VARIABLE_DTYPE, Cohort, SkippedRows
+from fedicu.shared.cohort import MAX_MINUTE, VARIABLE_DTYPE, Cohort, SkippedRows, measurement_arrays
 from fedicu.shared.errors import DataError
 from fedicu.shared.tasks import DEFAULT_TASK, LENGTH_OF_STAY_DAYS
 from fedicu.shared.variables import TIME_SERIES
@@ -85,7 +85,7 @@ def sets_in(folder: Path) -> list[str]:
 FORMAT_VERSION = "fedicu-physionet2012-v3"
 RECORD_HEADER = "Time,Parameter,Value"
 OUTCOMES_HEADER = "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"
-MAX_MINUTE = 48 * 60
+
 
 # Parameters that are only ever descriptors. Weight is both: its first 00:00 row is
 # the descriptor, any other row a measurement.
@@ -797,19 +797,7 @@ def write(cohort: Cohort, out_dir: str | Path, set_name: str) -> Path:
 def _measurement_lines(cohort: Cohort, stay_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`HH:MM,Variable,value\\n` lines grouped by stay (in `stay_ids` order) and
     sorted by time within a stay, and each stay's slice bounds."""
-    measurements = cohort.measurements
-    position = pd.Index(stay_ids).get_indexer(measurements["stay_id"].to_numpy())
-    if (position < 0).any():
-        raise ValueError("measurements refer to stays that are not in cohort.stays")
-    minute = measurements["minute"].to_numpy(dtype=np.int64)
-    if len(minute) and (minute.min() < 0 or minute.max() > MAX_MINUTE):
-        raise ValueError(f"measurement minutes must lie in 0..{MAX_MINUTE}")
-    codes = np.asarray(measurements["variable"].cat.codes)
-    if (codes < 0).any():
-        raise ValueError("measurements have a missing variable")
-    values = measurements["value"].to_numpy(dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ValueError("measurement values must be finite; PhysioNet files cannot hold NaN")
+    position, minute, codes, values = measurement_arrays(cohort, stay_ids)
     order = np.lexsort((minute, position))
     names = np.array([f",{name}," for name in VARIABLE_DTYPE.categories], dtype=object)
     lines = _TIMES[minute[order]] + names[codes[order]] + _value_texts(values[order]) + "\n"
