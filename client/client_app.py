@@ -26,6 +26,7 @@ regenerate the noise: fine for a simulation, not for patients' data).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -123,7 +124,11 @@ def feature_stats(msg: Message, request: FeatureStatsRequest, context: Context) 
         )
         return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     stats = None if request.dp else FeatureStats.of(hospital.train)
-    return FeatureStatsReply(hospital=hospital.name, train_stays=len(hospital.train), stats=stats).reply_to(msg)
+    skipped = None if request.dp else json.dumps({rows.name: rows.count for rows in hospital.skipped})
+    reply = FeatureStatsReply(
+        hospital=hospital.name, train_stays=len(hospital.train), stats=stats, rows_skipped=skipped
+    )
+    return reply.reply_to(msg)
 
 
 @app.train(mods=[secure_aggregation_mod])

@@ -206,7 +206,9 @@ class FederatedRun:
         self.run_dir.set_status("running", rounds_completed=completed, started=time.time())
         join_timeout = max(self.config.round_timeout, JOIN_TIMEOUT)
         node_ids = wait_for_nodes(self.grid, self.data.hospitals, join_timeout)
-        norm, self.names, self.train_stays = self._first_contact(node_ids, join_timeout)
+        norm, self.names, first_replies = self._first_contact(node_ids, join_timeout)
+        self.train_stays = {name: reply.train_stays for name, reply in first_replies.items()}
+        self.rows_skipped = {name: json.loads(r.rows_skipped or "{}") for name, r in first_replies.items()}
         self.hospitals = sorted(self.train_stays)
         if self.resume is None:
             torch.manual_seed(self.config.seed)
@@ -232,9 +234,9 @@ class FederatedRun:
 
     def _first_contact(
         self, node_ids: list[int], timeout: float
-    ) -> tuple[Normalization, dict[int, str], dict[str, int]]:
+    ) -> tuple[Normalization, dict[int, str], dict[str, FeatureStatsReply]]:
         """Pooled normalization statistics, which node holds which hospital, and each
-        hospital's number of training stays.
+        hospital's reply (its number of training stays, the rows its reader skipped).
 
         With DP-SGD hospitals send no statistics (they would reveal training stays outside the
         guarantee) and inputs are standardized with `Normalization.reference()`."""
@@ -250,15 +252,14 @@ class FederatedRun:
             {},
         )
         names = {m.metadata.src_node_id: name for name, m in replies.messages.items()}
-        train_stays = {name: r.train_stays for name, r in replies.replies.items()}
         if self.config.dp:
-            return Normalization.reference(), names, train_stays
+            return Normalization.reference(), names, replies.replies
         parts: list[FeatureStats] = []
         for name, reply in replies.replies.items():
             if reply.stats is None:
                 raise RuntimeError(f"normalization statistics: {name} sent no feature statistics")
             parts.append(reply.stats)
-        return Normalization.from_stats(FeatureStats.sum(parts)), names, train_stays
+        return Normalization.from_stats(FeatureStats.sum(parts)), names, replies.replies
 
     def _restore_privacy(self) -> None:
         """Give each hospital of a resumed run its privacy ledger back, so accounting goes on
@@ -453,5 +454,6 @@ class FederatedRun:
     def _summary(self) -> dict:
         return {
             "hospitals": {name: {"train": {"stays": n}} for name, n in self.train_stays.items()},
+            "rows_skipped_at_hospitals": {name: counts for name, counts in self.rows_skipped.items() if counts},
             **self.data.summary,
         }

@@ -44,7 +44,7 @@ def serve(
         with tempfile.TemporaryDirectory(prefix="fedicu-") as tmp:
             if federation is None:
                 test_data = replace(config.data_source(), data_dir=config.test_dir)
-                test = load_folder(test_data, "run-config test-dir") if config.test_dir else None
+                test = load_folder(test_data, "run-config test-dir")[0] if config.test_dir else None
                 data = ServerData(config.sites, test, {"test": describe(test) if test is not None else None})
             else:
                 data_file = Path(tmp) / "federation.npz"

@@ -287,6 +287,9 @@ class FeatureStatsReply(Reply):
     train_stays: int = _in(METRICS, WEIGHT)
     # None under DP-SGD: nothing computed from training stays
     stats: FeatureStats | None = _in("stats", default=None)  # noqa: RUF009 (a field specifier)
+    # Rows the site's reader skipped, as JSON {variable name: count}: counts only, no file names
+    # (a record's file name is its stay's identifier); None under DP-SGD, as they count the data
+    rows_skipped: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

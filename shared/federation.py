@@ -13,6 +13,7 @@ server may hold a test folder of its own (`load_folder`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
@@ -22,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from fedicu.shared.cache import save_arrays
-from fedicu.shared.cohort import SkippedRows
+from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import DataSource, get, load_cohort, natural_partition, physionet2012
 from fedicu.shared.partition import assign_hospitals, split, stratified_pick
 from fedicu.shared.preprocessing import Sequences, clean, describe, to_sequences
+
+logger = logging.getLogger("fedicu")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class HospitalData:
     name: str
     train: Sequences
     val: Sequences
+    skipped: tuple[SkippedRows, ...] = ()  # deployed: rows its reader skipped (empty or unknown variable)
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,13 @@ def whole_folder(source: DataSource, what: str = "node config data-dir") -> Data
     return replace(source, sets=",".join(sets))
 
 
-def load_folder(source: DataSource, what: str = "node config data-dir") -> Sequences:
-    """Every stay of a data folder (for PhysioNet 2012, every set in it), cleaned and binned."""
-    return to_sequences(clean(load_cohort(whole_folder(source, what)))[0])
+def load_folder(source: DataSource, what: str = "node config data-dir") -> tuple[Sequences, tuple[SkippedRows, ...]]:
+    """Every stay of a data folder (for PhysioNet 2012, every set in it), cleaned and binned,
+    and the rows its reader skipped."""
+    cohort = load_cohort(whole_folder(source, what))
+    if cohort.skipped:
+        logger.warning("%s: %s", source.data_dir, skipped_summary(cohort.skipped))
+    return to_sequences(clean(cohort)[0]), cohort.skipped
 
 
 def site_source(node_config: Mapping[str, Any], task: str) -> DataSource:
@@ -131,10 +139,10 @@ def site_source(node_config: Mapping[str, Any], task: str) -> DataSource:
 @cache
 def load_site(source: DataSource, hospital: str, val_fraction: float, seed: int) -> HospitalData:
     """A deployed hospital's stays from its own folder (read once per process)."""
-    seqs = load_folder(source)
+    seqs, skipped = load_folder(source)
     val = np.isin(
         seqs.stay_ids,
         stratified_pick(seqs.stay_ids, seqs.labels, val_fraction, np.random.default_rng(seed)),
     )
     name = hospital or Path(source.data_dir).name
-    return HospitalData(name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)))
+    return HospitalData(name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)), skipped)

@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def clean(cohort: Cohort) -> tuple[Cohort, dict[str, int]]:
         removed[column] = int(out.sum())
         stays.loc[out, column] = np.nan
     measurements = m[~bad].reset_index(drop=True)
-    return Cohort(stays=stays, measurements=measurements), {k: v for k, v in removed.items() if v}
+    return replace(cohort, stays=stays, measurements=measurements), {k: v for k, v in removed.items() if v}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fedicu.shared.contract import (
 from fedicu.shared.datasets import physionet2012, synthetic
 from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.preprocessing import NORMALIZED_CHANNELS
+from tests.test_tables import folder_records, write_tables
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +62,36 @@ def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
     assert stats.stats is not None
     counts = stats.stats.count
     assert counts.shape == (len(NORMALIZED_CHANNELS),) and counts.sum() > 0
+
+
+def test_a_site_reads_the_data_format_its_node_config_names_and_sends_only_skip_counts(tmp_path):
+    physionet = tmp_path / "physionet"
+    physionet2012.write(synthetic.generate(hospitals=1, stays=120, seed=3), physionet, "a")
+    tables = write_tables(folder_records(physionet, "a"), tmp_path / "tables")  # the same stays as tables
+    first = min((physionet / "set-a").glob("*.txt"), key=lambda path: int(path.stem))
+    first.write_text(first.read_text() + "10:45,,1.9\n11:00,,2\n")  # rows a real export holds
+    nodes = {"physionet": {"data-dir": str(physionet)}, "tables": {"data-dir": str(tables), "data-format": "tables"}}
+    replies = {}
+    for name, node in nodes.items():
+        context = Context(
+            run_id=1, node_id=7, node_config={**node, "hospital": name}, state=RecordDict(), run_config={}
+        )
+        reply = app(_stats_message(), context)
+        assert not reply.has_error(), reply.error
+        replies[name] = FeatureStatsReply.from_content(reply.content)
+    assert json.loads(replies["physionet"].rows_skipped) == {"": 2}  # counts only: no file name leaves
+    assert json.loads(replies["tables"].rows_skipped) == {}
+    assert replies["physionet"].train_stays == replies["tables"].train_stays
+    got, want = replies["tables"].stats, replies["physionet"].stats
+    assert got is not None and want is not None
+    np.testing.assert_allclose(got.total, want.total) and np.testing.assert_array_equal(got.count, want.count)
+
+
+def test_an_unknown_data_format_in_the_node_config_is_refused_by_name(tmp_path):
+    node = {"data-dir": str(tmp_path), "data-format": "hl7", "hospital": "x"}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="node config data-format: unknown data format 'hl7'"):
+        app(_stats_message(), context)
 
 
 def _train_message(torch_state: dict, **settings) -> Message:

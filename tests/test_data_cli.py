@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedicu.simulations.cli import main
-from tests.test_tables import RawRecord, parse_outcomes, parse_record, write_tables
+from tests.test_tables import folder_records, write_tables
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -101,18 +101,12 @@ def test_site_check_warns_about_skipped_rows_and_strict_makes_them_an_error(monk
     assert code == 2 and json.loads(out)["first_error"].startswith(f"{first}: ")
 
 
-def _raw_records(folder: Path) -> list[RawRecord]:
-    labels = parse_outcomes((folder / "Outcomes-c.txt").read_text())
-    files = sorted((folder / "set-c").glob("*.txt"), key=lambda path: int(path.stem))
-    return [RawRecord(int(f.stem), parse_record(f.read_text()), labels[int(f.stem)]) for f in files]
-
-
 def test_the_same_stays_as_meds_and_as_tables_score_exactly_alike(monkeypatch, capsys, trained, exported):
     meds_dir = exported.parent / "as-meds"
     code, _, err = run(monkeypatch, capsys, "data", "to-meds", str(meds_dir), "--data-format", "physionet2012",
                        "--data-dir", str(exported), "--sets", "c")  # fmt: skip
     assert code == 0, err
-    tables_dir = write_tables(_raw_records(exported), exported.parent / "as-tables")  # an independent converter
+    tables_dir = write_tables(folder_records(exported, "c"), exported.parent / "as-tables")  # an independent converter
     sources = {
         "physionet2012": ["--data-dir", str(exported), "--sets", "c"],
         "meds": ["--data-dir", str(meds_dir), "--labels", str(meds_dir / "labels")],
@@ -127,3 +121,18 @@ def test_the_same_stays_as_meds_and_as_tables_score_exactly_alike(monkeypatch, c
     assert scored["meds"]["n"] == scored["tables"]["n"] == scored["physionet2012"]["n"] == 300
     for data_format in ("meds", "tables"):
         assert scored[data_format]["auroc"] == pytest.approx(scored["physionet2012"]["auroc"], abs=1e-6)
+
+
+def test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_them(
+    monkeypatch, capsys, exported, workspace
+):
+    messy, first = _messy_copy(exported, workspace / "messy-train")
+    run_dir = workspace / "messy-run"
+    code, _, err = run(monkeypatch, capsys, "simulate", "--dataset", "physionet2012", "--data-dir", str(messy),
+                       "--sets", "c", "--partition", "iid", "--hospitals", "2", "--rounds", "1",
+                       "--hidden-size", "8", "--out", str(run_dir))  # fmt: skip
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if "skipped 100 rows" in line]) == 1, err
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["task"] == "in_hospital_death" and len(card["variables"]) == 37
+    assert card["data"]["rows_skipped"] == [{"name": "", "count": 100, "first": first}]

@@ -58,6 +58,13 @@ def fixture_records() -> list[RawRecord]:
     return [RawRecord(int(f.stem), parse_record(f.read_text()), labels[int(f.stem)]) for f in files]
 
 
+def folder_records(folder: Path, set_name: str) -> list[RawRecord]:
+    """The records of set `set_name` in a PhysioNet 2012 folder (extracted), read independently."""
+    labels = parse_outcomes((folder / f"Outcomes-{set_name}.txt").read_text())
+    files = sorted((folder / f"set-{set_name}").glob("*.txt"), key=lambda path: int(path.stem))
+    return [RawRecord(int(f.stem), parse_record(f.read_text()), labels[int(f.stem)]) for f in files]
+
+
 def physionet_fixture(tmp_path: Path) -> Cohort:
     """The fixture as `physionet2012.load` reads it: the reference."""
     data_dir = tmp_path / "physionet"

@@ -55,7 +55,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -317,7 +317,7 @@ def _length_of_stay_task(cohort: Cohort, days: np.ndarray, task: str, label: str
         )  # fmt: skip
     stays = cohort.stays.copy()
     stays["label"] = (days > LENGTH_OF_STAY_DAYS[task]).astype(np.int8)
-    relabelled = Cohort(stays=stays, measurements=cohort.measurements, task=task, skipped=cohort.skipped)
+    relabelled = replace(cohort, stays=stays)
     return relabelled if known.all() else relabelled.subset(stays.index[known])
 
 
