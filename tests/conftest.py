@@ -2,6 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from fedicu.simulations.deployment import certs
+from fedicu.simulations.deployment.rehearsal import LocalDeployment
+from tests.deployments import SITES, live_processes
+
 PHYSIONET_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "physionet2012"
 
 _physionet_absent = pytest.mark.skipif(
@@ -40,13 +44,14 @@ SLOW = {
     ],
     "test_secure_aggregation.py": ["test_secure_aggregation_works_with_fedadam_and_dp_sgd"],
     "test_contract.py": ["test_each_strategy_and_protection_runs_end_to_end_through_the_contract"],
+    "test_data_cli.py": ["test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_them"],
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.name
-        if path == "test_deployment.py":
+        if path.startswith("test_deployment"):
             item.add_marker(pytest.mark.deploy)
             item.add_marker(pytest.mark.slow)
         if item.originalname in SLOW.get(path, []):  # type: ignore[attr-defined]
@@ -59,3 +64,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's cache."""
     monkeypatch.setenv("FEDICU_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """A deployment with the CA, SuperLink certificate and site keys; nothing started yet."""
+    certs.create(tmp_path / "certs", ["127.0.0.1"], SITES)
+    with LocalDeployment(tmp_path, SITES) as started:
+        yield started
+    assert live_processes(tmp_path) == []

@@ -12,30 +12,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import with_environment
-from fedicu.simulations.deployment.rehearsal import CONNECTION, LocalDeployment, write_sites
-
-SITES = ["hospital-1", "hospital-2", "hospital-3"]
-FEDICU = Path(sys.executable).parent / "fedicu"
-
-
-def live_processes(out: Path) -> list[int]:
-    """Processes still running with this deployment's Flower home (children inherit it)."""
-    return with_environment("FLWR_HOME", str(out / "flwr-home"))
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.2)
+from fedicu.simulations.deployment.rehearsal import CONNECTION, LocalDeployment
+from tests.deployments import FEDICU, SITES, live_processes, wait_until
 
 
 def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
@@ -52,15 +34,6 @@ def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
     finally:
         os.kill(orphan, signal.SIGKILL)
     wait_until(lambda: with_environment("FEDICU_TEST", marker) == [], 10, "the killed orphan no longer counts")
-
-
-@pytest.fixture
-def deployment(tmp_path):
-    """A deployment with the CA, SuperLink certificate and site keys; nothing started yet."""
-    certs.create(tmp_path / "certs", ["127.0.0.1"], SITES)
-    with LocalDeployment(tmp_path, SITES) as started:
-        yield started
-    assert live_processes(tmp_path) == []
 
 
 def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
@@ -111,42 +84,6 @@ def test_only_registered_sites_holding_the_ca_certificate_can_join(deployment):
 
     wait_until(lambda: len(online()) == 1, 30, "the registered SuperNode is online")
     assert registered.poll() is None
-
-
-def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
-    folders, test_dir = write_sites(deployment.out, len(SITES), seed=0)
-    deployment.start_superlink()
-    for site, folder in folders.items():
-        deployment.register(site)
-        deployment.start_supernode(site, folder)
-    run_dir = deployment.out / "run"
-    run_config = {
-        "sites": 3,
-        "rounds": 2,
-        "secagg": True,
-        "round-timeout": 40.0,  # a ClientApp process per message: slow under load
-        "test-dir": str(test_dir),
-        "out": str(run_dir),
-    }
-    run_id = deployment.submit(run_config)
-
-    # SecAgg+ sends each site four train messages a round: keys, key shares, masking, unmasking.
-    # Killed once the key shares arrive (before or after it sent its own: each stage is covered
-    # in test_secure_aggregation.py), the site leaves mid-protocol and stays down in round 2.
-    victim = "hospital-3"
-    wait_until(
-        lambda: deployment.log(victim).read_text().count("Receiving: train message") >= 2,
-        600,
-        f"{victim} gets its key shares",
-    )
-    deployment.kill(victim)
-    deployment.wait(run_id, run_dir, timeout=600, on_round=lambda done: None)
-
-    rows = json.loads((run_dir / "metrics.json").read_text())
-    assert [(r["round"], r["hospitals_trained"], r["hospitals_failed"]) for r in rows] == [(1, 2, 1), (2, 2, 1)]
-    assert rows[-1]["test_auroc"] > 0.7
-    for row in json.loads((run_dir / "hospital_metrics.json").read_text()):
-        assert (row["status"] == "ok") == (row["hospital"] != victim), row
 
 
 def test_insecure_mode_has_no_tls_and_lets_any_node_join(tmp_path):
