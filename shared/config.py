@@ -9,7 +9,8 @@ and validates, so a typo or a bad value fails before any training starts.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fedicu.shared.datasets import DATASETS, DataSource
@@ -128,6 +129,20 @@ class RunConfig:
             if not ok:
                 raise ValueError(message)
         check_name(self.task)
+        self._no_silent_option()
+
+    def _no_silent_option(self) -> None:
+        """An option given a value it has no effect with, under the other options, is an error."""
+        for name, applies, context in EFFECTIVE_ONLY:
+            if getattr(self, name) != getattr(RunConfig, name) and not applies(self):
+                raise ValueError(f"--{name.replace('_', '-')} has no effect {context(self)}")
+
+    def without_dp(self) -> RunConfig:
+        """This configuration without DP-SGD: its options back at their defaults."""
+        reset = {name: getattr(RunConfig, name) for name in DP_SGD_ONLY}
+        if not self.hospital_dp_noise:
+            reset.update({name: getattr(RunConfig, name) for name in ("delta", "accountant")})
+        return replace(self, dp=False, **reset)
 
     def _chosen_variables(self) -> list[str]:
         return [v.strip() for v in self.variables.split(",") if v.strip()]
@@ -165,3 +180,34 @@ class RunConfig:
             return RunConfig(**values)
         except ValueError as error:  # say it in the run-config spelling the user wrote
             raise ValueError(re.sub(r"--([a-z][a-z-]*)", r"run-config \1", str(error))) from None
+
+
+def _dp_accounting(config: RunConfig) -> bool:
+    return config.dp or config.hospital_dp_noise > 0
+
+
+DP_SGD_ONLY = ("target_epsilon", "noise_multiplier", "max_grad_norm")
+# Options that act only under others: (field, whether it acts in a configuration, why not).
+# tests/test_config.py checks that every field is here or in ALWAYS_EFFECTIVE.
+EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfig], str]], ...] = (
+    ("data_dir", lambda c: c.dataset != "synthetic", lambda c: "with --data-format synthetic (the built-in cohort)"),
+    ("sets", lambda c: c.dataset == "physionet2012", lambda c: f"with --data-format {c.dataset}: it picks PhysioNet 2012 sets"),
+    ("labels", lambda c: c.dataset == "meds", lambda c: f"with --data-format {c.dataset}: it is for --data-format meds"),
+    ("mapping", lambda c: c.dataset in ("tables", "meds"), lambda c: f"with --data-format {c.dataset}: it is for tables or meds"),
+    ("synthetic_stays", lambda c: c.dataset == "synthetic", lambda c: f"with --data-format {c.dataset}: it sizes the synthetic cohort"),
+    ("hospitals", lambda c: c.dataset == "synthetic" or c.partition in ("iid", "dirichlet"),
+     lambda c: f"with --data-format {c.dataset} and --partition {c.partition or 'its natural one'}: the partition decides"),
+    ("alpha", lambda c: c.partition == "dirichlet", lambda c: f"with --partition {c.partition or 'its natural one'}: it is for --partition dirichlet"),
+    ("proximal_mu", lambda c: c.strategy == "fedprox", lambda c: f"with --strategy {c.strategy}: it is FedProx's"),
+    ("server_lr", lambda c: c.strategy == "fedadam", lambda c: f"with --strategy {c.strategy}: it is FedAdam's"),
+    *((name, lambda c: c.dp, lambda c: "without --dp") for name in DP_SGD_ONLY),
+    ("delta", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
+    ("accountant", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
+    ("hospital_dp_clip", lambda c: c.hospital_dp_noise > 0, lambda c: "without --hospital-dp-noise"),
+)  # fmt: skip
+# Options that act in every configuration.
+ALWAYS_EFFECTIVE = frozenset({
+    "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
+    "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
+    "min_hospitals", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
+})  # fmt: skip

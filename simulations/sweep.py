@@ -64,7 +64,8 @@ class Cell:
 
     def config(self, base: RunConfig, out: Path) -> RunConfig:
         private = self.setting == "federated" and not math.isinf(self.epsilon)
-        return replace(base, seed=self.seed, dp=private, target_epsilon=self.epsilon if private else 0.0, out=str(out))
+        config = replace(base, seed=self.seed, out=str(out))
+        return replace(config, dp=True, target_epsilon=self.epsilon) if private else config.without_dp()
 
 
 def grid(epsilons: list[float], seeds: list[int], baselines: bool) -> list[Cell]:

@@ -198,8 +198,8 @@ def test_fedprox_reaches_the_hospitals_and_changes_their_training(tmp_path):
 
 def test_fedavg_sends_no_proximal_term(tmp_path):
     seen: list[TrainRequest] = []
-    _run(tmp_path, _spy(seen), strategy="fedavg", proximal_mu=5.0, rounds=1)
-    assert {r.proximal_mu for r in seen} == {0.0}
+    _run(tmp_path, _spy(seen), strategy="fedavg", rounds=1)  # the default mu (0.01) stays FedProx's
+    assert RunConfig().proximal_mu > 0 and {r.proximal_mu for r in seen} == {0.0}
 
 
 @pytest.mark.parametrize(

@@ -136,3 +136,9 @@ def test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_
     card = json.loads((run_dir / "model_card.json").read_text())
     assert card["task"] == "in_hospital_death" and len(card["variables"]) == 37
     assert card["data"]["rows_skipped"] == [{"name": "", "count": 100, "first": first}]
+
+
+def test_evaluate_refuses_sets_for_a_format_without_sets(monkeypatch, capsys, trained, workspace):
+    code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--data-format", "tables",
+                         "--data-dir", str(workspace), "--sets", "c")  # fmt: skip
+    assert (code, out) == (2, "") and "--sets has no effect with --data-format tables" in err, err

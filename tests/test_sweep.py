@@ -11,7 +11,8 @@ from fedicu.shared.config import RunConfig
 from fedicu.simulations import sweep as study
 from fedicu.simulations.cli import main
 
-TINY = RunConfig(synthetic_stays=600, hospitals=2, rounds=1, hidden_size=16, delta=1e-3)
+# a sweep base: DP-SGD on at a stand-in epsilon, as the sweep command builds it (cells set their own)
+TINY = RunConfig(synthetic_stays=600, hospitals=2, rounds=1, hidden_size=16, delta=1e-3, dp=True, target_epsilon=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_summary_gives_mean_and_spread_over_seeds():
         (["--epsilons", "1,abc"], "'abc' is not a number"),
         (["--epsilons", "0,1"], "must be positive"),
         (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
-        (["--target-epsilon", "3"], "sweep sets --dp and --target-epsilon"),
+        (["--target-epsilon", "3"], "No such option '--target-epsilon'"),  # the sweep sets it per cell
     ],
 )
 def test_bad_sweep_options_fail_before_any_training(args, message, tmp_path, monkeypatch, capsys):

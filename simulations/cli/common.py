@@ -51,7 +51,8 @@ OPTION_HELP = {
     "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
     "min_hospitals": "Replies a round needs to complete; failed hospitals are recorded and skipped.",
     "dp": "Train with DP-SGD at every hospital (privacy unit: one ICU stay).",
-    "target_epsilon": "Each hospital's epsilon for the whole run; noise is calibrated up front.",
+    "target_epsilon": "Each hospital's epsilon for the whole run: the noise is calibrated to it, or, with "
+    "--noise-multiplier, it is the budget at which a hospital stops training.",
     "noise_multiplier": "Fixed DP-SGD noise multiplier instead of calibrating from --target-epsilon.",
     "delta": "DP delta per hospital; must be below 1 / its training stays.",
     "max_grad_norm": "DP-SGD per-stay gradient clipping norm.",
@@ -86,9 +87,16 @@ class RunFailed(Exception):
     """A run that started but could not finish (e.g. too few hospitals replied): exit code 1."""
 
 
-def run_options(command):
-    """Give a command every RunConfig field as an option; it receives `config`."""
-    names = [f.name for f in fields(RunConfig) if f.name not in DEPLOYMENT_ONLY]
+def run_options(command=None, *, dp_per_cell: bool = False):
+    """Give a command every RunConfig field as an option; it receives `config`.
+
+    `dp_per_cell`: the command sets --dp and --target-epsilon itself for each run it makes (the
+    sweep), so it does not offer them, and the DP-SGD options it is given are checked as
+    acting (the configuration it receives has DP-SGD on at a stand-in epsilon of 1)."""
+    if command is None:
+        return functools.partial(run_options, dp_per_cell=dp_per_cell)
+    per_cell = ("dp", "target_epsilon", "noise_multiplier") if dp_per_cell else ()
+    names = [f.name for f in fields(RunConfig) if f.name not in DEPLOYMENT_ONLY + per_cell]
     defaults = RunConfig()
     params = [
         inspect.Parameter(
@@ -102,11 +110,12 @@ def run_options(command):
         for name in names
     ]
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
+    stand_in = {"dp": True, "target_epsilon": 1.0} if dp_per_cell else {}
 
     @functools.wraps(command)
     def wrapper(**kwargs):
         try:
-            config = RunConfig(**{n: kwargs.pop(n) for n in names})
+            config = RunConfig(**{n: kwargs.pop(n) for n in names}, **stand_in)
         except ValueError as error:
             raise UserError(str(error)) from error
         return command(config=config, **kwargs)

@@ -32,11 +32,16 @@ from fedicu.simulations.cli.common import (
 )
 
 
+def _default_sets(dataset: str) -> str:
+    """Set C for PhysioNet 2012 (the held-out Challenge set); the default elsewhere (not read)."""
+    return "c" if dataset == "physionet2012" else RunConfig.sets
+
+
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
     dataset: DataFormat = "physionet2012",
     data_dir: DataDir = "",
-    sets: Annotated[str, typer.Option(help=OPTION_HELP["sets"])] = "c",
+    sets: Annotated[str, typer.Option(help="PhysioNet 2012 sets to score, comma-separated (default: c).")] = "",
     labels: Labels = "",
     mapping: MappingFile = "",
     task: Annotated[str, typer.Option(help="The stays' task (default: the model's); another is refused.")] = "",
@@ -53,7 +58,7 @@ def evaluate(
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
         config = RunConfig(
-            dataset=dataset, data_dir=data_dir, sets=sets, labels=labels, mapping=mapping, task=trained_for,
+            dataset=dataset, data_dir=data_dir, sets=sets or _default_sets(dataset), labels=labels, mapping=mapping, task=trained_for,
             strict=strict, synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:

@@ -64,7 +64,7 @@ def audit(
     console.print(f"Wrote {run_dir / AUDIT_JSON} and {run_dir / AUDIT_PNG}")
 
 
-@run_options
+@run_options(dp_per_cell=True)
 def sweep(
     config: RunConfig,
     epsilons: Annotated[
@@ -86,8 +86,6 @@ def sweep(
 
     from fedicu.simulations import sweep as study
 
-    if config.dp or config.target_epsilon or config.noise_multiplier:
-        raise UserError("sweep sets --dp and --target-epsilon for each cell; give the grid with --epsilons")
     try:
         cells = study.grid(study.parse_epsilons(epsilons), _parse_seeds(seeds), baselines)
     except ValueError as error:
