@@ -132,11 +132,16 @@ def load_trained(path: str | Path, which: str = "best") -> tuple[MortalityLSTM, 
     run_dir = RunDirectory(path)
     if not run_dir.path.is_dir():
         raise FileNotFoundError(f"RUN_DIR {run_dir.path}: no such directory")
+    if run_dir.status is None:
+        raise ValueError(f"RUN_DIR {run_dir.path}: not a run directory (no {RUN_FILE})")
     if run_dir.status != "complete":
         raise ValueError(
             f"RUN_DIR {run_dir.path}: the run is not complete (status: {run_dir.status}); "
             "only completed runs have a model card"
         )
+    missing = [name for name in (MODEL_CARD, BEST_MODEL, FINAL_MODEL) if not (run_dir.path / name).is_file()]
+    if missing:
+        raise ValueError(f"RUN_DIR {run_dir.path}: no saved model here ({', '.join(missing)} missing)")
     if which not in ("best", "final"):
         raise ValueError(f"--model must be 'best' or 'final', not {which!r}")
     card = run_dir.read_json(MODEL_CARD)

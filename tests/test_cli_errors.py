@@ -79,3 +79,19 @@ def test_malformed_record_line_is_named(monkeypatch, capsys, tmp_path):
     )
     assert code == 2
     assert "132539.txt:8" in err and "Traceback" not in err
+
+
+def test_version_prints_the_installed_version(monkeypatch, capsys):
+    import importlib.metadata
+
+    monkeypatch.setattr(sys, "argv", ["fedicu", "--version"])
+    main()  # returns: a success exits 0
+    assert capsys.readouterr().out == f"fedicu {importlib.metadata.version('fedicu')}\n"
+
+
+def test_a_folder_that_is_not_a_run_directory_is_named_as_such(monkeypatch, capsys, tmp_path):
+    code, err = run(monkeypatch, capsys, "evaluate", str(tmp_path))
+    assert code == 2 and err.strip() == f"error: RUN_DIR {tmp_path}: not a run directory (no run.json)"
+    (tmp_path / "run.json").write_text('{"status": "complete"}')  # e.g. a baseline that saves no model
+    code, err = run(monkeypatch, capsys, "evaluate", str(tmp_path))
+    assert code == 2 and "no saved model here (model_card.json, model_best.pt, model_final.pt missing)" in err

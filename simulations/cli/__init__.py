@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
+from typing import Annotated
 
 import click
 import typer
@@ -19,6 +21,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"fedicu {importlib.metadata.version('fedicu')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models."""
 # In the order `fedicu --help` lists them.
 app.command()(training.simulate)
 app.command()(training.centralized)
