@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from fedicu.shared.cache import save_arrays
-from fedicu.shared.cohort import SkippedRows, skipped_summary
+from fedicu.shared.cohort import Cohort, SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import DataSource, get, load_cohort, natural_partition, physionet2012
-from fedicu.shared.partition import assign_hospitals, split, stratified_pick
+from fedicu.shared.partition import MIN_STAYS_PER_HOSPITAL, assign_hospitals, split, stratified_pick
 from fedicu.shared.preprocessing import Sequences, clean, describe, to_sequences
 
 logger = logging.getLogger("fedicu")
@@ -63,8 +63,16 @@ class Federation:
 def prepare(config: RunConfig) -> Federation:
     cohort = load_cohort(config.data_source())
     cohort, removed = clean(cohort)
+    _check_learnable(cohort)
     scheme = config.partition or natural_partition(config.dataset)
     hospital = assign_hospitals(cohort, scheme, hospitals=config.hospitals, alpha=config.alpha, seed=config.seed)
+    sizes = hospital.value_counts()
+    if (sizes < MIN_STAYS_PER_HOSPITAL).any():
+        small = ", ".join(f"{name} {count}" for name, count in sizes[sizes < MIN_STAYS_PER_HOSPITAL].items())
+        raise ValueError(
+            f"hospitals with fewer than {MIN_STAYS_PER_HOSPITAL} stays cannot train and validate ({small} stays); "
+            "merge them or choose another --partition"
+        )
     splits = split(cohort, hospital, config.test_fraction, config.val_fraction, seed=config.seed)
     seqs = to_sequences(cohort)
     row = {stay: i for i, stay in enumerate(seqs.stay_ids)}
@@ -101,6 +109,18 @@ def load_hospital(path: str, index: int) -> HospitalData:
             raise ValueError(f"{path}: no hospital {index}; the federation has {len(names)}")
         parts = {part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS)) for part in ("train", "val")}
         return HospitalData(str(names[index]), parts["train"], parts["val"])
+
+
+def _check_learnable(cohort: Cohort) -> None:
+    """Refuse training data that holds nothing to learn."""
+    labels = cohort.stays["label"]
+    if labels.nunique() < 2:
+        raise ValueError(f"every stay has label {int(labels.iloc[0])} for task {cohort.task}: nothing to learn")
+    if cohort.measurements.empty:
+        raise ValueError(
+            "no stay has any time-series measurement left (check the data's times and --mapping): "
+            "nothing but descriptors to learn from"
+        )
 
 
 def whole_folder(source: DataSource, what: str = "node config data-dir") -> DataSource:

@@ -219,7 +219,7 @@ def _skipped_finding(skipped: tuple[SkippedRows, ...], strict: bool) -> Finding:
 
 def _layout_findings(folder: Path, names: list[str]) -> list[Finding]:
     if not names:
-        message = "no set-a, set-b or set-c (folder or .tar.gz) found"
+        message = "no set-a, set-b or set-c (folder or .tar.gz) found" + _format_hint(folder)
         return [_error("sets", message, DataError(message, folder))]
     read = [f"set-{s}/" if (folder / f"set-{s}").is_dir() else f"set-{s}.tar.gz" for s in names]
     findings = [Finding("sets", OK, f"reading {', '.join(read)}")]
@@ -232,6 +232,15 @@ def _layout_findings(folder: Path, names: list[str]) -> list[Finding]:
             message = f"Outcomes-{s}.txt is ignored: there is no set-{s}/ or set-{s}.tar.gz"
             findings.append(Finding("sets", WARNING, message))
     return findings
+
+
+def _format_hint(folder: Path) -> str:
+    """For a folder of another format read as PhysioNet 2012: which --data-format it looks like."""
+    if any((folder / f"stays.{kind}").exists() for kind in ("csv", "parquet")):
+        return "; it looks like long tables: give --data-format tables"
+    if (folder / "data").is_dir():
+        return "; it looks like a MEDS dataset: give --data-format meds and --labels"
+    return ""
 
 
 def _check_set(folder: Path, name: str, task: str) -> tuple[SetSummary, Cohort | None, list[Finding]]:

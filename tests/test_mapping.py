@@ -218,3 +218,10 @@ def test_a_missing_or_binary_mapping_file_is_named(tmp_path):
     binary.write_bytes(b"\xff\xfe[stays]")
     with pytest.raises(DataError, match="not UTF-8"):
         load_mapping(str(binary))
+
+
+def test_whole_number_codes_read_from_a_float_column_match_their_integer_spelling(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[variables]\nHR = "220045"\n')
+    names, _ = load_mapping(str(path)).translate(np.array([220045.0, 220045.5, np.nan]), np.ones(3))
+    assert list(names.astype(object)) == ["HR", np.nan, np.nan]

@@ -170,7 +170,8 @@ def test_the_window_is_the_48_hours_up_to_the_prediction_time(tmp_path, caplog):
     assert np.isnan(cohort.stays.loc[7, "height"])
     assert rows(cohort) == [(7, 0, "HR", 2.0), (7, 0, "Weight", 79.0), (7, 30, "HR", 3.0), (7, 2880, "HR", 4.0)]
     assert cohort.stays["label"].tolist() == [1] and cohort.task == "in_hospital_death"
-    assert any("dropped 3 events outside the 48 h window" in r.getMessage() for r in caplog.records)
+    assert any("left out 3 of 9 events (33.3%): times outside the 48 h input window" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)  # fmt: skip
 
 
 def test_several_labels_of_a_subject_are_several_examples(tmp_path):
@@ -196,14 +197,6 @@ def test_several_labels_of_a_subject_are_several_examples(tmp_path):
     np.testing.assert_array_equal(stays["age"], [np.nan, 70, 70])  # static events belong to every window
     np.testing.assert_array_equal(stays["gender"], [1, np.nan, np.nan])
     assert rows(cohort) == [(1, 10, "HR", 3.0), (2, 60, "HR", 1.0), (3, 60 * 50 - 24 * 60, "HR", 2.0)]
-
-
-def test_a_labelled_subject_without_events_is_kept(tmp_path):
-    cohort = read(
-        meds_root(tmp_path, {"0": [(1, at(5), "HR", 80.0)]}),
-        labels_file(tmp_path, [(1, PREDICTION, False), (2, PREDICTION, True)]),
-    )
-    assert list(cohort.stays.index) == [1, 2] and cohort.stays.loc[2, ["age", "weight"]].isna().all()
 
 
 def test_only_labelled_subjects_are_read(tmp_path):
@@ -386,3 +379,15 @@ def test_bad_data_shards_are_refused_by_name(tmp_path, case):
         read(root, labels_file(tmp_path, [(1, PREDICTION, False)]))
     assert raised.value.path == str(bad)
     assert message in raised.value.message, raised.value.message
+
+
+def test_labelled_subjects_without_any_event_are_left_out_and_counted(tmp_path, caplog):
+    root = meds_root(tmp_path, {"0": [(1, at(5), "HR", 80.0), (2, at(5), "HR", 90.0)]})
+    labels = labels_file(tmp_path, [(1, PREDICTION, True), (2, PREDICTION, False), (99, PREDICTION, False)])
+    with caplog.at_level(logging.WARNING, logger="fedicu"):
+        cohort = read(root, labels)
+    assert list(cohort.stays.index) == [1, 2]
+    assert any("1 of 3 labelled subjects have no event in data/" in r.getMessage() for r in caplog.records)
+    elsewhere = labels_file(tmp_path, [(98, PREDICTION, True), (99, PREDICTION, False)], "other.parquet")
+    with pytest.raises(DataError, match="none of the 2 labelled subjects has an event in data/"):
+        read(root, elsewhere)

@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 
 from fedicu.shared.cohort import STAY_COLUMNS, VARIABLE_DTYPE, Cohort, SkippedRows
+from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import DataSource, load_cohort, physionet2012, tables
 from fedicu.shared.errors import DataError
+from fedicu.shared.federation import prepare
 from fedicu.shared.preprocessing import clean, to_sequences
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "physionet_mini"
@@ -386,8 +388,8 @@ def test_events_outside_the_window_are_dropped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="fedicu"):
         cohort = read(site(tmp_path, events=events))
     assert rows(cohort) == [(1, 0, "HR", 2.0), (1, 2880, "HR", 3.0)]
-    messages = [r.getMessage() for r in caplog.records if r.name == "fedicu"]
-    assert any("dropped 3 events outside the 48 h window or descriptors not at minute 0" in m for m in messages)
+    warned = [r.getMessage() for r in caplog.records if r.name == "fedicu" and r.levelno == logging.WARNING]
+    assert any("left out 3 of 6 events (50.0%): times outside the 48 h input window" in m for m in warned), warned
 
 
 def test_timestamps_give_minutes_since_admission(tmp_path):
@@ -476,3 +478,28 @@ def test_a_column_the_mapping_names_must_be_there(tmp_path):
     with pytest.raises(DataError, match=r"no column 'site' \(the mapping's \[stays\] hospital\)") as raised:
         read(site(tmp_path), mapping=str(tmp_path / "mapping.toml"))
     assert raised.value.path == str(tmp_path / "site" / "stays.csv")
+
+
+def test_no_usable_stay_is_an_error_not_an_empty_cohort(tmp_path):
+    folder = site(tmp_path, stays="stay_id,in_hospital_death\n1,\n2,\n")
+    with pytest.raises(DataError, match="no usable stays: every stay was left out"):
+        load_cohort(DataSource(format="tables", data_dir=str(folder)))
+
+
+def test_a_length_of_stay_of_minus_one_is_unknown_and_leaves_the_stay_out(tmp_path):
+    stays = "stay_id,length_of_stay\n1,5\n2,-1\n3,2\n"
+    cohort = read(site(tmp_path, stays=stays), task="los_over_3d")
+    assert cohort.stays["label"].to_dict() == {1: 1, 3: 0}
+
+
+def test_training_refuses_data_with_nothing_to_learn_or_hospitals_too_small(tmp_path):
+    events = H + "".join(f"{i},0,HR,{70 + i}\n" for i in range(1, 41))
+    one_class = site(tmp_path, "stay_id,in_hospital_death\n" + "".join(f"{i},0\n" for i in range(1, 41)), events)
+    with pytest.raises(ValueError, match="every stay has label 0 for task in_hospital_death: nothing to learn"):
+        prepare(RunConfig(dataset="tables", data_dir=str(one_class)))
+    stays = "stay_id,hospital,in_hospital_death\n" + "".join(
+        f"{i},{'a' if i > 6 else 'b'},{i % 3 == 0:d}\n" for i in range(1, 41)
+    )
+    small = site(tmp_path, stays, events, name="small")
+    with pytest.raises(ValueError, match=r"fewer than 10 stays cannot train and validate \(b 6 stays\)"):
+        prepare(RunConfig(dataset="tables", data_dir=str(small)))

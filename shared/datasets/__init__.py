@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedicu.shared.cohort import Cohort
+from fedicu.shared.errors import DataError
 from fedicu.shared.tasks import DEFAULT_TASK
 
 
@@ -73,6 +74,9 @@ def load_cohort(source: DataSource) -> Cohort:
     if dataset.needs_data_dir and not source.data_dir:
         raise ValueError(f"--data-dir is required for --data-format {source.format}")
     cohort = dataset.load(source)
+    if not len(cohort):
+        raise DataError(f"no usable stays: every stay was left out (see the warnings above) for task {source.task}",
+                        source.data_dir or None)  # fmt: skip
     return cohort.strict() if source.strict else cohort
 
 

@@ -140,7 +140,12 @@ def to_cohort(
     measured, dropped = rows.measurements(weight_row)
     if dropped:
         where = events.paths[0] + (f" and {len(events.paths) - 1} more files" if len(events.paths) > 1 else "")
-        logger.info("%s: dropped %d events outside the 48 h window or descriptors not at minute 0", where, dropped)
+        share = dropped / max(len(mapped), 1)
+        logger.warning(
+            "%s: left out %d of %d events (%.1f%%): times outside the 48 h input window (minute 0..2880), "
+            "or descriptors not at minute 0",
+            where, dropped, len(mapped), 100 * share,
+        )  # fmt: skip
 
     out = stays.copy()
     for column, value in values.items():
@@ -194,7 +199,7 @@ def _check_values(events: Events, mapped: np.ndarray) -> None:
     name, value = events.name[i], events.value[i]
     text = None if events.text is None else str(events.text[i])
     if np.isinf(value):
-        problem = f"value {text or value!r} is not a finite number"
+        problem = f"value {text or float(value)!r} is not a finite number"
     elif text is None:
         problem = "value is missing or NaN"
     elif text.strip():

@@ -256,7 +256,7 @@ class Mapping:
         each distinct code is looked up once.
         """
         index, uniques = pd.factorize(codes, use_na_sentinel=True)
-        rules = [self._rule(str(code)) for code in uniques]
+        rules = [self._rule(_code_text(code)) for code in uniques]
         name = np.array([FEDERATION_NAMES.index(r.variable) if r else -1 for r in rules] + [-1])
         scale = np.array([r.scale if r else 1.0 for r in rules] + [1.0])
         offset = np.array([r.offset if r else 0.0 for r in rules] + [0.0])
@@ -265,6 +265,14 @@ class Mapping:
 
 
 IDENTITY = Mapping()
+
+
+def _code_text(code: Any) -> str:
+    """A code as the mapping spells it: a whole number stored as a float (a Parquet column
+    with gaps) reads as the integer, 220045.0 as "220045"."""
+    if isinstance(code, float | np.floating) and float(code).is_integer():
+        return str(int(code))
+    return str(code)
 
 
 def load_mapping(path: str) -> Mapping:

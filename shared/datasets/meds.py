@@ -39,6 +39,7 @@ cohort's task `source.task`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,8 @@ from fedicu.shared.datasets.events import Events, to_cohort
 from fedicu.shared.datasets.mapping import Mapping, load_mapping
 from fedicu.shared.errors import DataError
 
+logger = logging.getLogger("fedicu")
+
 WINDOW_MICROSECONDS = 48 * 60 * 60 * 10**6
 _MICROSECONDS_PER_MINUTE = 60 * 10**6
 _LABEL_COLUMNS = ["subject_id", "prediction_time", "boolean_value"]
@@ -68,14 +71,16 @@ def from_source(source: DataSource) -> Cohort:
     mapping = load_mapping(source.mapping)
     labels = _Labels.read(source.labels)
     files = data_files(root)
-    parts, skipped = [], []
+    parts, skipped, seen = [], [], []
     for index, path in enumerate(files):
-        events, null_values = _file_events(path, index, labels, mapping)
+        events, null_values, subjects = _file_events(path, index, labels, mapping)
         parts.append(events)
         skipped.extend(null_values)
+        seen.append(subjects)
     events = Events.concat(parts, paths=tuple(str(path) for path in files))
     folder_name = root.resolve().name
     stays = labels.stays(hospital=_dataset_name(root) or folder_name, source=folder_name)
+    stays = _with_data(stays, np.concatenate(seen), source)
     return to_cohort(stays, events, source.task, skipped=tuple(skipped), stays_path=source.labels)
 
 
@@ -238,9 +243,27 @@ def _label_frame(path: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------- events
 
 
-def _file_events(path: Path, index: int, labels: _Labels, mapping: Mapping) -> tuple[Events, list[SkippedRows]]:
+def _with_data(stays: pd.DataFrame, seen: np.ndarray, source: DataSource) -> pd.DataFrame:
+    """The examples whose subject has events in data/; the others are left out with a warning
+    (a label file of another dataset, or an extract that lost them)."""
+    present = np.isin(stays["subject_id"].to_numpy(), seen)
+    if present.all():
+        return stays
+    absent = stays["subject_id"][~present]
+    if not present.any():
+        raise DataError(f"none of the {len(stays):,} labelled subjects has an event in data/", source.labels)
+    logger.warning(
+        "%s: %d of %d labelled subjects have no event in data/ and are left out (first: subject %d)",
+        source.labels, absent.nunique(), stays["subject_id"].nunique(), int(absent.iloc[0]),
+    )  # fmt: skip
+    return stays[present]
+
+
+def _file_events(
+    path: Path, index: int, labels: _Labels, mapping: Mapping
+) -> tuple[Events, list[SkippedRows], np.ndarray]:
     """The mapped events of one shard, one row per event and example whose subject it concerns,
-    and the mapped events skipped for a null numeric_value."""
+    the mapped events skipped for a null numeric_value, and the labelled subjects it holds."""
     columns = ["subject_id", "time", "code", "numeric_value"]
     labelled = pc.field("subject_id").isin(pa.array(labels.subject_id))
     table = _validated(path, meds.DataSchema, "data", columns, labelled)
@@ -276,7 +299,7 @@ def _file_events(path: Path, index: int, labels: _Labels, mapping: Mapping) -> t
         row=np.full(len(event), -1, dtype=np.int64),
         paths=(),
     )
-    return events, skipped
+    return events, skipped, np.unique(table["subject_id"].to_numpy())
 
 
 def _pair_with_examples(subject: np.ndarray, label_subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -223,7 +223,8 @@ def _label(table: _Table, task: str) -> np.ndarray:
         return _zero_or_one(table, task)
     if task in LENGTH_OF_STAY_DAYS and table.get("length_of_stay") is not None:
         days = _numbers(table, "length_of_stay")
-        return np.where(np.isnan(days), np.nan, (days > LENGTH_OF_STAY_DAYS[task]).astype(np.float64))
+        unknown = np.isnan(days) | (days < 0)  # -1: not recorded, as in PhysioNet 2012
+        return np.where(unknown, np.nan, (days > LENGTH_OF_STAY_DAYS[task]).astype(np.float64))
     why = f" for the labels of task {task}"
     if task in LENGTH_OF_STAY_DAYS:
         why += f", nor {table.mapping.column('stays', 'length_of_stay')!r} in days to derive them from"

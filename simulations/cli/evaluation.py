@@ -72,6 +72,10 @@ def evaluate(
         seqs = to_sequences(cohort)
         scores = predict(trained, to_features(seqs, norm, trained.config.channels))
     report_skipped(loaded.skipped)
+    if seqs.labels.min() == seqs.labels.max():
+        console.print(f"[yellow]every stay has label {int(seqs.labels[0])}: AUROC and AUPRC are undefined[/]")
+    if not seqs.observed.any():
+        console.print("[yellow]no stay has any time-series measurement: the scores rest on descriptors alone[/]")
     metrics = binary_metrics(seqs.labels, scores, threshold)
     metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
     if as_json:

@@ -62,6 +62,8 @@ def export_synthetic(
     try:
         cohort = synthetic.generate(hospitals=hospitals, stays=synthetic_stays, seed=seed)
         written = physionet2012.write(cohort, out_dir, set_name)
-    except (ValueError, FileExistsError) as error:
+    except FileExistsError as error:
+        raise UserError(f"{error.filename or out_dir}: already exists; choose another folder or --set") from error
+    except ValueError as error:
         raise UserError(str(error)) from error
     console.print(f"Wrote {len(cohort)} stays to {written} and {out_dir / f'Outcomes-{set_name}.txt'}")
