@@ -75,11 +75,11 @@ def merge_skipped(*groups: tuple[SkippedRows, ...]) -> tuple[SkippedRows, ...]:
 
 
 def skipped_summary(skipped: tuple[SkippedRows, ...]) -> str:
-    """One line for a user: `skipped 12 rows with an unknown or empty variable: '' 10 (first f:3), ...`."""
+    """One line for a user: `skipped 12 rows (empty, unknown or valueless variable): '' 10 (first f:3), ...`."""
     total = sum(rows.count for rows in skipped)
     shown = ", ".join(f"{rows.name!r} {rows.count:,} (first {rows.where})" for rows in skipped[:5])
     more = ", ..." if len(skipped) > 5 else ""
-    return f"skipped {total:,} rows with an empty or unknown variable: {shown}{more}"
+    return f"skipped {total:,} rows (empty, unknown or valueless variable): {shown}{more}"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from fedicu.shared.datasets import DataSource, load_cohort, physionet2012
 from fedicu.shared.errors import DataError
 from fedicu.shared.partition import stratified_pick
 from fedicu.shared.preprocessing import STATIC_NUMERIC, clean
+from fedicu.shared.tasks import DEFAULT_TASK
 from fedicu.shared.variables import ICU_TYPES, PHYSIOLOGICAL_LIMITS, TIME_SERIES
 
 OK, WARNING, ERROR = "ok", "warning", "error"
@@ -391,7 +392,8 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[s
         message = f"{stays - len(val):,} for training, {len(val):,} for validation (share {report.val_fraction:g})"
         findings.append(Finding("stays for training", OK, message))
     if stays:
-        findings.append(_prevalence(stays, deaths, len(val), val_deaths, folder))
+        task = cohorts[0].task if cohorts else DEFAULT_TASK
+        findings.append(_prevalence(stays, deaths, len(val), val_deaths, folder, task))
 
     if cohorts:
         descriptors_only = sum(s.descriptors_only for s in report.sets)
@@ -401,16 +403,19 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[s
     return findings
 
 
-def _prevalence(stays: int, deaths: int, val: int, val_deaths: int, folder: Path) -> Finding:
+def _prevalence(stays: int, deaths: int, val: int, val_deaths: int, folder: Path, task: str) -> Finding:
+    """Deaths (or another task's positive labels): both classes, in validation too, and, for
+    in-hospital death, a plausible ICU mortality."""
     share = deaths / stays
-    message = f"{deaths:,} deaths in {stays:,} stays ({share:.2%}); {val_deaths:,} of them in validation"
+    what = "deaths" if task == DEFAULT_TASK else f"positive labels ({task})"
+    message = f"{deaths:,} {what} in {stays:,} stays ({share:.2%}); {val_deaths:,} of them in validation"
     if deaths in (0, stays):
         message = f"every stay has label {int(deaths > 0)}: no outcome to learn"
         return _error("label prevalence", message, DataError(message, folder))
     if val_deaths in (0, val):
         return Finding("label prevalence", WARNING, f"{message}: the site's validation AUROC is undefined")
     low, high = PLAUSIBLE_PREVALENCE
-    if not low <= share <= high:
+    if task == DEFAULT_TASK and not low <= share <= high:
         return Finding("label prevalence", WARNING, f"{message}: outside {low:.0%}-{high:.0%}, check the labels")
     return Finding("label prevalence", OK, message)
 

@@ -503,3 +503,10 @@ def test_training_refuses_data_with_nothing_to_learn_or_hospitals_too_small(tmp_
     small = site(tmp_path, stays, events, name="small")
     with pytest.raises(ValueError, match=r"fewer than 10 stays cannot train and validate \(b 6 stays\)"):
         prepare(RunConfig(dataset="tables", data_dir=str(small)))
+
+
+def test_a_column_named_twice_is_refused_naming_it(tmp_path):
+    folder = site(tmp_path, stays="stay_id,Age,Gender,Age,in_hospital_death\n1,54,0,170,0\n")
+    with pytest.raises(DataError) as refused:
+        read(folder)
+    assert str(refused.value) == f"{folder / 'stays.csv'}:1: column 'Age' appears more than once in the header"

@@ -36,6 +36,7 @@ is the folder's name.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from dataclasses import dataclass
@@ -151,6 +152,8 @@ def _read_csv(path: Path, wanted: set[str]) -> tuple[list[str], pd.DataFrame, np
     except pd.errors.ParserError as error:
         match = _PARSER_LINE.search(str(error))
         raise DataError(f"cannot be read as CSV: {error}", path, int(match[1]) if match else None) from None
+    with path.open(encoding="utf-8-sig", newline="") as text:
+        _no_repeated_column(next(csv.reader(text)), path, 1)  # pandas would rename the second "Age" to "Age.1"
     columns = list(frame.columns)
     rows = np.arange(len(frame), dtype=np.int64) + 2  # line 1 is the header
     blank = (frame == "").all(axis=1).to_numpy()
@@ -164,7 +167,14 @@ def _read_parquet(path: Path, wanted: set[str]) -> tuple[list[str], pd.DataFrame
         frame = pq.read_table(path, columns=[c for c in columns if c in wanted]).to_pandas(types_mapper=_nullable)
     except (OSError, pa.ArrowException) as error:
         raise DataError(f"cannot be read as Parquet: {error}", path) from None
+    _no_repeated_column(columns, path, None)
     return columns, frame, np.arange(len(frame), dtype=np.int64)
+
+
+def _no_repeated_column(columns: list[str], path: Path, line: int | None) -> None:
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise DataError(f"column {repeated[0]!r} appears more than once in the header", path, line)
 
 
 def _nullable(arrow_type: pa.DataType) -> object | None:
