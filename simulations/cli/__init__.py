@@ -36,6 +36,8 @@ def _options(
     ] = False,
 ) -> None:
     """Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models."""
+
+
 # In the order `fedicu --help` lists them.
 app.command()(training.simulate)
 app.command()(training.centralized)
