@@ -20,7 +20,7 @@ from fedicu.server.federated_run import LogProgress, Progress, RunState, ServerD
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, load_folder, prepare, save
 from fedicu.shared.preprocessing import describe
-from fedicu.shared.run_dir import RunDirectory
+from fedicu.shared.run_dir import STAYS_FILE, RunDirectory
 
 app = ServerApp()
 
@@ -49,6 +49,7 @@ def serve(
             else:
                 data_file = Path(tmp) / "federation.npz"
                 save(federation, data_file)
+                run_dir.write_json(STAYS_FILE, federation.stays_used())
                 data = ServerData(len(federation.hospitals), federation.test, federation.summary(), str(data_file))
             return run_federated(grid, config, data, run_dir, progress, resume)
     except BaseException as error:

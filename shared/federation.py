@@ -50,6 +50,17 @@ class Federation:
     task: str
     skipped: tuple[SkippedRows, ...]  # input rows the reader skipped (empty or unknown variable)
 
+    def stays_used(self) -> dict[str, list[int]]:
+        """The stay ids each split holds: what trained the model, selected it, and tested it."""
+        def ids(parts: list[Sequences]) -> list[int]:
+            return sorted(np.concatenate([p.stay_ids for p in parts]).tolist()) if parts else []
+
+        return {
+            "train": ids([h.train for h in self.hospitals]),
+            "validation": ids([h.val for h in self.hospitals]),
+            "test": ids([self.test]),
+        }
+
     def summary(self) -> dict:
         return {
             "task": self.task,

@@ -32,6 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 PRIVACY_FILE = "privacy.json"
 HOSPITAL_PRIVACY_FILE = "hospital_privacy.json"
 CURVES_PNG = "learning_curves.png"
+STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 
 
 def _json_safe(value: Any) -> Any:

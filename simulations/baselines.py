@@ -33,6 +33,7 @@ from fedicu.shared.run_dir import (
     FINAL_MODEL,
     METRICS_CSV,
     METRICS_JSON,
+    STAYS_FILE,
     RunDirectory,
     write_model_card,
 )
@@ -88,6 +89,7 @@ def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory
     """Pool every hospital's stays and train one model; writes a full run directory."""
     set_torch_threads(torch.get_num_threads())
     run_dir.write_json(CONFIG_FILE, config.to_flower())
+    run_dir.write_json(STAYS_FILE, federation.stays_used())
     run_dir.set_status("running", setting="centralized", started=time.time())
     try:
         train = Sequences.concat([h.train for h in federation.hospitals])
@@ -118,6 +120,7 @@ def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory
 def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_hospital=None) -> dict:
     """Each hospital alone, on its own normalization; all scored on the global test split."""
     run_dir.write_json(CONFIG_FILE, config.to_flower())
+    run_dir.write_json(STAYS_FILE, federation.stays_used())
     run_dir.set_status("running", setting="local", started=time.time())
     try:
         results = []

@@ -142,3 +142,25 @@ def test_evaluate_refuses_sets_for_a_format_without_sets(monkeypatch, capsys, tr
     code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--data-format", "tables",
                          "--data-dir", str(workspace), "--sets", "c")  # fmt: skip
     assert (code, out) == (2, "") and "--sets has no effect with --data-format tables" in err, err
+
+
+def test_evaluate_warns_about_stays_that_trained_the_model_and_rescores_its_own_test_split(
+    monkeypatch, capsys, trained
+):
+    used = json.loads((trained / "stays.json").read_text())
+    parts = [set(used[part]) for part in ("train", "validation", "test")]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 400  # every stay in exactly one split
+    code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--dataset", "synthetic",
+                         "--synthetic-stays", "400", "--hospitals", "2", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["n"] == 400, err
+    words = " ".join(err.split())
+    assert f"{len(parts[0])} of these 400 stays trained the model and {len(parts[1])} selected it" in words, err
+    code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--dataset", "synthetic", "--json")
+    assert code == 0 and "trained the model" not in err  # another synthetic cohort: the ids name other stays
+    code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--split", "test", "--json")
+    assert code == 0 and "trained the model" not in err, err
+    card = json.loads((trained / "model_card.json").read_text())
+    rescored = json.loads(out)
+    assert rescored["n"] == len(parts[2]) and rescored["auroc"] == card["metrics"]["best"]["test_auroc"]
+    code, out, err = run(monkeypatch, capsys, "evaluate", str(trained), "--split", "test", "--seed", "3")
+    assert code == 2 and "--seed has no effect with --split test" in err

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
+from fedicu.shared.federation import load_folder, prepare
 from fedicu.shared.metrics import binary_metrics
-from fedicu.shared.preprocessing import clean, to_features, to_sequences
-from fedicu.shared.run_dir import load_trained, trained_task
+from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
+from fedicu.shared.run_dir import CONFIG_FILE, STAYS_FILE, load_trained, trained_task
 from fedicu.shared.tasks import check_same
 from fedicu.shared.training import predict
 from fedicu.simulations.cli.common import (
@@ -30,6 +33,12 @@ from fedicu.simulations.cli.common import (
     report_skipped,
     titled,
 )
+
+SPLITS = ("test",)
+EVALUATE_DATA_DEFAULTS = dict(
+    dataset="physionet2012", data_dir="", sets="", labels="", mapping="", strict=False,
+    synthetic_stays=RunConfig.synthetic_stays, hospitals=RunConfig.hospitals, seed=RunConfig.seed,
+)  # fmt: skip
 
 
 def _default_sets(dataset: str) -> str:
@@ -49,29 +58,38 @@ def evaluate(
     synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
     hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
     seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    split: Annotated[
+        str, typer.Option(help="'test': the run's own held-out test split, rebuilt from its configuration.")
+    ] = "",
     model: Annotated[str, typer.Option(help="Which saved model: best or final.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Score a saved model on any cohort (every stay in it)."""
+    """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
     try:
         trained, norm, threshold = load_trained(run_dir, model)
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
-        config = RunConfig(
-            dataset=dataset, data_dir=data_dir, sets=sets or _default_sets(dataset), labels=labels, mapping=mapping, task=trained_for,
-            strict=strict, synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
+        if split and split not in SPLITS:
+            raise ValueError(f"--split must be {', '.join(SPLITS)}, not {split!r}")
+        data_options = dict(
+            dataset=dataset, data_dir=data_dir, sets=sets, labels=labels, mapping=mapping, strict=strict,
+            synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
         )  # fmt: skip
+        if split and data_options != EVALUATE_DATA_DEFAULTS:
+            given = ", ".join(
+                f"--{k.replace('_', '-')}" for k, v in data_options.items() if v != EVALUATE_DATA_DEFAULTS[k]
+            )
+            raise ValueError(f"{given} has no effect with --split test: it scores the run's own data")
+        config = (
+            None if split else RunConfig(**{**data_options, "sets": sets or _default_sets(dataset)}, task=trained_for)
+        )
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading and scoring the cohort"):
-        try:
-            loaded = load_cohort(config.data_source())
-        except ValueError as error:  # DataError included: it names the file and line
-            raise UserError(str(error)) from error
-        cohort, _ = clean(loaded)
-        seqs = to_sequences(cohort)
+        seqs, described = _own_test_split(run_dir) if config is None else _given_cohort(config)
         scores = predict(trained, to_features(seqs, norm, trained.config.channels))
-    report_skipped(loaded.skipped)
+    if config is not None:
+        _warn_about_stays_it_learnt_from(run_dir, config, seqs)
     if seqs.labels.min() == seqs.labels.max():
         console.print(f"[yellow]every stay has label {int(seqs.labels[0])}: AUROC and AUPRC are undefined[/]")
     if not seqs.observed.any():
@@ -86,4 +104,57 @@ def evaluate(
     table.add_column("value", justify="right")
     for k, v in metrics.items():
         table.add_row(k, fmt(v))
-    console.print(titled(f"{run_dir} ({model} model, task {trained_for}) on {config.data_source().describe()}", table))
+    console.print(titled(f"{run_dir} ({model} model, task {trained_for}) on {described}", table))
+
+
+def _given_cohort(config: RunConfig) -> tuple[Sequences, str]:
+    try:
+        loaded = load_cohort(config.data_source())
+    except ValueError as error:  # DataError included: it names the file and line
+        raise UserError(str(error)) from error
+    report_skipped(loaded.skipped)
+    return to_sequences(clean(loaded)[0]), config.data_source().describe()
+
+
+def _own_test_split(run_dir: Path) -> tuple[Sequences, str]:
+    """The run's held-out test split, as its configuration builds it again (same data, same seed)."""
+    try:
+        config = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
+        if config.sites == 0:
+            return prepare(config).test, f"its own test split ({config.data_source().describe()})"
+        if not config.test_dir:
+            raise ValueError("this deployment's server held no test set (run-config test-dir)")
+        test_data = replace(config.data_source(), data_dir=config.test_dir)
+        return load_folder(test_data, "run-config test-dir")[0], f"its server's test set {config.test_dir}"
+    except (OSError, ValueError) as error:
+        raise UserError(f"RUN_DIR {run_dir}: cannot rebuild its test split: {error}") from error
+
+
+def _warn_about_stays_it_learnt_from(run_dir: Path, config: RunConfig, seqs: Sequences) -> None:
+    """Scores on stays that trained or selected the model are optimistic: say how many."""
+    if not (run_dir / STAYS_FILE).is_file():
+        return  # a deployment: the server never knew the sites' stays
+    trained_on = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
+    if not _same_data(trained_on, config):
+        return
+    used = json.loads((run_dir / STAYS_FILE).read_text())
+    train, validation = (int(np.isin(seqs.stay_ids, used[part]).sum()) for part in ("train", "validation"))
+    if train or validation:
+        console.print(
+            f"[bold yellow]warning:[/] {train:,} of these {len(seqs):,} stays trained the model and {validation:,} "
+            "selected it (validation): these metrics are optimistic; score held-out stays or use --split test",
+            highlight=False,
+        )
+
+
+def _same_data(trained_on: RunConfig, scored: RunConfig) -> bool:
+    """Whether the same stay id names the same stay in both: PhysioNet's RecordIDs always do; a
+    synthetic cohort's ids only for the same generation; other formats only in the same folder."""
+    if trained_on.dataset != scored.dataset:
+        return False
+    if scored.dataset == "synthetic":
+        keys = ("synthetic_stays", "hospitals", "seed")
+        return all(getattr(trained_on, k) == getattr(scored, k) for k in keys)
+    if scored.dataset == "physionet2012":
+        return True
+    return Path(trained_on.data_dir).resolve() == Path(scored.data_dir).resolve()
