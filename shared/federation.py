@@ -52,6 +52,7 @@ class Federation:
 
     def stays_used(self) -> dict[str, list[int]]:
         """The stay ids each split holds: what trained the model, selected it, and tested it."""
+
         def ids(parts: list[Sequences]) -> list[int]:
             return sorted(np.concatenate([p.stay_ids for p in parts]).tolist()) if parts else []
 

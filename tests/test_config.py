@@ -1,6 +1,7 @@
 import tomllib
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_every_run_option_either_always_acts_or_says_when_it_does_not():
     assert conditional | ALWAYS_EFFECTIVE == {f.name for f in fields(RunConfig)}  # a new option must pick one
 
 
-NO_EFFECT = [  # (options, the two options the error names)
+NO_EFFECT: list[tuple[dict[str, Any], tuple[str, str]]] = [  # (options, the two options the error names)
     (dict(data_dir="/data"), ("--data-dir", "--data-format synthetic")),
     (dict(dataset="tables", data_dir="/d", sets="c"), ("--sets", "--data-format tables")),
     (dict(dataset="physionet2012", data_dir="/d", synthetic_stays=900), ("--synthetic-stays", "--data-format physionet2012")),

@@ -110,7 +110,7 @@ def run_options(command=None, *, dp_per_cell: bool = False):
         for name in names
     ]
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
-    stand_in = {"dp": True, "target_epsilon": 1.0} if dp_per_cell else {}
+    stand_in: dict[str, Any] = {"dp": True, "target_epsilon": 1.0} if dp_per_cell else {}
 
     @functools.wraps(command)
     def wrapper(**kwargs):

@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -71,7 +71,7 @@ def evaluate(
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
             raise ValueError(f"--split must be {', '.join(SPLITS)}, not {split!r}")
-        data_options = dict(
+        data_options: dict[str, Any] = dict(
             dataset=dataset, data_dir=data_dir, sets=sets, labels=labels, mapping=mapping, strict=strict,
             synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
         )  # fmt: skip
