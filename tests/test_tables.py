@@ -510,3 +510,13 @@ def test_a_column_named_twice_is_refused_naming_it(tmp_path):
     with pytest.raises(DataError) as refused:
         read(folder)
     assert str(refused.value) == f"{folder / 'stays.csv'}:1: column 'Age' appears more than once in the header"
+
+
+def test_a_csv_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
+    folder = site(tmp_path)
+    (folder / "stays.csv").write_bytes(
+        "stay_id,Age,in_hospital_death\n1,54,0\n2,61,0\n3,70,1 caf\xe9\n".encode("latin-1")
+    )
+    with pytest.raises(DataError) as refused:
+        read(folder)
+    assert str(refused.value) == f"{folder / 'stays.csv'}:4: not UTF-8 text (byte 0xe9); save the file as UTF-8"

@@ -147,8 +147,8 @@ def _read_csv(path: Path, wanted: set[str]) -> tuple[list[str], pd.DataFrame, np
         frame = pd.read_csv(path, skip_blank_lines=False, **options)
     except pd.errors.EmptyDataError:
         raise DataError("empty file; expected a header line naming the columns", path) from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"not UTF-8 text (byte {error.start})", path) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except pd.errors.ParserError as error:
         match = _PARSER_LINE.search(str(error))
         raise DataError(f"cannot be read as CSV: {error}", path, int(match[1]) if match else None) from None
@@ -159,6 +159,17 @@ def _read_csv(path: Path, wanted: set[str]) -> tuple[list[str], pd.DataFrame, np
     blank = (frame == "").all(axis=1).to_numpy()
     frame = frame[[c for c in columns if c in wanted]]
     return columns, frame[~blank].reset_index(drop=True), rows[~blank]
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The line of the first byte that is not UTF-8 (pandas reports it by offset in its buffer)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8-sig")
+        return DataError("not UTF-8 text", path)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return DataError(f"not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8", path, line)
 
 
 def _read_parquet(path: Path, wanted: set[str]) -> tuple[list[str], pd.DataFrame, np.ndarray]:
