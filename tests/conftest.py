@@ -27,11 +27,6 @@ SLOW = {
         "test_quick_bench_ends_with_one_json_object_holding_the_goal_figures",
         "test_scale_runs_virtual_hospitals_with_twenty_training_stays_each",
     ],
-    "test_audit.py": [
-        "test_audit_of_a_run_writes_the_report_and_the_roc_plot",
-        "test_audit_of_the_best_model_with_few_targets_and_no_shadows",
-        "test_an_incomplete_run_directory_is_refused_by_name",
-    ],
     "test_simulation.py": [
         "test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run",
         "test_evaluate_scores_a_saved_model_as_json",

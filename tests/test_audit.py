@@ -210,11 +210,13 @@ def test_lira_runs_end_to_end_and_is_reproducible(small_cohort):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A completed run to audit. A centralized one: the audit reads any run directory alike and
+    this one needs no Ray start-up (the sweep's tests audit federated runs)."""
     root = tmp_path_factory.mktemp("audit")
     out = root / "run"
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "FEDICU_CACHE_DIR": str(root / "cache")}
     result = subprocess.run(
-        [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", "simulate",
+        [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", "centralized",
          "--hospitals", "2", "--synthetic-stays", "300", "--rounds", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=root, env=env,
     )  # fmt: skip

@@ -100,7 +100,9 @@ def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
         "--hospitals",
         "3",
         "--synthetic-stays",
-        "900",
+        "600",
+        "--hidden-size",
+        "16",
         "--seed",
         "3",
     ]
