@@ -23,10 +23,7 @@ def requires_physionet(test):
 # name; a module-scoped fixture's cost counts for the tests that use it.
 SLOW = {
     "test_faults.py": ["test_a_run_killed_after_round_two_resumes_to_the_same_result"],
-    "test_bench.py": [
-        "test_quick_bench_ends_with_one_json_object_holding_the_goal_figures",
-        "test_scale_runs_virtual_hospitals_with_twenty_training_stays_each",
-    ],
+    "test_bench.py": ["test_quick_bench_ends_with_one_json_object_holding_the_goal_figures"],
     "test_simulation.py": [
         "test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run",
         "test_evaluate_scores_a_saved_model_as_json",
