@@ -117,7 +117,6 @@ def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},  # what a killed run cannot clean up stays in tmp_path
     )
     try:
         deadline = time.monotonic() + 600
