@@ -54,7 +54,7 @@ from fedicu.shared.contract import (
     TrainRequest,
 )
 from fedicu.shared.model import MortalityLSTM, model_config_of
-from fedicu.shared.plots import plot_learning_curves
+from fedicu.shared.plots import FEDERATED_CURVES, plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from fedicu.shared.run_dir import (
     BEST_MODEL,
@@ -76,6 +76,8 @@ __all__ = ["LogProgress", "Progress", "RunState", "ServerData", "run_federated"]
 
 # First contact: hospitals start up and load their data, which can take far longer than a round.
 JOIN_TIMEOUT = 600.0
+# A simulation's virtual SuperNodes all exist once its engine is up: a missing one never comes.
+SIMULATED_JOIN_TIMEOUT = 10.0
 
 
 class Progress(Protocol):
@@ -133,20 +135,22 @@ class _AllHospitals:
         return getattr(self.grid, name)
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
+ONE_NODE_PER_HOSPITAL = {
+    True: "the simulation needs one virtual SuperNode per hospital: set the federation's num-supernodes "
+    "(flwr run . --federation-config 'num-supernodes={hospitals}')",
+    False: "one SuperNode per hospital must connect (run-config sites = {hospitals})",
+}
+
+
+def wait_for_nodes(grid: Grid, expected: int, simulated: bool, timeout: float) -> list[int]:
+    deadline = time.monotonic() + (SIMULATED_JOIN_TIMEOUT if simulated else timeout)
+    remedy = ONE_NODE_PER_HOSPITAL[simulated].format(hospitals=expected)
     while len(nodes := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"only {len(nodes)} of {expected} hospitals connected within {timeout:.0f} s; "
-                "one SuperNode per hospital must connect"
-            )
+            raise RuntimeError(f"{len(nodes)} SuperNodes for {expected} hospitals; {remedy}")
         time.sleep(0.5)
     if len(nodes) > expected:
-        raise RuntimeError(
-            f"{len(nodes)} SuperNodes are connected but the run expects {expected} hospitals; "
-            "run one SuperNode per hospital (deployment: run-config sites; simulation: num-supernodes = hospitals)"
-        )
+        raise RuntimeError(f"{len(nodes)} SuperNodes for {expected} hospitals; {remedy}")
     return nodes
 
 
@@ -205,7 +209,7 @@ class FederatedRun:
         completed = self.resume.completed if self.resume else 0
         self.run_dir.set_status("running", rounds_completed=completed, started=time.time())
         join_timeout = max(self.config.round_timeout, JOIN_TIMEOUT)
-        node_ids = wait_for_nodes(self.grid, self.data.hospitals, join_timeout)
+        node_ids = wait_for_nodes(self.grid, self.data.hospitals, bool(self.data.prepared_data), join_timeout)
         norm, self.names, first_replies = self._first_contact(node_ids, join_timeout)
         self.train_stays = {name: reply.train_stays for name, reply in first_replies.items()}
         self.rows_skipped = {name: json.loads(r.rows_skipped or "{}") for name, r in first_replies.items()}
@@ -370,7 +374,9 @@ class FederatedRun:
         self, rnd: int, trained: Replies[TrainReply], evaluated: Replies[EvaluateReply], arrays: ArrayRecord
     ) -> dict:
         """The round's metrics, privacy ledgers, models and checkpoint, into the run directory."""
-        row, hospital_rows = round_metrics(rnd, self.hospitals, trained, evaluated, self.model, arrays, self.test)
+        row, hospital_rows = round_metrics(
+            rnd, self.hospitals, trained, evaluated, self.model, arrays, self.test, self.config.seed
+        )
         now = time.monotonic()
         row["seconds"], self.started = now - self.started, now
         state = self.state
@@ -437,7 +443,7 @@ class FederatedRun:
             training=self.config.to_flower(),
             data=self._summary(),
         )
-        plot_learning_curves(state.rows, self.run_dir.path / CURVES_PNG)
+        plot_learning_curves(state.rows, self.run_dir.path / CURVES_PNG, FEDERATED_CURVES, state.best["round"])
         self.run_dir.set_status("complete", finished=time.time())
         return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
 

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord
 
 from fedicu.server.replies import Replies
 from fedicu.shared.contract import EvaluateReply, TrainReply
-from fedicu.shared.metrics import BINARY_METRICS, ScoreHistogram, binary_metrics
+from fedicu.shared.metrics import BINARY_METRICS, CI_KEYS, ScoreHistogram, binary_metrics, bootstrap_intervals
 from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.training import predict
 
@@ -24,17 +24,21 @@ def round_metrics(
     model: MortalityLSTM,
     arrays: ArrayRecord,
     test: tuple[np.ndarray, np.ndarray] | None,
+    seed: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The round's pooled row and its hospital rows. The decision threshold is chosen on the
-    pooled validation histograms; `test` is None in a deployment without a server test folder."""
+    pooled validation histograms; `test` is None in a deployment without a server test folder.
+    AUROC and AUPRC carry bootstrap intervals seeded with `seed`: the validation ones from the
+    histograms, the test ones from the exact scores."""
     train, val = trained.replies, evaluated.replies
     pooled = ScoreHistogram.sum([r.histogram for r in val.values()])
     threshold = pooled.best_threshold()
     if test is None:
-        test_metrics = dict.fromkeys(BINARY_METRICS, NAN)
+        test_metrics = dict.fromkeys(BINARY_METRICS + CI_KEYS, NAN)
     else:
         model.load_state_dict(arrays.to_torch_state_dict())
-        test_metrics = binary_metrics(test[1], predict(model, test[0]), threshold)
+        scores = predict(model, test[0])
+        test_metrics = binary_metrics(test[1], scores, threshold) | bootstrap_intervals(test[1], scores, seed)
     n_train = sum(r.train_stays for r in train.values())
     n_val = sum(r.val_stays for r in val.values())
 
@@ -50,17 +54,22 @@ def round_metrics(
         "val_auroc": pooled.auroc(),
         "val_auroc_tie_bound": pooled.auroc_tie_bound(),
         "val_auprc": pooled.auprc(),
+        **_prefixed("val_", pooled.bootstrap_intervals(seed)),
         "val_brier": pooled_mean("brier"),
         "val_loss": pooled_mean("loss"),
         "val_event1": pooled.event1(threshold),
         "threshold": threshold,
-        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS},
+        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS + CI_KEYS},
     }
-    return row, [_hospital_row(rnd, name, trained, evaluated, threshold) for name in hospitals]
+    return row, [_hospital_row(rnd, name, trained, evaluated, threshold, seed) for name in hospitals]
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 def _hospital_row(
-    rnd: int, name: str, trained: Replies[TrainReply], evaluated: Replies[EvaluateReply], threshold: float
+    rnd: int, name: str, trained: Replies[TrainReply], evaluated: Replies[EvaluateReply], threshold: float, seed: int
 ) -> dict[str, Any]:
     t, e = trained.replies.get(name), evaluated.replies.get(name)
     return {
@@ -72,6 +81,8 @@ def _hospital_row(
         "local_val_auroc": _or_nan(t.local_val_auroc) if t else NAN,
         "val_stays": e.val_stays if e else 0,
         **{f"val_{k}": getattr(e, k) if e else NAN for k in ("auroc", "auprc", "brier", "loss")},
+        # The hospital's exact scores stay there; its histogram gives the intervals.
+        **_prefixed("val_", e.histogram.bootstrap_intervals(seed) if e else dict.fromkeys(CI_KEYS, NAN)),
         "val_event1": e.histogram.event1(threshold) if e else NAN,
     }
 

@@ -53,7 +53,7 @@ def serve(
                 data = ServerData(len(federation.hospitals), federation.test, federation.summary(), str(data_file))
             return run_federated(grid, config, data, run_dir, progress, resume)
     except BaseException as error:
-        run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
+        run_dir.record_ending(error)
         raise
 
 

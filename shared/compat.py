@@ -19,6 +19,8 @@ Opacus
 - `store_grad_sample`: per-stay gradients go to `param.grad_sample`, where `DPOptimizer` reads them.
 Ray
 - `quiet_ray`: the environment variable that keeps Ray from printing an accelerator notice.
+- `ray_keeps_sigterm_handler`: `ray.init` replaces the process's SIGTERM handler through
+  `ray._private.utils.set_sigterm_handler`.
 """
 
 from __future__ import annotations
@@ -282,3 +284,18 @@ def store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
 def quiet_ray() -> None:
     """CPU only: without this Ray prints a notice about accelerator environment variables."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@contextmanager
+def ray_keeps_sigterm_handler() -> Iterator[None]:
+    """`ray.init` (which Flower's engine calls in the main thread) replaces the SIGTERM handler
+    with one that exits the main thread at once, leaving the server thread waiting for replies
+    that will never come. Inside this block the command line's own handler stays."""
+    from ray._private import utils
+
+    replace = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = replace

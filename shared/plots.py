@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -30,19 +32,54 @@ def save_figure(fig: Figure, path: str | Path) -> None:
         plt.close(fig)
 
 
-def plot_learning_curves(rows: list[dict], path: Path) -> None:
-    """AUROC and loss per round: pooled validation and held-out test."""
-    rounds = [r["round"] for r in rows]
-    fig, (ax_auc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax_auc.plot(rounds, [r["val_auroc"] for r in rows], marker="o", label="validation (pooled)")
-    ax_auc.plot(rounds, [r["test_auroc"] for r in rows], marker="s", label="test (server)")
-    ax_auc.set(xlabel="round", ylabel="AUROC", title="Discrimination")
-    ax_loss.plot(rounds, [r["train_loss"] for r in rows], marker="o", label="training (hospitals)")
-    ax_loss.plot(rounds, [r["val_loss"] for r in rows], marker="o", label="validation (pooled)")
-    ax_loss.plot(rounds, [r["test_loss"] for r in rows], marker="s", label="test (server)")
-    ax_loss.set(xlabel="round", ylabel="binary cross-entropy", title="Loss")
-    for ax in (ax_auc, ax_loss):
+@dataclass(frozen=True)
+class Curves:
+    """What a run's metric rows show: what the x axis counts and which stays each series is computed on."""
+
+    x_label: str  # "federated round", or "epoch" for a baseline
+    x_per_row: int  # x units one row covers: a baseline's row is its local-epochs epochs
+    train: str  # whose training loss, e.g. "mean over hospitals"
+    val: str  # the validation stays, e.g. "pooled over hospitals"
+    test: str = "held-out stays"
+
+
+FEDERATED_CURVES = Curves("federated round", 1, train="mean over hospitals", val="pooled over hospitals")
+
+# One look per split, the same in both panels.
+SPLIT_STYLE = {
+    "train": {"color": "tab:green", "marker": "^"},
+    "val": {"color": "tab:blue", "marker": "o"},
+    "test": {"color": "tab:orange", "marker": "s"},
+}
+
+
+def plot_learning_curves(rows: list[dict], path: Path, curves: Curves, best_round: int) -> None:
+    """AUROC and loss per row, with the best round (the row whose "round" is `best_round`) marked.
+
+    A series without a single value (the training loss under DP-SGD, test metrics of a
+    deployment without a test set) is left out rather than listed with nothing drawn.
+    """
+    x = [r["round"] * curves.x_per_row for r in rows]
+    fig, (ax_auc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
+    for ax, key, label in (
+        (ax_auc, "val_auroc", f"validation AUROC ({curves.val})"),
+        (ax_auc, "test_auroc", f"test AUROC ({curves.test})"),
+        (ax_loss, "train_loss", f"training loss ({curves.train})"),
+        (ax_loss, "val_loss", f"validation loss ({curves.val})"),
+        (ax_loss, "test_loss", f"test loss ({curves.test})"),
+    ):
+        values = [r[key] for r in rows]
+        if any(math.isfinite(v) for v in values):
+            ax.plot(x, values, label=label, **SPLIT_STYLE[key.split("_")[0]])
+    best_x = best_round * curves.x_per_row
+    for ax, ylabel, title in (
+        (ax_auc, "AUROC", "Discrimination"),
+        (ax_loss, "binary cross-entropy loss", "Loss"),
+    ):
+        ax.axvline(best_x, color="black", linestyle="--", linewidth=1,
+                   label=f"best {curves.x_label} ({best_x}): highest validation AUROC")  # fmt: skip
+        ax.set(xlabel=curves.x_label, ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: never over a curve
         ax.xaxis.get_major_locator().set_params(integer=True)
     save_figure(fig, path)

@@ -2,7 +2,7 @@
 
 Every file is written to a temporary name in the same directory and renamed
 into place (atomic on POSIX). `run.json` says whether the run is `running`,
-`complete` or `failed`; the model card and final model are written only when a
+`complete`, `failed` (with the error) or `interrupted` (asked to stop); the model card and final model are written only when a
 run completes, so an interrupted run never looks finished.
 """
 
@@ -12,14 +12,17 @@ import csv
 import io
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.metrics import ci_method
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import NORMALIZED_CHANNELS, Normalization, feature_names
+from fedicu.shared.stopping import interrupted
 from fedicu.shared.tasks import DEFAULT_TASK, describe
 
 RUN_FILE = "run.json"
@@ -85,6 +88,14 @@ class RunDirectory:
         current = self.read_json(RUN_FILE) if (self.path / RUN_FILE).exists() else {}
         self.write_json(RUN_FILE, {**current, "status": status, **details})
 
+    def record_ending(self, error: BaseException) -> None:
+        """run.json for a run that ended before completing: `interrupted` if the process was
+        asked to stop, otherwise `failed` and why."""
+        if interrupted(error):
+            self.set_status("interrupted", stopped=time.time())
+        else:
+            self.set_status("failed", error=f"{type(error).__name__}: {error}")
+
     @property
     def status(self) -> str | None:
         if not (self.path / RUN_FILE).exists():
@@ -116,7 +127,7 @@ def write_model_card(
             "threshold": {"best": best["threshold"], "final": rows[-1]["threshold"]},
             "threshold_rule": "maximizes Event-1 = min(Se, +P) on validation stays",
             "best_round": best["round"],
-            "metrics": {"best": best, "final": rows[-1]},
+            "metrics": {"best": best, "final": rows[-1], "confidence_intervals": ci_method(training["seed"])},
             "training": training,
             "data": data,
         },
@@ -128,11 +139,22 @@ def trained_task(path: str | Path) -> str:
     return str(RunDirectory(path).read_json(MODEL_CARD).get("training", {}).get("task", DEFAULT_TASK))
 
 
+def _runs_inside(path: Path) -> list[Path]:
+    """The completed run directories right inside `path`: compare's settings, local-only training's hospitals."""
+    return sorted(sub for sub in path.iterdir() if (sub / MODEL_CARD).is_file())
+
+
 def load_trained(path: str | Path, which: str = "best") -> tuple[MortalityLSTM, Normalization, float]:
     """The model, normalization and decision threshold saved in a completed run directory."""
     run_dir = RunDirectory(path)
     if not run_dir.path.is_dir():
         raise FileNotFoundError(f"RUN_DIR {run_dir.path}: no such directory")
+    inside = _runs_inside(run_dir.path)
+    if inside and not (run_dir.path / MODEL_CARD).is_file():
+        raise ValueError(
+            f"RUN_DIR {run_dir.path}: no model of its own; it holds one run directory per model, "
+            f"give one of them: {', '.join(map(str, inside))}"
+        )
     if run_dir.status is None:
         raise ValueError(f"RUN_DIR {run_dir.path}: not a run directory (no {RUN_FILE})")
     if run_dir.status != "complete":

@@ -8,13 +8,16 @@
 Both use the same model, the same splits and the same training budget as the
 federated run: `rounds x local_epochs` epochs, with one "round" of a baseline
 being `local_epochs` epochs, so rows line up with the federated metrics. Every
-model is scored on the same held-out test split.
+model is scored on the same held-out test split, and every model is a complete
+run directory (local-only: one per hospital, in `<run dir>/<hospital>/`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,9 +25,16 @@ import torch
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
-from fedicu.shared.metrics import best_threshold, binary_metrics
+from fedicu.shared.metrics import (
+    CI_KEYS,
+    best_threshold,
+    binary_metrics,
+    bootstrap_intervals,
+    ci_method,
+    mean_bootstrap_intervals,
+)
 from fedicu.shared.model import MortalityLSTM, model_config_of
-from fedicu.shared.plots import plot_learning_curves
+from fedicu.shared.plots import Curves, plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from fedicu.shared.run_dir import (
     BEST_MODEL,
@@ -64,12 +74,15 @@ def fit(
         )  # fmt: skip
         val_scores = predict(model, x_val)
         threshold = best_threshold(val.labels, val_scores)
-        v = binary_metrics(val.labels, val_scores, threshold)
-        t = binary_metrics(test.labels, predict(model, x_test), threshold)
+        test_scores = predict(model, x_test)
+        v = binary_metrics(val.labels, val_scores, threshold) | bootstrap_intervals(val.labels, val_scores, config.seed)
+        t = binary_metrics(test.labels, test_scores, threshold) | bootstrap_intervals(
+            test.labels, test_scores, config.seed
+        )
         row = {
             "round": rnd,
             "train_loss": loss,
-            **{f"val_{k}": v[k] for k in ("auroc", "auprc", "brier", "loss", "event1")},
+            **{f"val_{k}": v[k] for k in ("auroc", "auprc", "brier", "loss", "event1", *CI_KEYS)},
             "threshold": threshold,
             **{f"test_{k}": val for k, val in t.items() if k != "n"},
             "seconds": time.monotonic() - started,
@@ -87,10 +100,20 @@ def fit(
 
 def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_round=None) -> dict:
     """Pool every hospital's stays and train one model; writes a full run directory."""
+    curves = Curves("epoch", config.local_epochs, train="pooled stays", val="pooled over hospitals")
+    best, _, _ = _complete_run(config, federation, run_dir, "centralized", curves, on_round)
+    return {**best, "best_round": best["round"]}
+
+
+def _complete_run(
+    config: RunConfig, federation: Federation, run_dir: RunDirectory, setting: str, curves: Curves, on_round=None
+) -> tuple[dict, MortalityLSTM, Normalization]:
+    """Train one model on the pooled stays of `federation`'s hospitals and write it as a complete
+    run directory. Returns the best row, the best model and its normalization."""
     set_torch_threads(torch.get_num_threads())
     run_dir.write_json(CONFIG_FILE, config.to_flower())
     run_dir.write_json(STAYS_FILE, federation.stays_used())
-    run_dir.set_status("running", setting="centralized", started=time.time())
+    run_dir.set_status("running", setting=setting, started=time.time())
     try:
         train = Sequences.concat([h.train for h in federation.hospitals])
         val = Sequences.concat([h.val for h in federation.hospitals])
@@ -109,33 +132,53 @@ def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory
             run_dir, model_config=model_config, norm=norm, rows=rows, best=best,
             training=config.to_flower(), data=federation.summary(),
         )  # fmt: skip
-        plot_learning_curves(rows, run_dir.path / CURVES_PNG)
+        plot_learning_curves(rows, run_dir.path / CURVES_PNG, curves, best["round"])
     except BaseException as error:
-        run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
+        run_dir.record_ending(error)
         raise
     run_dir.set_status("complete", finished=time.time())
-    return {**best, "best_round": best["round"]}
+    return best, model, norm
 
 
 def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_hospital=None) -> dict:
-    """Each hospital alone, on its own normalization; all scored on the global test split."""
+    """Each hospital alone, on its own normalization; all scored on the global test split.
+
+    Each hospital's model is a complete run directory in `run_dir` (`_folders` names it); `run_dir`
+    itself holds the configuration and the hospitals' best rows (`local_metrics.csv`, `.json`)."""
     run_dir.write_json(CONFIG_FILE, config.to_flower())
     run_dir.write_json(STAYS_FILE, federation.stays_used())
     run_dir.set_status("running", setting="local", started=time.time())
     try:
-        results = []
-        for h in federation.hospitals:
-            _, best, _, _, _ = fit(config, h.train, h.val, federation.test)
-            results.append({"hospital": h.name, "train_stays": len(h.train), **best})
+        results, test_scores = [], []
+        for h, folder in zip(federation.hospitals, _folders([h.name for h in federation.hospitals]), strict=True):
+            alone = RunDirectory(run_dir.path / folder).create()
+            curves = Curves("epoch", config.local_epochs, train=f"{h.name}'s stays", val=f"{h.name}'s stays")
+            best, model, norm = _complete_run(config, replace(federation, hospitals=[h]), alone, "local", curves)
+            results.append({"hospital": h.name, "run_dir": folder, "train_stays": len(h.train), **best})
+            test_scores.append(predict(model, to_features(federation.test, norm, config.model_variables)))
             if on_hospital:
                 on_hospital(results[-1])
         run_dir.write_table("local_metrics.csv", "local_metrics.json", results)
     except BaseException as error:
-        run_dir.set_status("failed", error=f"{type(error).__name__}: {error}")
+        run_dir.record_ending(error)
         raise
-    run_dir.set_status("complete", finished=time.time())
-    keys = [k for k in results[0] if k.startswith("test_")]
+    run_dir.set_status("complete", finished=time.time(), confidence_intervals=ci_method(config.seed))
+    test_ci = [f"test_{k}" for k in CI_KEYS]
+    keys = [k for k in results[0] if k.startswith("test_") and k not in test_ci]
+    # The mean's interval is a paired bootstrap over the shared test stays, not a mean of the hospitals' bounds.
+    intervals = mean_bootstrap_intervals(federation.test.labels, np.array(test_scores), config.seed)
     return {
         "hospitals": results,
-        "mean": {k: float(np.nanmean([r[k] for r in results])) for k in keys},
+        "mean": {k: float(np.nanmean([r[k] for r in results])) for k in keys}
+        | {f"test_{k}": v for k, v in intervals.items()},
     }
+
+
+def _folders(names: list[str]) -> list[str]:
+    """A folder name per hospital: its name with every character but letters, digits, - and _
+    replaced by _ (a site's name may hold any); a folder name already taken gets the position."""
+    folders: list[str] = []
+    for position, name in enumerate(names, 1):
+        folder = re.sub(r"[^\w-]", "_", name)
+        folders.append(f"{folder}-{position}" if folder in folders else folder)
+    return folders

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import ray
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -20,26 +22,51 @@ from flwr.simulation import run_simulation
 from fedicu.client.client_app import app as hospital_app
 from fedicu.server.federated_run import Progress, RunState
 from fedicu.server.server_app import serve
-from fedicu.shared.compat import PromptDispatch, quiet_ray
+from fedicu.shared import stopping
+from fedicu.shared.compat import PromptDispatch, quiet_ray, ray_keeps_sigterm_handler
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
 from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.training import torch_threads
 
 REPLY_POLL_SECONDS = 0.005
+# Asked to stop, the server thread ends at its next poll for replies (or once the server's own
+# step under way, e.g. scoring the test split, is done); it gets this long to record it.
+SERVER_STOP_SECONDS = 30.0
+
+
+def stop_when_asked(grid: Grid) -> None:
+    """Every wait for hospitals' replies (the rounds', SecAgg+'s) polls the grid: each poll
+    first checks whether the process was asked to stop."""
+    pull = grid.pull_messages
+
+    def pull_unless_stopped(message_ids):
+        stopping.check()
+        return pull(message_ids)
+
+    grid.pull_messages = pull_unless_stopped  # type: ignore[method-assign]
 
 
 @contextmanager
 def quiet_flower():
-    """Flower and Ray log every message; the command line shows progress instead."""
+    """Flower and Ray log every message; the command line shows progress instead. Once the
+    process was asked to stop, Flower is silent: until it exits, Flower would log an error for
+    each hospital whose work was abandoned."""
     logger = logging.getLogger("flwr")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    logger.addFilter(_unless_stopping)
     quiet_ray()
     try:
         yield
     finally:
         logger.setLevel(level)
+        if not stopping.stop_requested():
+            logger.removeFilter(_unless_stopping)
+
+
+def _unless_stopping(record: logging.LogRecord) -> bool:
+    return not stopping.stop_requested()
 
 
 def simulate(
@@ -54,6 +81,7 @@ def simulate(
     result: dict = {}
     server_app = ServerApp()
     dispatch = PromptDispatch()
+    server_done = threading.Event()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
@@ -61,24 +89,34 @@ def simulate(
         # round at least 0.2 s long. Polling in-memory state every 5 ms costs nothing.
         grid.pull_interval = REPLY_POLL_SECONDS  # type: ignore[attr-defined]  # read by messaging.collect
         dispatch.wake_on_send(grid)
+        stop_when_asked(grid)
         # The server scores the test split while the hospitals train the next round on every
         # core: on one thread it takes the least from them. (Secure aggregation rounds do not
         # overlap, so there the server keeps all cores.)
-        with torch_threads(1) if not config.secagg else nullcontext():
-            result.update(serve(grid, config, federation, run_dir, progress, resume))
+        try:
+            with torch_threads(1) if not config.secagg else nullcontext():
+                result.update(serve(grid, config, federation, run_dir, progress, resume))
+        finally:
+            server_done.set()
 
     cores = os.cpu_count() or 1
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cores, "logging_level": "error", "log_to_driver": False},
     }
-    with quiet_flower(), dispatch.installed():
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(federation.hospitals),
-            backend_config=backend_config,
-        )
+    with quiet_flower(), dispatch.installed(), ray_keeps_sigterm_handler():
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(federation.hospitals),
+                backend_config=backend_config,
+            )
+        except BaseException:  # the signal handler's KeyboardInterrupt, raised in this thread
+            stopping.request_stop()
+            server_done.wait(SERVER_STOP_SECONDS)
+            ray.shutdown()  # in case the interrupt came while Ray was starting, before Flower could
+            raise
     if not result:
         raise RuntimeError(f"the simulation ended without completing; see {run_dir.path}/run.json")
     return result

@@ -37,6 +37,7 @@ from fedicu.server.federated_run import Progress, RunState
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.metrics import CI_CAPTION, ci_keys, interval_text
 from fedicu.shared.plots import save_figure
 from fedicu.shared.run_dir import CHECKPOINT, METRICS_JSON, PRIVACY_FILE, RunDirectory
 
@@ -44,9 +45,14 @@ CELL_FILE = "cell.json"
 SWEEP_JSON = "sweep.json"  # the grid and settings, so a rerun resumes only the same sweep
 SWEEP_CSV, SWEEP_MD, SWEEP_PNG = "sweep.csv", "sweep.md", "sweep.png"
 COLUMNS = (
-    "setting", "epsilon", "seed", "test_auroc", "test_auprc", "test_brier", "test_event1", "best_round",
-    "epsilon_spent", "attack_auroc", "attack_tpr_at_1pct_fpr", "seconds",
+    "setting", "epsilon", "seed", "test_auroc", *ci_keys("test_auroc"), "test_auprc", *ci_keys("test_auprc"),
+    "test_brier", "test_event1", "best_round", "epsilon_spent", "attack_auroc", *ci_keys("attack_auroc"),
+    "attack_tpr_at_1pct_fpr", "seconds",
 )  # fmt: skip
+WITH_CI = ("test_auroc", "test_auprc", "attack_auroc")
+# Each cell's intervals are seeded with its seed; a summary over seeds averages the seeds' bounds: one run's
+# test-set sampling error, beside the standard deviation between runs.
+SUMMARY_CI = f"{CI_CAPTION}, seeded with each run's seed; over several seeds, the mean of their bounds"
 ATTACKS = ("loss_threshold", "calibrated_loss", "lira", "lira_offline")
 
 
@@ -96,15 +102,18 @@ def parse_epsilons(text: str) -> list[float]:
 
 def _row(cell: Cell, result: dict, privacy: list[dict], audit: dict | None, seconds: float) -> dict:
     attacks = [audit[a] for a in ATTACKS if audit and audit.get(a)]
+    # The strongest of the attacks run: what a clinician should assume an attacker gets.
+    strongest = max(attacks, key=lambda a: a["auroc"], default=dict.fromkeys(("auroc", *ci_keys("auroc")), math.nan))
     return {
         "setting": cell.setting,
         "epsilon": cell.epsilon,
         "seed": cell.seed,
-        **{k: result[k] for k in ("test_auroc", "test_auprc", "test_brier", "test_event1")},
+        # A round recorded before intervals existed (a cell resumed across versions) has none.
+        **{k: result.get(k, math.nan) for k in COLUMNS if k.startswith("test_")},
         "best_round": result.get("best_round", math.nan),
         "epsilon_spent": max((p["epsilon"] for p in privacy), default=math.nan),
-        # The strongest of the attacks run: what a clinician should assume an attacker gets.
-        "attack_auroc": max((a["auroc"] for a in attacks), default=math.nan),
+        "attack_auroc": strongest["auroc"],
+        **dict(zip(ci_keys("attack_auroc"), (strongest[k] for k in ci_keys("auroc")), strict=True)),
         "attack_tpr_at_1pct_fpr": max((a["tpr_at_1pct_fpr"] for a in attacks), default=math.nan),
         "seconds": round(seconds, 1),
     }
@@ -228,6 +237,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry = {"setting": setting, "epsilon": epsilon, "seeds": len(members)}
         for key in ("test_auroc", "test_auprc", "epsilon_spent", "attack_auroc", "attack_tpr_at_1pct_fpr"):
             entry[key], entry[f"{key}_sd"] = _mean_sd([m[key] for m in members])
+        for bound in (b for key in WITH_CI for b in ci_keys(key)):  # cells from before intervals have none
+            entry[bound] = _mean_sd([m.get(bound, math.nan) for m in members])[0]
         entry["cost_of_privacy"], entry["cost_of_privacy_sd"] = _mean_sd(
             [no_dp[m["seed"]] - m["test_auroc"] for m in members if setting == "federated" and m["seed"] in no_dp]
         )
@@ -249,13 +260,15 @@ TABLE_HEADER = (
 
 
 def table_rows(summary: list[dict]) -> list[tuple[str, ...]]:
-    """The summary as text cells (mean ± standard deviation over seeds), in `TABLE_HEADER` order."""
+    """The summary as text cells (mean ± standard deviation over seeds, and on a line of its own
+    the interval as `SUMMARY_CI` says), in `TABLE_HEADER` order."""
 
     def cell(s: dict, key: str, digits: int = 3) -> str:
         mean, sd = s[key], s[f"{key}_sd"]
         if math.isnan(mean):
             return "–"
-        return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if s["seeds"] > 1 else "")
+        text = f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if s["seeds"] > 1 else "")
+        return f"{text}\n{interval_text(s, key)}".rstrip()
 
     rows: list[tuple[str, ...]] = []
     for s in summary:
@@ -270,8 +283,8 @@ def table_rows(summary: list[dict]) -> list[tuple[str, ...]]:
 
 def markdown_table(summary: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(cell.replace("\n", " ") for cell in row) + " |" for row in table_rows(summary)]
+    return "\n".join(lines) + f"\n\n{SUMMARY_CI}.\n"
 
 
 def plot(summary: list[dict], path: Path, delta: float) -> None:
@@ -280,30 +293,31 @@ def plot(summary: list[dict], path: Path, delta: float) -> None:
     finite = [s["epsilon"] for s in federated if not math.isinf(s["epsilon"])] or [1.0]
     inf_x = max(finite) * 4  # where "no DP" sits on the log axis
     xs = [inf_x if math.isinf(s["epsilon"]) else s["epsilon"] for s in federated]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, title in (
-        (axes[0], "test_auroc", "Test AUROC (best round by validation)"),
-        (axes[1], "attack_auroc", "Membership-inference AUROC (strongest attack)"),
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    for ax, key, title, ylabel in (
+        (axes[0], "test_auroc", "Test AUROC (best round by validation)", "test AUROC (held-out stays)"),
+        (axes[1], "attack_auroc", "Membership-inference AUROC (strongest attack)", "attack AUROC"),
     ):
         if federated:
             ax.errorbar(xs, [s[key] for s in federated], yerr=[s[f"{key}_sd"] for s in federated],
-                        marker="o", capsize=4, label=SETTING_LABELS["federated"])  # fmt: skip
+                        marker="o", capsize=4, label=f"{SETTING_LABELS['federated']} (mean ± sd over seeds)")  # fmt: skip
         for s, style in zip((s for s in summary if s["setting"] != "federated"), ("--", ":"), strict=False):
             if math.isnan(s[key]):
                 continue
             line = ax.axhline(s[key], linestyle=style, color="grey" if style == "--" else "tab:red",
-                              label=SETTING_LABELS[s["setting"]])  # fmt: skip
+                              label=f"{SETTING_LABELS[s['setting']]} (band: ± sd over seeds)")  # fmt: skip
             ax.axhspan(s[key] - s[f"{key}_sd"], s[key] + s[f"{key}_sd"], color=line.get_color(), alpha=0.12)
         ax.set_xscale("log")
         ticks = [*sorted(set(finite)), inf_x]
         ax.set_xticks(ticks, [f"{t:g}" for t in sorted(set(finite))] + ["∞"])
         ax.minorticks_off()
-        ax.set_xlabel(f"target ε per hospital (whole run, δ = {delta:g})")
+        ax.set_xlabel(f"target ε per hospital (whole run, δ = {delta:g}; ∞: no DP)")
+        ax.set(ylabel=ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].axhline(0.5, color="black", linewidth=0.8, alpha=0.5)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    axes[1].axhline(0.5, color="black", linewidth=0.8, alpha=0.5, label="chance (0.5): members not told apart")
+    for ax in axes:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: never over a point
     save_figure(fig, path)
 
 

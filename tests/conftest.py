@@ -37,6 +37,7 @@ SLOW = {
     "test_secure_aggregation.py": ["test_secure_aggregation_works_with_fedadam_and_dp_sgd"],
     "test_contract.py": ["test_each_strategy_and_protection_runs_end_to_end_through_the_contract"],
     "test_data_cli.py": ["test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_them"],
+    "test_tracking.py": ["test_the_simulation_engine_run_of_the_command_line_is_tracked_the_same"],
 }
 
 

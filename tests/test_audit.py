@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets.synthetic import generate
+from fedicu.shared.metrics import ci_method
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
 from fedicu.shared.privacy import audit as A
@@ -35,8 +36,9 @@ def test_auroc_and_tpr_at_low_fpr_agree_with_scikit_learn(seed):
     for max_fpr in (0.0, 0.01, 0.05, 0.3, 1.0):
         expected = tpr[fpr <= max_fpr].max()
         assert A.tpr_at_fpr(scores, is_member, max_fpr) == pytest.approx(expected, abs=1e-12)
-    metrics = A.attack_metrics(scores, is_member)
+    metrics = A.attack_metrics(scores, is_member, seed=0)
     assert metrics["auroc"] == pytest.approx(roc_auc_score(is_member, scores), abs=1e-12)
+    assert metrics["auroc_ci_low"] < metrics["auroc"] < metrics["auroc_ci_high"]  # over the targets, seeded
     assert metrics["tpr_at_1pct_fpr"] == pytest.approx(tpr[fpr <= 0.01].max(), abs=1e-12)
     assert metrics["advantage"] == pytest.approx(np.max(tpr - fpr), abs=1e-12)
 
@@ -234,8 +236,10 @@ def test_audit_of_a_run_writes_the_report_and_the_roc_plot(run_dir):
     assert saved["members"] == saved["non_members"] > 0
     assert saved["members"] <= min(saved["training_stays"], saved["test_stays"])
     for name in A.ATTACKS:
-        assert set(saved[name]) == {"auroc", "tpr_at_1pct_fpr", "advantage"}
+        assert set(saved[name]) == {"auroc", "auroc_ci_low", "auroc_ci_high", "tpr_at_1pct_fpr", "advantage"}
         assert all(0.0 <= v <= 1.0 for v in saved[name].values())
+        assert saved[name]["auroc_ci_low"] <= saved[name]["auroc"] <= saved[name]["auroc_ci_high"]
+    assert saved["confidence_intervals"] == ci_method(0)  # the audit's seed
     assert saved["dp"] is None
     assert (run_dir / A.AUDIT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fedicu.shared.metrics import ci_method
 from fedicu.shared.run_dir import RunDirectory
 
 REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
@@ -37,6 +38,9 @@ def test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run(synthet
     assert [int(r["round"]) for r in rows] == [1, 2]
     assert REQUIRED_COLUMNS <= set(rows[0])
     assert float(rows[-1]["test_auroc"]) > 0.70  # chance is 0.5
+    for r in rows:  # pooled validation (from histograms) and test AUROC and AUPRC, each with its interval
+        for key in ("val_auroc", "val_auprc", "test_auroc", "test_auprc"):
+            assert float(r[f"{key}_ci_low"]) <= float(r[key]) <= float(r[f"{key}_ci_high"]), key
     assert all(int(r["hospitals_trained"]) == 3 for r in rows)
     hospital_rows = json.loads((out / "hospital_metrics.json").read_text())
     assert len(hospital_rows) == 2 * 3 and {r["hospital"] for r in hospital_rows} == {
@@ -50,7 +54,12 @@ def test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run(synthet
     assert 0 < card["threshold"]["best"] < 1
     assert len(card["normalization"]["mean"]) == len(card["normalization"]["channels"])
     assert set(card["data"]["hospitals"]) == {"hospital-1", "hospital-2", "hospital-3"}
+    assert card["metrics"]["confidence_intervals"] == ci_method(0)  # the run's seed
+    # A small hospital's validation stays can be separated perfectly: AUROC 1 and an interval of [1, 1].
+    assert all(r["val_auroc_ci_low"] <= r["val_auroc"] <= r["val_auroc_ci_high"] for r in hospital_rows)
     assert "test auroc" in result.stderr.lower()  # the final table
+    low, high = (float(rows[-1][k]) for k in ("test_auroc_ci_low", "test_auroc_ci_high"))
+    assert f"({low:.2f}–{high:.2f})" in result.stderr and "1000 resamples, seed 0" in result.stderr
 
 
 def test_evaluate_scores_a_saved_model_as_json(synthetic_run):
@@ -60,6 +69,9 @@ def test_evaluate_scores_a_saved_model_as_json(synthetic_run):
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 600
     assert 0.6 < metrics["auroc"] <= 1 and 0 < metrics["auprc"] <= 1
+    assert metrics["auroc_ci_low"] < metrics["auroc"] < metrics["auroc_ci_high"]
+    assert metrics["auprc_ci_low"] < metrics["auprc"] < metrics["auprc_ci_high"]
+    assert metrics["confidence_intervals"] == ci_method(0)  # seeded by the run, not by the cohort's --seed 5
     assert 0 <= metrics["brier"] < 0.25 and 0 <= metrics["event1"] <= 1
 
 

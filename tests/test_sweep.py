@@ -51,7 +51,11 @@ def test_every_cell_lands_in_the_csv_with_accuracy_privacy_and_audit(finished):
         assert 0 <= float(r["attack_auroc"]) <= 1 and 0 <= float(r["attack_tpr_at_1pct_fpr"]) <= 1
     assert table[2]["attack_auroc"] == "nan"  # local-only is several models: not audited
     assert all(0.3 < float(r["test_auroc"]) <= 1 for r in table)
+    for r in table:  # every AUROC and AUPRC with its interval (local only: of the hospitals' mean)
+        for key in ("test_auroc", "test_auprc") + (("attack_auroc",) if r["setting"] != "local" else ()):
+            assert float(r[f"{key}_ci_low"]) <= float(r[key]) <= float(r[f"{key}_ci_high"]), (r["setting"], key)
     markdown = (root / "sweep.md").read_text()
+    assert study.SUMMARY_CI in markdown
     assert "| federated | 2 | 1 |" in markdown and "| centralized, no DP | – | 1 |" in markdown
     assert (root / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Each cell is an ordinary run directory, complete and auditable on its own.

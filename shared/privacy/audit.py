@@ -73,6 +73,7 @@ from sklearn.metrics import auc, roc_curve
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import prepare
+from fedicu.shared.metrics import bootstrap_intervals, ci_keys, ci_method
 from fedicu.shared.model import ModelConfig, MortalityLSTM, model_config_of
 from fedicu.shared.plots import save_figure
 from fedicu.shared.preprocessing import Normalization, Sequences, to_features
@@ -137,11 +138,13 @@ def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, max_fpr: float = LOW_F
     return _tpr_at(*roc(scores, is_member), max_fpr)
 
 
-def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """AUROC, TPR at 1 % FPR, and the membership advantage max(TPR - FPR)."""
+def attack_metrics(scores: np.ndarray, is_member: np.ndarray, seed: int) -> dict[str, float]:
+    """AUROC with its bootstrap interval (members and non-members resampled separately, seeded with
+    `seed`; the shadow models stay as trained), TPR at 1 % FPR, and the membership advantage max(TPR - FPR)."""
     fpr, tpr = roc(scores, is_member)
-    return {"auroc": float(auc(fpr, tpr)), "tpr_at_1pct_fpr": _tpr_at(fpr, tpr, LOW_FPR),
-            "advantage": float(np.max(tpr - fpr))}  # fmt: skip
+    intervals = bootstrap_intervals(np.asarray(is_member, dtype=int), scores, seed)
+    return {"auroc": float(auc(fpr, tpr)), **{k: intervals[k] for k in ci_keys("auroc")},
+            "tpr_at_1pct_fpr": _tpr_at(fpr, tpr, LOW_FPR), "advantage": float(np.max(tpr - fpr))}  # fmt: skip
 
 
 def dp_tpr_bound(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
@@ -337,7 +340,7 @@ def run_attacks(
             shadow = train_shadows(recipe, x, y, in_mask, seed, on_progress)
             scores["calibrated_loss"] = calibrated_loss_scores(target, shadow, in_mask)
             scores["lira"], scores["lira_offline"] = lira_scores(target, shadow, in_mask)
-    metrics = {name: (attack_metrics(scores[name], is_member) if name in scores else None) for name in ATTACKS}
+    metrics = {name: (attack_metrics(scores[name], is_member, seed) if name in scores else None) for name in ATTACKS}
     return AttackResult(metrics, scores)
 
 
@@ -492,7 +495,8 @@ def audit(
 
     Returns `{"model", "members", "non_members", "shadow_models",
     "loss_threshold", "calibrated_loss", "lira", "lira_offline", ...}`; each
-    attack entry holds `auroc`, `tpr_at_1pct_fpr` and `advantage` (null where
+    attack entry holds `auroc` (with `auroc_ci_low` and `auroc_ci_high`, as
+    `confidence_intervals` states), `tpr_at_1pct_fpr` and `advantage` (null where
     the attack needs shadow models and none were trained). Raises ValueError,
     naming the run directory, when the run is incomplete or a file is missing.
     """
@@ -539,6 +543,7 @@ def audit(
         ),
         "dp": dp,
         "seed": seed,
+        "confidence_intervals": ci_method(seed),
         "seconds": round(time.monotonic() - started, 1),
     }
     RunDirectory(path).write_json(AUDIT_JSON, report)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import signal
 import sys
 from typing import Annotated
 
@@ -10,8 +12,9 @@ import click
 import typer
 from rich.markup import escape
 
+from fedicu.shared import stopping
 from fedicu.shared.errors import DataError
-from fedicu.simulations.cli.common import RunFailed, UserError, console
+from fedicu.simulations.cli.common import RunFailed, RunInterrupted, UserError, console
 
 from . import data, deployment, evaluation, privacy, site, tools, training
 
@@ -54,10 +57,40 @@ app.add_typer(site.site_app, name="site")
 app.add_typer(data.data_app, name="data")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the signal that asked this process to stop
+
+
+def _stop(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM stops the command where it is (KeyboardInterrupt here, the
+    stop flag for other threads); a second one ends the process at once."""
+    if stopping.stop_requested():
+        os._exit(128 + signum)
+    _received.append(signum)
+    stopping.request_stop()
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted(message: str) -> None:
+    """Exit at once: the run's state is recorded and its processes are stopped, but threads of
+    the libraries may still wait on what was stopped (a result from a Ray worker that is gone),
+    and a normal exit would wait for them."""
+    signum = _received[0] if _received else signal.SIGINT
+    console.print(f"[bold yellow]interrupted[/] ({signal.Signals(signum).name}){message}", soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def main() -> None:
-    """Entry point: user mistakes become one clear line and exit code 2."""
+    """Entry point: user mistakes become one clear line and exit code 2; Ctrl-C (SIGINT) and
+    SIGTERM stop the command cleanly with exit code 130 or 143."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
     try:
         app(standalone_mode=False)
+    except RunInterrupted as error:
+        _exit_interrupted(f": {escape(str(error))}")
     except (UserError, DataError) as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
         sys.exit(2)
@@ -69,6 +102,5 @@ def main() -> None:
         sys.exit(error.exit_code)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
+    except typer.Abort:  # click's name for the KeyboardInterrupt it caught
+        _exit_interrupted("")

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
+from fedicu.shared.metrics import CI_CAPTION, interval_text
 from fedicu.shared.tasks import BUILT_IN
 
 console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
@@ -23,44 +24,52 @@ OPTION_HELP = {
     "dataset": "Data format: synthetic (built in), physionet2012, tables (stays and events as CSV or Parquet) or meds.",
     "data_dir": "The data folder: PhysioNet 2012 set-X/ or set-X.tar.gz with Outcomes-X.txt; stays and events "
     "tables; or a MEDS dataset.",
-    "sets": "PhysioNet 2012 sets to load, comma-separated (a, b, c).",
+    "sets": "PhysioNet 2012 sets to load, comma-separated letters of a, b, c (other formats: not read).",
     "labels": "MEDS label file or folder (subject_id, prediction_time, boolean_value).",
     "mapping": "TOML file mapping the site's columns and codes to the federation's variables (tables, meds).",
     "task": f"What the label means: {', '.join(BUILT_IN)}, or a label column of a stays table.",
     "variables": "Time series the model reads, comma-separated (e.g. HR,SysABP,DiasABP,Temp; default: all).",
     "strict": "Refuse rows with an empty or unknown variable instead of skipping and counting them.",
-    "partition": "How stays are split into hospitals: hospital, icu-type, set, iid, dirichlet "
-    "(default: the dataset's natural sites).",
-    "hospitals": "Number of hospitals (synthetic cohort, iid and dirichlet partitions).",
+    "partition": "How stays are split into hospitals: hospital (the data's own sites), icu-type, set (PhysioNet "
+    "2012 set), iid or dirichlet (default: the data format's own: icu-type for physionet2012, hospital otherwise).",
+    "hospitals": "Number of hospitals: of the synthetic cohort, and of an iid or dirichlet partition.",
     "alpha": "Dirichlet concentration for --partition dirichlet (smaller = more skew).",
-    "synthetic_stays": "Total ICU stays in the synthetic cohort.",
-    "test_fraction": "Share of stays held out for server-side testing.",
-    "val_fraction": "Share of each hospital's remaining stays used for validation.",
-    "seed": "Seed for data generation, splits and training.",
-    "hidden_size": "LSTM hidden units.",
+    "synthetic_stays": "ICU stays in the synthetic cohort, all hospitals together (--dataset synthetic).",
+    # The synthetic cohort's generation, for the commands that only read a cohort (no partition, no training)
+    "synthetic_hospitals": "Hospitals the synthetic cohort is generated with (--dataset synthetic).",
+    "synthetic_seed": "Seed the synthetic cohort is generated with (--dataset synthetic).",
+    "test_fraction": "Share of stays (0 to 1) held out as the test split, scored at the server and never trained on.",
+    "val_fraction": "Share (0 to 1) of each hospital's remaining stays kept for validation (model selection).",
+    "seed": "Random seed of the synthetic cohort, the splits and training (initialization, batches, noise).",
+    "hidden_size": "LSTM hidden units per layer.",
     "layers": "Stacked LSTM layers.",
-    "dropout": "Dropout before the output layer.",
+    "dropout": "Dropout probability (0 to 1) before the output layer; 0: none.",
     "attention": "Attention pooling over hours instead of the last hidden state.",
     "strategy": "Aggregation: fedavg, fedprox or fedadam.",
-    "rounds": "Federated rounds (baselines train rounds x local-epochs epochs).",
-    "local_epochs": "Epochs each hospital trains per round.",
-    "lr": "Adam learning rate at the hospitals.",
-    "batch_size": "Mini-batch size.",
-    "proximal_mu": "FedProx proximal term weight.",
-    "server_lr": "FedAdam server learning rate.",
+    "rounds": "Federated rounds; the centralized and local-only baselines train rounds x local-epochs epochs.",
+    "local_epochs": "Epochs (passes over its training stays) each hospital trains per round.",
+    "lr": "Adam learning rate of local training (at the hospitals; in the baselines, of the one model).",
+    "batch_size": "Mini-batch size, in ICU stays.",
+    "proximal_mu": "FedProx proximal term weight mu (--strategy fedprox only).",
+    "server_lr": "FedAdam server learning rate (--strategy fedadam only).",
     "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
-    "min_hospitals": "Replies a round needs to complete; failed hospitals are recorded and skipped.",
+    "min_hospitals": "Hospitals that must reply for a round to count; failed ones are recorded and skipped "
+    "(default 1: go on while any hospital replies).",
     "dp": "Train with DP-SGD at every hospital (privacy unit: one ICU stay).",
     "target_epsilon": "Each hospital's epsilon for the whole run: the noise is calibrated to it, or, with "
-    "--noise-multiplier, it is the budget at which a hospital stops training.",
-    "noise_multiplier": "Fixed DP-SGD noise multiplier instead of calibrating from --target-epsilon.",
+    "--noise-multiplier, it is the budget at which a hospital stops training (0: no budget; --dp then "
+    "needs --noise-multiplier).",
+    "noise_multiplier": "Fixed DP-SGD noise multiplier (noise sd / clipping norm) instead of calibrating from "
+    "--target-epsilon (0: calibrate).",
     "delta": "DP delta per hospital; must be below 1 / its training stays.",
-    "max_grad_norm": "DP-SGD per-stay gradient clipping norm.",
-    "accountant": "Privacy accountant: rdp or prv.",
+    "max_grad_norm": "DP-SGD clipping bound: the L2 norm of each stay's gradient is cut to this.",
+    "accountant": "Privacy accountant that turns noise and steps into epsilon: rdp (Renyi DP) or prv (privacy "
+    "random variables, usually tighter).",
     "hospital_dp_noise": "Hospital-level DP: noise multiplier on the average of clipped hospital updates (0: off).",
     "hospital_dp_clip": "Hospital-level DP: L2 bound on each hospital's model update.",
     "secagg": "Secure aggregation (SecAgg+): the server sees only the sum of the hospitals' weights.",
-    "out": "Run directory to create (default: runs/<timestamp>).",
+    "out": "Run directory to create, new or empty (default: runs/<timestamp>, with the command's suffix such as "
+    "-compare).",
 }
 DEPLOYMENT_ONLY = ("sites", "test_dir")  # run-config keys of a real deployment, not options here
 OPTION_NAMES = {"dataset": ("--dataset", "--data-format")}  # one option, two spellings
@@ -87,6 +96,10 @@ class RunFailed(Exception):
     """A run that started but could not finish (e.g. too few hospitals replied): exit code 1."""
 
 
+class RunInterrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM, its directory marked `interrupted`: exit code 130 or 143."""
+
+
 def run_options(command=None, *, dp_per_cell: bool = False):
     """Give a command every RunConfig field as an option; it receives `config`.
 
@@ -109,7 +122,9 @@ def run_options(command=None, *, dp_per_cell: bool = False):
         )
         for name in names
     ]
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "config"]
+    # Evaluated annotations: typer finds a typer.Option (and its help) only in an evaluated one,
+    # and it reads the `__signature__` below as it stands.
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "config"]
     stand_in: dict[str, Any] = {"dp": True, "target_epsilon": 1.0} if dp_per_cell else {}
 
     @functools.wraps(command)
@@ -132,6 +147,16 @@ def fmt(value) -> str:
     return str(value)
 
 
+def fmt_ci(row: dict, key: str) -> str:
+    """`row[key]` with its interval if the row has one: "0.804 (0.78–0.83)"."""
+    return f"{fmt(row[key])} {interval_text(row, key)}".rstrip()
+
+
+def ci_caption(seed: int) -> str:
+    """The footnote of every table whose cells `fmt_ci` wrote."""
+    return f"{CI_CAPTION}, seed {seed}"
+
+
 def titled(title: str, table: Table) -> Group:
     """A narrow table under a long title (one with a path): the title on lines of its own, as wide
     as the terminal allows, instead of wrapped to the table's width. Plain text, no markup."""
@@ -151,24 +176,29 @@ def _round_header(column: str) -> str:
     return f"{split}\n{METRIC_NAMES.get(metric, metric)}"
 
 
-def rounds_table(title: str, rows: list[dict]) -> Table:
-    table = Table(title=title)
+WITH_CI = ("val_auroc", "test_auroc", "test_auprc")  # the columns that show their interval
+
+
+def rounds_table(title: str, rows: list[dict], seed: int) -> Table:
+    """One line per round from about 95 columns on; narrower, an interval wraps under its value.
+    `seed`: the run's, which seeded its intervals."""
+    table = Table(title=title, caption=ci_caption(seed))
     columns = ["round", "train_loss", "val_auroc", "test_auroc", "test_auprc", "test_brier", "test_event1"]
     if any(row.get("hospitals_failed") for row in rows):
         columns.insert(1, "hospitals_failed")
     for c in columns:
-        table.add_column(_round_header(c), justify="right", no_wrap=True)
+        table.add_column(_round_header(c), justify="right", no_wrap=c not in WITH_CI)
     for row in rows:
-        table.add_row(*(fmt(row[c]) for c in columns))
+        table.add_row(*(fmt_ci(row, c) if c in WITH_CI else fmt(row[c]) for c in columns))
     return table
 
 
-def results_table(results: dict[str, dict]) -> Table:
-    table = Table(title="Held-out test split")
+def results_table(results: dict[str, dict], seed: int) -> Table:
+    table = Table(title="Held-out test split", caption=ci_caption(seed))
     keys = ["test_auroc", "test_auprc", "test_brier", "test_event1"]
     table.add_column("setting", overflow="fold")
     for k in keys:
-        table.add_column(METRIC_NAMES[k.removeprefix("test_")], justify="right", no_wrap=True)
+        table.add_column(METRIC_NAMES[k.removeprefix("test_")], justify="right", no_wrap=k not in WITH_CI)
     for name, r in results.items():
-        table.add_row(name, *(fmt(r[k]) for k in keys))
+        table.add_row(name, *(fmt_ci(r, k) if k in WITH_CI else fmt(r[k]) for k in keys))
     return table

@@ -36,8 +36,8 @@ def to_meds(
     task: Annotated[str, typer.Option(help=OPTION_HELP["task"])] = RunConfig.task,
     strict: Strict = False,
     synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = RunConfig.synthetic_stays,
-    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = RunConfig.hospitals,
-    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = RunConfig.seed,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_hospitals"])] = RunConfig.hospitals,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_seed"])] = RunConfig.seed,
 ) -> None:
     """Write any cohort as a MEDS dataset with a label file for its task (codes are the variables' names)."""
     from fedicu.shared.datasets import meds_write

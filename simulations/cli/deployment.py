@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
-from fedicu.shared.run_dir import METRICS_JSON
+from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON
 from fedicu.simulations.cli.common import OPTION_HELP, RunFailed, UserError, console, rounds_table
 
 
@@ -48,7 +48,7 @@ def deploy_demo(
         ),
     ] = None,
     sites: Annotated[int, typer.Option(help="Hospitals: one SuperNode each, with its own synthetic data.")] = 3,
-    rounds: Annotated[int, typer.Option(help=OPTION_HELP["rounds"])] = 2,
+    rounds: Annotated[int, typer.Option(help="Federated rounds to run.")] = 2,
     secagg: Annotated[bool, typer.Option(help=OPTION_HELP["secagg"])] = False,
     insecure: Annotated[
         bool, typer.Option(help="No TLS and no node authentication: local experiments only, never with patient data.")
@@ -56,7 +56,9 @@ def deploy_demo(
     run_config: Annotated[
         str, typer.Option(help="More run-config for `flwr run`, e.g. 'dp=true target-epsilon=4.0'.")
     ] = "",
-    timeout: Annotated[float, typer.Option(help="Seconds the run may take before the rehearsal fails.")] = 1800.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the run may take once `flwr run` submitted it, before the rehearsal fails.")
+    ] = 1800.0,
 ) -> None:
     """Rehearse a deployment here: a SuperLink and one SuperNode per site as processes, TLS, node keys, `flwr run`."""
     from fedicu.simulations.deployment.rehearsal import DeploymentError, rehearse
@@ -97,5 +99,6 @@ def deploy_demo(
             raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error
     rows = json.loads((run_dir / METRICS_JSON).read_text())
     title = f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'}{', INSECURE' if insecure else ''})"
-    console.print(rounds_table(title, rows))
+    seed = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())).seed
+    console.print(rounds_table(title, rows, seed))
     console.print(f"Run directory: {run_dir}", highlight=False)

@@ -15,9 +15,9 @@ from rich.table import Table
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.federation import load_folder, prepare
-from fedicu.shared.metrics import binary_metrics
+from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method
 from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
-from fedicu.shared.run_dir import CONFIG_FILE, STAYS_FILE, load_trained, trained_task
+from fedicu.shared.run_dir import CONFIG_FILE, MODEL_CARD, STAYS_FILE, RunDirectory, load_trained, trained_task
 from fedicu.shared.tasks import check_same
 from fedicu.shared.training import predict
 from fedicu.simulations.cli.common import (
@@ -28,8 +28,9 @@ from fedicu.simulations.cli.common import (
     MappingFile,
     Strict,
     UserError,
+    ci_caption,
     console,
-    fmt,
+    fmt_ci,
     report_skipped,
     titled,
 )
@@ -47,21 +48,38 @@ def _default_sets(dataset: str) -> str:
 
 
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A completed run directory, as a training command's --out names it (compare: its federated/, "
+            "centralized/ or local/<hospital>/)."
+        ),
+    ],
     dataset: DataFormat = "physionet2012",
     data_dir: DataDir = "",
-    sets: Annotated[str, typer.Option(help="PhysioNet 2012 sets to score, comma-separated (default: c).")] = "",
+    sets: Annotated[
+        str, typer.Option(help="PhysioNet 2012 sets to score, comma-separated (default: c, the held-out set).")
+    ] = "",
     labels: Labels = "",
     mapping: MappingFile = "",
-    task: Annotated[str, typer.Option(help="The stays' task (default: the model's); another is refused.")] = "",
+    task: Annotated[
+        str, typer.Option(help="The task the stays' labels are for (default: the model's); another task is refused.")
+    ] = "",
     strict: Strict = False,
     synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
-    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
-    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_seed"])] = 0,
     split: Annotated[
-        str, typer.Option(help="'test': the run's own held-out test split, rebuilt from its configuration.")
+        str,
+        typer.Option(
+            help="'test': score the run's own held-out test split, rebuilt from its configuration (no data "
+            "options then; default: every stay of the cohort the data options name)."
+        ),
     ] = "",
-    model: Annotated[str, typer.Option(help="Which saved model: best or final.")] = "best",
+    model: Annotated[
+        str,
+        typer.Option(help="Which saved model: best (the round with the highest validation AUROC) or final (the last)."),
+    ] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
@@ -94,17 +112,26 @@ def evaluate(
         console.print(f"[yellow]every stay has label {int(seqs.labels[0])}: AUROC and AUPRC are undefined[/]")
     if not seqs.observed.any():
         console.print("[yellow]no stay has any time-series measurement: the scores rest on descriptors alone[/]")
-    metrics = binary_metrics(seqs.labels, scores, threshold)
+    run_seed = _run_seed(run_dir)
+    metrics = binary_metrics(seqs.labels, scores, threshold) | bootstrap_intervals(seqs.labels, scores, run_seed)
     metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
     if as_json:
-        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}))
+        values = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        print(json.dumps(values | {"confidence_intervals": ci_method(run_seed)}))
         return
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, fmt(v))
+    for k in metrics:
+        if k not in CI_KEYS:
+            table.add_row(k, fmt_ci(metrics, k))
     console.print(titled(f"{run_dir} ({model} model, task {trained_for}) on {described}", table))
+    console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
+
+
+def _run_seed(run_dir: Path) -> int:
+    """The run's seed, which also seeds the intervals of whatever its model scores."""
+    return int(RunDirectory(run_dir).read_json(MODEL_CARD).get("training", {}).get("seed", RunConfig.seed))
 
 
 def _given_cohort(config: RunConfig) -> tuple[Sequences, str]:

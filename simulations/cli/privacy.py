@@ -10,18 +10,43 @@ import typer
 from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
-from fedicu.simulations.cli.common import RunFailed, UserError, console, fmt, run_options, titled
+from fedicu.shared.stopping import StopRequested
+from fedicu.simulations.cli.common import (
+    RunFailed,
+    RunInterrupted,
+    UserError,
+    ci_caption,
+    console,
+    fmt_ci,
+    run_options,
+    titled,
+)
 
 
 def audit(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
-    model: Annotated[str, typer.Option(help="Which saved model: final or best.")] = "final",
-    shadow_models: Annotated[int, typer.Option(help="Reference models for the calibrated and LiRA attacks.")] = 8,
-    max_targets: Annotated[int, typer.Option(help="At most this many members (and as many non-members).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed for target sampling and shadow models.")] = 0,
+    run_dir: Annotated[
+        Path, typer.Argument(help="A completed federated or centralized run directory (a training command's --out).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(help="Which saved model: final (the last round) or best (the highest validation AUROC)."),
+    ] = "final",
+    shadow_models: Annotated[
+        int,
+        typer.Option(
+            help="Shadow models (the run's architecture and recipe, trained centrally on half the targets each) "
+            "for the calibrated-loss and LiRA attacks (0: the loss-threshold attack only; else at least 2)."
+        ),
+    ] = 8,
+    max_targets: Annotated[
+        int,
+        typer.Option(help="At most this many training stays (members) attacked, against as many held-out test stays."),
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the target sampling and the shadow models.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Membership-inference audit of a trained model: can an attacker tell training stays from others?"""
@@ -52,9 +77,12 @@ def audit(
         table.add_column(column, justify="left" if column == "attack" else "right")
     for key, name in (("loss_threshold", "loss threshold"), ("calibrated_loss", "calibrated loss"),
                       ("lira", "LiRA (online)"), ("lira_offline", "LiRA (offline)")):  # fmt: skip
-        result = report.get(key) or {}
-        table.add_row(name, *(fmt(result.get(k, float("nan"))) for k in ("auroc", "tpr_at_1pct_fpr", "advantage")))
+        columns = ("auroc", "tpr_at_1pct_fpr", "advantage")
+        result = report.get(key) or dict.fromkeys(columns, float("nan"))  # an attack that needs shadow models
+        table.add_row(name, *(fmt_ci(result, k) for k in columns))
     console.print(titled(f"Membership inference on {run_dir} ({model} model)", table))
+    caption = f"{ci_caption(report['seed'])}; members and non-members resampled, shadow models kept"
+    console.print(caption, style="table.caption", highlight=False)  # wider than the table
     if report.get("dp"):
         dp = report["dp"]
         console.print(
@@ -68,18 +96,34 @@ def audit(
 def sweep(
     config: RunConfig,
     epsilons: Annotated[
-        str, typer.Option(help="Target epsilons per hospital for federated DP-SGD, comma-separated; inf = no DP.")
+        str,
+        typer.Option(
+            help="Target epsilons, comma-separated: one federated DP-SGD setting each, every hospital's epsilon "
+            "for the whole run (delta: --delta); inf: the same federated run without DP."
+        ),
     ] = "0.5,1,2,4,8,inf",
     seeds: Annotated[
-        str, typer.Option(help="Seeds, comma-separated: each changes splits, initialization and noise.")
+        str,
+        typer.Option(
+            help="Seeds, comma-separated: every setting runs once per seed, which changes the splits, the "
+            "initialization and the noise (the tables show mean ± sd over them)."
+        ),
     ] = "0,1,2",
     baselines: Annotated[
-        bool, typer.Option(help="Also run the non-private centralized and local-only baselines.")
+        bool,
+        typer.Option(help="Also run the non-private centralized and local-only baselines, once per seed."),
     ] = True,
     shadow_models: Annotated[
-        int, typer.Option(help="Shadow models per membership-inference audit (0: loss attack only).")
+        int,
+        typer.Option(
+            help="Shadow models per membership-inference audit of a federated or centralized model (0: the "
+            "loss-threshold attack only; else at least 2)."
+        ),
     ] = 4,
-    max_targets: Annotated[int, typer.Option(help="At most this many members (and non-members) per audit.")] = 1000,
+    max_targets: Annotated[
+        int,
+        typer.Option(help="At most this many training stays attacked per audit, against as many held-out test stays."),
+    ] = 1000,
 ) -> None:
     """The privacy-accuracy study: federated DP-SGD over epsilons x seeds, baselines, audits; resumable."""
     from rich.progress import TimeRemainingColumn
@@ -121,7 +165,10 @@ def sweep(
         raise UserError(str(error)) from error
     except RuntimeError as error:
         raise RunFailed(f"{error} (the sweep continues from here when rerun with the same options)") from error
-    console.print(sweep_tables(config.dataset, study.TABLE_HEADER, study.table_rows(study.summarize(rows))))
+    except (KeyboardInterrupt, StopRequested) as error:
+        raise RunInterrupted(f"{root} keeps its finished cells; rerun the same command to continue") from error
+    summary = study.table_rows(study.summarize(rows))
+    console.print(sweep_tables(config.dataset, study.TABLE_HEADER, summary, study.SUMMARY_CI))
     console.print(f"Wrote {root / study.SWEEP_CSV}, {root / study.SWEEP_MD} and {root / study.SWEEP_PNG}")
 
 
@@ -159,8 +206,9 @@ def _spread(seed_counts: set[str]) -> str:
     return f"mean ± sd over {most if fewest == most else f'{fewest}–{most}'} seeds"
 
 
-def sweep_tables(dataset: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> Group:
-    """The sweep's summary as `sweep.table_rows` gives it (in `header` order), as two tables."""
+def sweep_tables(dataset: str, header: tuple[str, ...], rows: list[tuple[str, ...]], footnote: str) -> Group:
+    """The sweep's summary as `sweep.table_rows` gives it (in `header` order), as two tables
+    with `footnote` (how the intervals were computed) under them."""
     spread = _spread({row[header.index("seeds")] for row in rows})
     tables = []
     for title, metrics in SWEEP_TABLES:
@@ -174,4 +222,4 @@ def sweep_tables(dataset: str, header: tuple[str, ...], rows: list[tuple[str, ..
         for row in rows:
             table.add_row(*(row[i] for i in columns))
         tables.append(table)
-    return Group(*tables)
+    return Group(*tables, Text(footnote, style="table.caption"))

@@ -14,10 +14,16 @@ from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, fmt
 
 def bench(
     data_dir: Annotated[
-        str, typer.Option(help="PhysioNet 2012 folder for the loader and epoch parts (else synthetic).")
+        str,
+        typer.Option(
+            help="PhysioNet 2012 folder with sets A and B: adds the loader timing and runs the epoch and overhead "
+            "parts on it too (default: the synthetic cohort only, no loader timing)."
+        ),
     ] = "",
-    quick: Annotated[bool, typer.Option(help="A small version for CI-sized checks.")] = False,
-    repeats: Annotated[int, typer.Option(help="Repeats of each timing (the median is reported).")] = 3,
+    quick: Annotated[
+        bool, typer.Option(help="A small version for CI-sized checks: fewer stays, rounds and hospitals.")
+    ] = False,
+    repeats: Annotated[int, typer.Option(help="Runs of each timing; the median is reported (at least 1).")] = 3,
     as_json: Annotated[
         bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")
     ] = False,
@@ -48,11 +54,15 @@ def bench(
 
 
 def export_synthetic(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write set-<SET>/ and Outcomes-<SET>.txt into (created if absent).")
+    ],
     synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
-    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["hospitals"])] = 4,
-    seed: Annotated[int, typer.Option(help=OPTION_HELP["seed"])] = 0,
-    set_name: Annotated[str, typer.Option("--set", help="Set name to write: a, b or c.")] = "a",
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_seed"])] = 0,
+    set_name: Annotated[
+        str, typer.Option("--set", help="PhysioNet 2012 set the files are named for: a, b or c.")
+    ] = "a",
 ) -> None:
     """Write the synthetic cohort as PhysioNet 2012 files (to rehearse the real loader or a site)."""
     from fedicu.shared.datasets import physionet2012, synthetic

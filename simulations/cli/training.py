@@ -12,9 +12,11 @@ from fedicu.server.federated_run import RunState
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
-from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RunDirectory
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
     RunFailed,
+    RunInterrupted,
     UserError,
     console,
     report_skipped,
@@ -22,6 +24,7 @@ from fedicu.simulations.cli.common import (
     rounds_table,
     run_options,
 )
+from fedicu.simulations.tracking import NO_TRACKING, Backend, Track, Tracking, TrackingUri
 
 COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
@@ -77,22 +80,50 @@ class RoundBar:
             status += f"  [yellow]{row['hospitals_failed']} hospital(s) failed[/]"
         self.bar.update(self.task, advance=1, status=status)
 
+    def hospital_done(self, row: dict) -> None:
+        """A local-only hospital finished training."""
+        self.bar.update(self.task, advance=1, status=f"{row['hospital']} test AUROC {row['test_auroc']:.3f}")
+
     def close(self) -> None:
         self.bar.stop()
 
 
-def _federated(config: RunConfig, federation: Federation, run_dir: RunDirectory, state: RunState | None = None) -> dict:
+def _tracking(track: Backend | None, tracking_uri: str) -> Tracking:
+    """The command's tracking, checked before anything runs."""
+    try:
+        return Tracking.connect(track, tracking_uri)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def _federated(
+    config: RunConfig,
+    federation: Federation,
+    run_dir: RunDirectory,
+    state: RunState | None = None,
+    tracking: Tracking = NO_TRACKING,
+) -> dict:
     from fedicu.simulations.simulate import simulate as run_simulation  # imports Ray lazily
 
-    bar = RoundBar(f"Federated {config.strategy}")
+    bar = tracking.follow(RoundBar(f"Federated {config.strategy}"), config, run_dir, "federated")
     try:
         result = run_simulation(config, federation, run_dir, bar, state)
     except RuntimeError as error:  # the run directory's run.json says "failed" and why
         raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
+    except (KeyboardInterrupt, StopRequested) as error:
+        raise _interrupted(run_dir, config.rounds) from error
     finally:
         bar.close()
-    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json(METRICS_JSON)))
+    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json(METRICS_JSON), config.seed))
     return result
+
+
+def _interrupted(run_dir: RunDirectory, rounds: int) -> RunInterrupted:
+    """Record in run.json how to go on; the message says the same."""
+    command = f"fedicu simulate --resume {run_dir.path}"
+    run_dir.set_status("interrupted", resume_command=command)
+    done = run_dir.read_json(RUN_FILE).get("rounds_completed", 0)
+    return RunInterrupted(f"{run_dir.path} keeps round {done} of {rounds}; to go on: {command}")
 
 
 def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
@@ -114,81 +145,88 @@ def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
 def simulate(
     config: RunConfig,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue an interrupted run directory from its last completed round.")
+        Path | None,
+        typer.Option(
+            help="Run directory of an interrupted run to continue after its last completed round, with the "
+            "configuration it was started with (the other options are ignored; default: start a new run)."
+        ),
     ] = None,
+    track: Track = None,
+    tracking_uri: TrackingUri = "",
 ) -> None:
     """Train the LSTM across simulated hospitals with Flower (the main job)."""
+    tracking = _tracking(track, tracking_uri)
     state = None
     if resume is not None:
         config, run_dir, state = _resume(resume)
     federation = _prepare(config)
     if resume is None:
         run_dir = _run_dir(config)
-    result = _federated(config, federation, run_dir, state)
+    result = _federated(config, federation, run_dir, state, tracking)
     console.print(
         f"Best round {result['best_round']} (by pooled validation AUROC). Run directory: [bold]{run_dir.path}[/]"
     )
 
 
 @run_options
-def centralized(config: RunConfig) -> None:
+def centralized(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "") -> None:
     """Baseline: all stays pooled in one place, same model and training budget."""
-    from fedicu.simulations.baselines import centralized as run_centralized
-
+    tracking = _tracking(track, tracking_uri)
     federation = _prepare(config)
     run_dir = _run_dir(config, "-centralized")
-    bar = RoundBar("Centralized")
-    bar.begin(config.rounds)
-    try:
-        run_centralized(config, federation, run_dir, bar.round_done)
-    finally:
-        bar.close()
-    console.print(rounds_table("Centralized", run_dir.read_json(METRICS_JSON)))
+    _centralized(config, federation, run_dir, tracking)
+    console.print(rounds_table("Centralized", run_dir.read_json(METRICS_JSON), config.seed))
     console.print(f"Run directory: [bold]{run_dir.path}[/]")
 
 
-def _local(config: RunConfig, federation: Federation, run_dir: RunDirectory) -> dict:
-    from fedicu.simulations.baselines import local as run_local
+def _centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory, tracking: Tracking) -> dict:
+    from fedicu.simulations.baselines import centralized as run_centralized
 
-    bar = RoundBar("Local-only hospitals")
-    bar.begin(len(federation.hospitals))
+    bar = tracking.follow(RoundBar("Centralized"), config, run_dir, "centralized")
+    bar.begin(config.rounds)
     try:
-        result = run_local(
-            config, federation, run_dir,
-            lambda r: bar.bar.update(bar.task, advance=1, status=f"{r['hospital']} test AUROC {r['test_auroc']:.3f}"),
-        )  # fmt: skip
+        return run_centralized(config, federation, run_dir, bar.round_done)
     finally:
         bar.close()
-    table = results_table({r["hospital"]: r for r in result["hospitals"]} | {"mean of hospitals": result["mean"]})
+
+
+def _local(config: RunConfig, federation: Federation, run_dir: RunDirectory, tracking: Tracking) -> dict:
+    from fedicu.simulations.baselines import local as run_local
+
+    bar = tracking.follow(RoundBar("Local-only hospitals"), config, run_dir, "local")
+    bar.begin(len(federation.hospitals))
+    try:
+        result = run_local(config, federation, run_dir, bar.hospital_done)
+    finally:
+        bar.close()
+    table = results_table(
+        {r["hospital"]: r for r in result["hospitals"]} | {"mean of hospitals": result["mean"]}, config.seed
+    )
     table.title = "Local-only training, held-out test split"
     console.print(table)
     return result
 
 
 @run_options
-def local_(config: RunConfig) -> None:
-    """Baseline: each hospital trains alone; all are scored on the same test split."""
+def local_(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "") -> None:
+    """Baseline: each hospital trains alone (a run directory each); all are scored on the same test split."""
+    tracking = _tracking(track, tracking_uri)
     federation = _prepare(config)
     run_dir = _run_dir(config, "-local")
-    _local(config, federation, run_dir)
+    _local(config, federation, run_dir, tracking)
     console.print(f"Run directory: [bold]{run_dir.path}[/]")
 
 
 @run_options
-def compare(config: RunConfig) -> None:
+def compare(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "") -> None:
     """Federated vs centralized vs local-only, on one test split, in one table."""
-    from fedicu.simulations.baselines import centralized as run_centralized
-
+    tracking = _tracking(track, tracking_uri)
     federation = _prepare(config)
     root = _run_dir(config, "-compare").path
-    federated = _federated(config, federation, RunDirectory(root / "federated").create())
-    bar = RoundBar("Centralized")
-    bar.begin(config.rounds)
-    try:
-        central = run_centralized(config, federation, RunDirectory(root / "centralized").create(), bar.round_done)
-    finally:
-        bar.close()
-    local = _local(config, federation, RunDirectory(root / "local").create())
+    tracking = tracking.within(root.name)
+    federated = _federated(config, federation, RunDirectory(root / "federated").create(), tracking=tracking)
+    central = _centralized(config, federation, RunDirectory(root / "centralized").create(), tracking)
+    local = _local(config, federation, RunDirectory(root / "local").create(), tracking)
     best_federated = RunDirectory(root / "federated").read_json(METRICS_JSON)[federated["best_round"] - 1]
     results = {
         f"federated ({config.strategy}, best round)": best_federated,
@@ -196,5 +234,5 @@ def compare(config: RunConfig) -> None:
         "local only (mean of hospitals)": local["mean"],
     }
     RunDirectory(root).write_json(COMPARISON_FILE, results)
-    console.print(results_table(results))
+    console.print(results_table(results, config.seed))
     console.print(f"Run directories under [bold]{root}[/]")
