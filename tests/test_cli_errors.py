@@ -27,6 +27,10 @@ def run(monkeypatch, capsys, *args):
         (["evaluate", "/nonexistent/run"], "/nonexistent/run"),
         (["simulate", "--dp", "--target-epsilon", "1", "--delta", "0.1"], "--delta 0.1 must be below 1/n"),
         (["simulate", "--dp"], "--dp needs --target-epsilon"),
+        (
+            ["simulate", "--dp", "--target-epsilon", "1", "--noise-multiplier", "1"],
+            "--target-epsilon 1 with --noise-multiplier 1: hospital-1 would spend epsilon 3.1",
+        ),
         (["simulate", "--data-dir", "/data/icu"], "--data-dir has no effect with --data-format synthetic"),
         (["simulate", "--target-epsilon", "1"], "--target-epsilon has no effect without --dp"),
         (["simulate", "--proximal-mu", "0.1"], "--proximal-mu has no effect with --strategy fedavg"),

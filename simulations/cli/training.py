@@ -12,6 +12,8 @@ from fedicu.server.federated_run import RunState
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.privacy.accounting import epsilon_of
+from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
@@ -37,12 +39,8 @@ def _prepare(config: RunConfig) -> Federation:
         raise UserError(str(error)) from error
     if config.min_hospitals > len(federation.hospitals):
         raise UserError(f"--min-hospitals {config.min_hospitals} exceeds the {len(federation.hospitals)} hospitals")
-    smallest = min(federation.hospitals, key=lambda h: len(h.train))
-    if config.dp and config.delta >= 1 / len(smallest.train):
-        raise UserError(
-            f"--delta {config.delta:g} must be below 1/n for every hospital; {smallest.name} "
-            f"has n = {len(smallest.train)} training stays"
-        )
+    if config.dp:
+        _check_privacy_settings(config, federation)
     report_skipped(federation.skipped)
     sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
     console.print(
@@ -50,6 +48,29 @@ def _prepare(config: RunConfig) -> Federation:
         f"{len(federation.test)} stays held out for testing"
     )
     return federation
+
+
+def _check_privacy_settings(config: RunConfig, federation: Federation) -> None:
+    """DP-SGD settings that no hospital's data can honour, refused before anything is written."""
+    smallest = min(federation.hospitals, key=lambda h: len(h.train))
+    if config.delta >= 1 / len(smallest.train):
+        raise UserError(
+            f"--delta {config.delta:g} must be below 1/n for every hospital; {smallest.name} "
+            f"has n = {len(smallest.train)} training stays"
+        )
+    if config.noise_multiplier > 0 and config.target_epsilon > 0:  # a fixed noise within a budget
+        for hospital in federation.hospitals:
+            schedule = PoissonSchedule.of(len(hospital.train), config.batch_size)
+            steps = config.local_epochs * schedule.steps_per_epoch
+            first = epsilon_of(
+                config.accountant, [(config.noise_multiplier, schedule.sample_rate, steps)], config.delta
+            )
+            if first > config.target_epsilon:
+                raise UserError(
+                    f"--target-epsilon {config.target_epsilon:g} with --noise-multiplier {config.noise_multiplier:g}: "
+                    f"{hospital.name} would spend epsilon {first:.3f} in its first round and could not train; "
+                    "raise either, or give --target-epsilon alone to calibrate the noise to it"
+                )
 
 
 def _run_dir(config: RunConfig, suffix: str = "") -> RunDirectory:
