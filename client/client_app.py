@@ -48,6 +48,7 @@ from fedicu.shared.contract import (
     Request,
     RestorePrivacyReply,
     RestorePrivacyRequest,
+    SiteTest,
     TrainReply,
     TrainRequest,
 )
@@ -58,7 +59,7 @@ from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 app = ClientApp()
-_features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_features: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def _hospital(request: Request, context: Context) -> HospitalData:
@@ -66,17 +67,20 @@ def _hospital(request: Request, context: Context) -> HospitalData:
     node = context.node_config
     if "data-dir" in node:
         source = site_source(node, request.task)
-        return load_site(source, str(node.get("hospital", "")), request.val_fraction, request.seed)
+        return load_site(
+            source, str(node.get("hospital", "")), request.test_fraction, request.val_fraction, request.seed
+        )
     return load_hospital(request.prepared_data, int(node["partition-id"]))
 
 
-def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarray, np.ndarray]:
-    """Normalized training and validation inputs, built once per normalization."""
+def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalized training, validation and test inputs, built once per normalization."""
     key = (id(hospital), tuple(request.norm_mean), tuple(request.norm_std), request.model.variables)
     if key not in _features:
         norm = Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
         channels = request.model.channels
-        _features[key] = (to_features(hospital.train, norm, channels), to_features(hospital.val, norm, channels))
+        train, val, test = (to_features(part, norm, channels) for part in (hospital.train, hospital.val, hospital.test))
+        _features[key] = (train, val, test)
     return _features[key]
 
 
@@ -136,7 +140,7 @@ def feature_stats(msg: Message, request: FeatureStatsRequest, context: Context) 
 def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     set_torch_threads(1)  # one hospital per core
     hospital = _hospital(request, context)
-    x_train, x_val = _inputs(hospital, request)
+    x_train, x_val, _ = _inputs(hospital, request)
     model = _model(msg, request)
     # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
     seed = int(
@@ -202,10 +206,12 @@ def restore_privacy(msg: Message, request: RestorePrivacyRequest, context: Conte
 def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Message:
     set_torch_threads(1)
     hospital = _hospital(request, context)
-    _, x_val = _inputs(hospital, request)
-    scores = predict(_model(msg, request), x_val)
+    _, x_val, x_test = _inputs(hospital, request)
+    model = _model(msg, request)
+    scores = predict(model, x_val)
     labels = hospital.val.labels
     m = binary_metrics(labels, scores, threshold=0.5)
+    test_scores = predict(model, x_test)
     return EvaluateReply(
         hospital=hospital.name,
         val_stays=len(labels),
@@ -214,4 +220,6 @@ def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Messag
         brier=m["brier"],
         loss=m["loss"],
         histogram=ScoreHistogram.of(labels, scores),
+        test=SiteTest.of(hospital.test.labels, test_scores),
+        test_histogram=ScoreHistogram.of(hospital.test.labels, test_scores),
     ).reply_to(msg)

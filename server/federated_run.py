@@ -68,9 +68,11 @@ from fedicu.shared.run_dir import (
     METRICS_CSV,
     METRICS_JSON,
     PRIVACY_FILE,
+    TEST_PREDICTIONS,
     RunDirectory,
     write_model_card,
 )
+from fedicu.shared.training import predict
 
 __all__ = ["LogProgress", "Progress", "RunState", "ServerData", "run_federated"]
 
@@ -116,6 +118,7 @@ class ServerData:
     test: Sequences | None
     summary: dict  # for the model card
     prepared_data: str = ""
+    test_hospitals: tuple[str, ...] = ()  # simulation: the hospital of each test stay
 
 
 class _AllHospitals:
@@ -191,6 +194,7 @@ class FederatedRun:
         self.settings: dict[str, Any] = dict(
             seed=config.seed,
             task=config.task,
+            test_fraction=config.test_fraction,
             val_fraction=config.val_fraction,
             dp=config.dp,
             delta=config.delta,
@@ -444,8 +448,25 @@ class FederatedRun:
             data=self._summary(),
         )
         plot_learning_curves(state.rows, self.run_dir.path / CURVES_PNG, FEDERATED_CURVES, state.best["round"])
+        if self.test is not None and self.data.test_hospitals:
+            self._write_test_predictions()
         self.run_dir.set_status("complete", finished=time.time())
         return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
+
+    def _write_test_predictions(self) -> None:
+        """The best model's risk for every test stay, with its hospital: what the per-hospital
+        test metrics can be recomputed from (simulation only: a deployed site keeps its own)."""
+        assert self.test is not None and self.data.test is not None
+        self.model.load_state_dict(self.run_dir.load_model(BEST_MODEL)["state_dict"])
+        self.run_dir.write_csv(
+            TEST_PREDICTIONS,
+            {
+                "stay_id": self.data.test.stay_ids,
+                "hospital": self.data.test_hospitals,
+                "label": self.test[1],
+                "risk": predict(self.model, self.test[0]),
+            },
+        )
 
     def _model_state(self) -> dict:
         """The global model after the last completed round, with its decision threshold."""

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
 
 from fedicu.server.replies import Replies
-from fedicu.shared.contract import EvaluateReply, TrainReply
+from fedicu.shared.calibration import Calibration
+from fedicu.shared.contract import EvaluateReply, SiteTest, TrainReply
 from fedicu.shared.metrics import BINARY_METRICS, CI_KEYS, ScoreHistogram, binary_metrics, bootstrap_intervals
 from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.training import predict
 
 NAN = float("nan")
+CALIBRATION = tuple(f.name for f in fields(Calibration))
 
 
 def round_metrics(
@@ -34,11 +37,15 @@ def round_metrics(
     pooled = ScoreHistogram.sum([r.histogram for r in val.values()])
     threshold = pooled.best_threshold()
     if test is None:
-        test_metrics = dict.fromkeys(BINARY_METRICS + CI_KEYS, NAN)
+        test_metrics = dict.fromkeys(BINARY_METRICS + CI_KEYS + CALIBRATION, NAN)
     else:
         model.load_state_dict(arrays.to_torch_state_dict())
         scores = predict(model, test[0])
-        test_metrics = binary_metrics(test[1], scores, threshold) | bootstrap_intervals(test[1], scores, seed)
+        test_metrics = (
+            binary_metrics(test[1], scores, threshold)
+            | bootstrap_intervals(test[1], scores, seed)
+            | asdict(Calibration.of(test[1], scores))
+        )
     n_train = sum(r.train_stays for r in train.values())
     n_val = sum(r.val_stays for r in val.values())
 
@@ -59,9 +66,14 @@ def round_metrics(
         "val_loss": pooled_mean("loss"),
         "val_event1": pooled.event1(threshold),
         "threshold": threshold,
-        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS + CI_KEYS},
+        "test_stays": len(test[1]) if test is not None else 0,
+        "test_deaths": int(np.sum(test[1])) if test is not None else 0,
+        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS + CI_KEYS + CALIBRATION},
     }
-    return row, [_hospital_row(rnd, name, trained, evaluated, threshold, seed) for name in hospitals]
+    hospital_rows = [_hospital_row(rnd, name, trained, evaluated, threshold, seed) for name in hospitals]
+    scored = [r["test_auroc"] for r in hospital_rows if not np.isnan(r["test_auroc"])]
+    row["test_auroc_worst_hospital"] = min(scored) if scored else NAN
+    return row, hospital_rows
 
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -84,6 +96,22 @@ def _hospital_row(
         # The hospital's exact scores stay there; its histogram gives the intervals.
         **_prefixed("val_", e.histogram.bootstrap_intervals(seed) if e else dict.fromkeys(CI_KEYS, NAN)),
         "val_event1": e.histogram.event1(threshold) if e else NAN,
+        **_site_test(e, threshold, seed),
+    }
+
+
+SITE_TEST = tuple(f.name for f in fields(SiteTest))
+
+
+def _site_test(e: EvaluateReply | None, threshold: float, seed: int) -> dict[str, Any]:
+    """The hospital's own test split, as it scored it (Event-1 at the pooled threshold and the
+    intervals from its test histogram)."""
+    if e is None:
+        return {f"test_{k}": NAN for k in (*SITE_TEST, "event1", *CI_KEYS)}
+    return {
+        **{f"test_{k}": getattr(e.test, k) for k in SITE_TEST},
+        "test_event1": e.test_histogram.event1(threshold),
+        **_prefixed("test_", e.test_histogram.bootstrap_intervals(seed)),
     }
 
 

@@ -50,7 +50,10 @@ def serve(
                 data_file = Path(tmp) / "federation.npz"
                 save(federation, data_file)
                 run_dir.write_json(STAYS_FILE, federation.stays_used())
-                data = ServerData(len(federation.hospitals), federation.test, federation.summary(), str(data_file))
+                data = ServerData(
+                    len(federation.hospitals), federation.test, federation.summary(), str(data_file),
+                    federation.test_hospitals(),
+                )  # fmt: skip
             return run_federated(grid, config, data, run_dir, progress, resume)
     except BaseException as error:
         run_dir.record_ending(error)

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Self
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedicu.shared.metrics import ScoreHistogram
+from fedicu.shared.calibration import Calibration
+from fedicu.shared.metrics import ScoreHistogram, binary_metrics
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -194,6 +195,7 @@ class Request(Payload):
     fedicu_version: str = FEDICU_VERSION
     seed: int
     task: str  # the label a site reads its stays for (shared.tasks)
+    test_fraction: float  # each site's own test split (simulation: its share of the global test split)
     val_fraction: float
     dp: bool
     delta: float
@@ -312,6 +314,29 @@ class TrainReply(Reply):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SiteTest:
+    """The global model scored on a hospital's own test stays, by the hospital: numbers only."""
+
+    stays: int
+    deaths: int
+    auroc: float
+    auprc: float
+    brier: float
+    ece: float
+    calibration_slope: float
+    calibration_intercept: float
+    observed_expected: float
+
+    @staticmethod
+    def of(labels: np.ndarray, scores: np.ndarray) -> SiteTest:
+        m = binary_metrics(labels, scores, threshold=0.5)  # its threshold-free metrics only
+        return SiteTest(
+            stays=len(labels), deaths=int(np.sum(labels)), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
+            **asdict(Calibration.of(labels, scores)),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvaluateReply(Reply):
     describes = "evaluate reply"
 
@@ -321,6 +346,9 @@ class EvaluateReply(Reply):
     brier: float = _in(METRICS)
     loss: float = _in(METRICS)
     histogram: ScoreHistogram = _in("histogram")  # noqa: RUF009 (a field specifier)
+    test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
+    # Event-1 at the server's threshold and the bootstrap intervals need the scores' distribution.
+    test_histogram: ScoreHistogram = _in("test_histogram")  # noqa: RUF009 (a field specifier)
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

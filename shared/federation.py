@@ -34,11 +34,13 @@ logger = logging.getLogger("fedicu")
 
 @dataclass(frozen=True)
 class HospitalData:
-    """What one hospital holds: its name and its training and validation stays."""
+    """What one hospital holds: its name and its training, validation and test stays (the test
+    stays score every model at this hospital; nothing trains or selects on them)."""
 
     name: str
     train: Sequences
     val: Sequences
+    test: Sequences
     skipped: tuple[SkippedRows, ...] = ()  # deployed: rows its reader skipped (empty or unknown variable)
 
 
@@ -62,10 +64,18 @@ class Federation:
             "test": ids([self.test]),
         }
 
+    def test_hospitals(self) -> tuple[str, ...]:
+        """The hospital of each stay of the test split, in its order."""
+        of = {int(stay): h.name for h in self.hospitals for stay in h.test.stay_ids}
+        return tuple(of[int(stay)] for stay in self.test.stay_ids)
+
     def summary(self) -> dict:
         return {
             "task": self.task,
-            "hospitals": {h.name: {"train": describe(h.train), "val": describe(h.val)} for h in self.hospitals},
+            "hospitals": {
+                h.name: {"train": describe(h.train), "val": describe(h.val), "test": describe(h.test)}
+                for h in self.hospitals
+            },
             "test": describe(self.test),
             "values_removed_by_cleaning": self.cleaning,
             "rows_skipped": [rows.to_dict() for rows in self.skipped],
@@ -92,7 +102,10 @@ def prepare(config: RunConfig) -> Federation:
     def take(ids: np.ndarray) -> Sequences:
         return seqs.take(np.fromiter((row[s] for s in ids), dtype=np.int64, count=len(ids)))
 
-    hospitals = [HospitalData(name, take(splits.train[name]), take(splits.val[name])) for name in splits.hospitals]
+    hospitals = [
+        HospitalData(name, take(splits.train[name]), take(splits.val[name]), take(splits.hospital_test[name]))
+        for name in splits.hospitals
+    ]
     return Federation(hospitals, take(splits.test), removed, cohort.task, cohort.skipped)
 
 
@@ -107,7 +120,7 @@ def save(federation: Federation, path: Path) -> None:
     hospitals = sorted(federation.hospitals, key=lambda h: -len(h.train))
     arrays = {"names": np.array([h.name for h in hospitals])}
     for i, h in enumerate(hospitals):
-        for part, seqs in (("train", h.train), ("val", h.val)):
+        for part, seqs in (("train", h.train), ("val", h.val), ("test", h.test)):
             arrays.update({f"{i}.{part}.{f}": getattr(seqs, f) for f in _FIELDS})
     save_arrays(path, arrays)
 
@@ -119,8 +132,8 @@ def load_hospital(path: str, index: int) -> HospitalData:
         names = data["names"]
         if not 0 <= index < len(names):
             raise ValueError(f"{path}: no hospital {index}; the federation has {len(names)}")
-        parts = {part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS)) for part in ("train", "val")}
-        return HospitalData(str(names[index]), parts["train"], parts["val"])
+        parts = {part: Sequences(*(data[f"{index}.{part}.{f}"] for f in _FIELDS)) for part in ("train", "val", "test")}
+        return HospitalData(str(names[index]), parts["train"], parts["val"], parts["test"])
 
 
 def _check_learnable(cohort: Cohort) -> None:
@@ -169,12 +182,14 @@ def site_source(node_config: Mapping[str, Any], task: str) -> DataSource:
 
 
 @cache
-def load_site(source: DataSource, hospital: str, val_fraction: float, seed: int) -> HospitalData:
-    """A deployed hospital's stays from its own folder (read once per process)."""
+def load_site(source: DataSource, hospital: str, test_fraction: float, val_fraction: float, seed: int) -> HospitalData:
+    """A deployed hospital's stays from its own folder (read once per process): a stratified test
+    split of its own, then validation and training stays from the rest, as in simulation."""
     seqs, skipped = load_folder(source)
-    val = np.isin(
-        seqs.stay_ids,
-        stratified_pick(seqs.stay_ids, seqs.labels, val_fraction, np.random.default_rng(seed)),
-    )
+    rng = np.random.default_rng(seed)
+    test = np.isin(seqs.stay_ids, stratified_pick(seqs.stay_ids, seqs.labels, test_fraction, rng))
+    rest = np.flatnonzero(~test)
+    val = np.isin(seqs.stay_ids, stratified_pick(seqs.stay_ids[rest], seqs.labels[rest], val_fraction, rng))
     name = hospital or Path(source.data_dir).name
-    return HospitalData(name, seqs.take(np.flatnonzero(~val)), seqs.take(np.flatnonzero(val)), skipped)
+    train = seqs.take(np.flatnonzero(~test & ~val))
+    return HospitalData(name, train, seqs.take(np.flatnonzero(val)), seqs.take(np.flatnonzero(test)), skipped)

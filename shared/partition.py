@@ -95,11 +95,13 @@ def _dirichlet(labels: np.ndarray, hospitals: int, alpha: float, rng: np.random.
 
 @dataclass(frozen=True)
 class Splits:
-    """Stay ids per hospital for training and validation, and the global test ids."""
+    """Stay ids per hospital for training and validation, and the global test ids: the union of
+    every hospital's own test ids (`hospital_test`), each drawn from that hospital's stays."""
 
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
     test: np.ndarray
+    hospital_test: dict[str, np.ndarray]
 
     @property
     def hospitals(self) -> list[str]:
@@ -122,7 +124,8 @@ def split(
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> Splits:
-    """Hold out a global test split, then split each hospital into train and validation."""
+    """Hold out a test split stratified by hospital and label (so each hospital's share of it is
+    its own stratified test split), then split each hospital's rest into train and validation."""
     for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
         if not 0 < fraction < 1:
             raise ValueError(f"the {name} fraction must lie in (0, 1), not {fraction}")
@@ -133,12 +136,13 @@ def split(
     strata = np.char.add(sites, labels.astype(str))
     test = stratified_pick(ids, strata, test_fraction, rng)
     rest = ~np.isin(ids, test)
-    train, val = {}, {}
+    train, val, hospital_test = {}, {}, {}
     for site in sorted(set(sites.tolist())):
         mine = rest & (sites == site)
         site_val = stratified_pick(ids[mine], labels[mine], val_fraction, rng)
         train[site] = np.setdiff1d(ids[mine], site_val)
         val[site] = site_val
+        hospital_test[site] = np.intersect1d(test, ids[sites == site])
         if len(train[site]) == 0 or len(site_val) == 0:
             raise ValueError(f"hospital {site!r} has too few stays for a train/validation split")
-    return Splits(train=train, val=val, test=test)
+    return Splits(train=train, val=val, test=test, hospital_test=hospital_test)

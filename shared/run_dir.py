@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from fedicu.shared.files import atomic_write_bytes
@@ -35,6 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 PRIVACY_FILE = "privacy.json"
 HOSPITAL_PRIVACY_FILE = "hospital_privacy.json"
 CURVES_PNG = "learning_curves.png"
+TEST_PREDICTIONS = "test_predictions.csv"  # simulated runs: the best model's risk per test stay
 STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 
 
@@ -75,6 +77,11 @@ class RunDirectory:
             writer.writerows(rows)
         atomic_write_bytes(self.path / csv_name, buffer.getvalue().encode())
         self.write_json(json_name, rows)
+
+    def write_csv(self, name: str, columns: dict[str, Any]) -> None:
+        buffer = io.StringIO()
+        pd.DataFrame(columns).to_csv(buffer, index=False, lineterminator="\n")
+        atomic_write_bytes(self.path / name, buffer.getvalue().encode())
 
     def save_model(self, name: str, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()

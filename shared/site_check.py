@@ -99,12 +99,13 @@ class SetSummary:
 class SiteReport:
     data_dir: str
     val_fraction: float
+    test_fraction: float = RunConfig.test_fraction
     sets: list[SetSummary] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     outside_limits: dict[str, int] = field(default_factory=dict)  # values per variable
     never_observed: list[str] = field(default_factory=list)
     coverage: dict[str, float] = field(default_factory=dict)  # share of stays observing each variable
-    split: dict[str, int] = field(default_factory=dict)  # train/val stays and deaths
+    split: dict[str, int] = field(default_factory=dict)  # train/val/test stays and deaths
 
     @property
     def usable(self) -> bool:
@@ -125,6 +126,7 @@ class SiteReport:
             "usable": self.usable,
             "first_error": str(first) if first else None,
             "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "min_stays": MIN_STAYS,
             "sets": {s.name: asdict(s) for s in self.sets},
             "totals": {
@@ -140,11 +142,14 @@ class SiteReport:
 
 
 def check(
-    source: DataSource, val_fraction: float = RunConfig.val_fraction, variables: tuple[str, ...] = TIME_SERIES
+    source: DataSource,
+    val_fraction: float = RunConfig.val_fraction,
+    variables: tuple[str, ...] = TIME_SERIES,
+    test_fraction: float = RunConfig.test_fraction,
 ) -> SiteReport:
     """Check the site's data; never raises for bad data (it is in the report)."""
     folder = Path(source.data_dir)
-    report = SiteReport(data_dir=str(folder), val_fraction=val_fraction)
+    report = SiteReport(data_dir=str(folder), val_fraction=val_fraction, test_fraction=test_fraction)
     if not folder.is_dir():
         message = "data directory does not exist" if not folder.exists() else "not a directory"
         report.findings.append(_error("data folder", message, DataError(message, folder)))
@@ -378,10 +383,16 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[s
     findings = [Finding("counts", OK, f"{stays:,} usable stays, {measurements:,} measurements ({per_set})")]
 
     labels = np.concatenate([c.stays["label"].to_numpy() for c in cohorts]) if cohorts else np.zeros(0)
-    val = stratified_pick(np.arange(len(labels)), labels, report.val_fraction, np.random.default_rng(0))
-    val_deaths = int(labels[val].sum())
-    report.split = {"train_stays": stays - len(val), "train_deaths": deaths - val_deaths,
-                    "val_stays": len(val), "val_deaths": val_deaths}  # fmt: skip
+    # As the site splits them (shared.federation.load_site): its own test split, then validation.
+    rng, everyone = np.random.default_rng(0), np.arange(len(labels))
+    test = stratified_pick(everyone, labels, report.test_fraction, rng)
+    rest = np.setdiff1d(everyone, test)
+    val = stratified_pick(rest, labels[rest], report.val_fraction, rng)
+    test_deaths, val_deaths = int(labels[test].sum()), int(labels[val].sum())
+    train = stays - len(val) - len(test)
+    report.split = {"train_stays": train, "train_deaths": deaths - val_deaths - test_deaths,
+                    "val_stays": len(val), "val_deaths": val_deaths,
+                    "test_stays": len(test), "test_deaths": test_deaths}  # fmt: skip
     if stays < MIN_STAYS:
         message = (
             f"{stays} usable stays; a site needs at least {MIN_STAYS} for a training and a "
@@ -389,7 +400,10 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[s
         )
         findings.append(_error("stays for training", message, DataError(message, folder)))
     else:
-        message = f"{stays - len(val):,} for training, {len(val):,} for validation (share {report.val_fraction:g})"
+        message = (
+            f"{train:,} for training, {len(val):,} for validation (share {report.val_fraction:g} of the rest), "
+            f"{len(test):,} for the site's own test split (share {report.test_fraction:g})"
+        )
         findings.append(Finding("stays for training", OK, message))
     if stays:
         task = cohorts[0].task if cohorts else DEFAULT_TASK

@@ -28,6 +28,11 @@ SLOW = {
         "test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run",
         "test_evaluate_scores_a_saved_model_as_json",
         "test_an_existing_run_directory_is_never_overwritten",
+        "test_each_hospital_is_scored_on_its_own_test_split_and_its_numbers_follow_from_the_saved_predictions",
+    ],
+    "test_validate.py": [
+        "test_every_hospital_is_held_out_once_by_a_model_that_never_saw_its_stays",
+        "test_the_included_score_is_the_full_federations_score_at_that_hospital",
     ],
     "test_sweep.py": [
         "test_every_cell_lands_in_the_csv_with_accuracy_privacy_and_audit",

@@ -46,7 +46,9 @@ def site(tmp_path):
     )
 
 
-RUN = dict(seed=0, task="in_hospital_death", val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp")
+RUN = dict(
+    seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp"
+)
 
 
 def _stats_message(**settings) -> Message:
@@ -58,7 +60,8 @@ def test_a_deployed_hospital_reads_its_own_folder_and_names_itself(site):
     assert not reply.has_error(), reply.error
     stats = FeatureStatsReply.from_content(reply.content)
     assert stats.hospital == "st-elsewhere"
-    assert stats.train_stays == pytest.approx(0.8 * 300, abs=2)  # 20 % of its stays kept for validation
+    # 20 % of its stays kept for its own test split, 20 % of the rest for validation
+    assert stats.train_stays == pytest.approx(0.8 * 0.8 * 300, abs=2)
     assert stats.stats is not None
     counts = stats.stats.count
     assert counts.shape == (len(NORMALIZED_CHANNELS),) and counts.sum() > 0

@@ -25,6 +25,7 @@ from fedicu.shared.contract import (
     FeatureStatsRequest,
     RestorePrivacyReply,
     RestorePrivacyRequest,
+    SiteTest,
     TrainReply,
     TrainRequest,
 )
@@ -38,6 +39,7 @@ from fedicu.simulations.inprocess import run_in_process
 RUN: dict[str, Any] = dict(
     seed=4,
     task="los_over_3d",
+    test_fraction=0.15,
     val_fraction=0.25,
     dp=True,
     delta=1e-5,
@@ -87,6 +89,18 @@ EVERY_MESSAGE = [
         brier=0.1,
         loss=0.35,
         histogram=ScoreHistogram(rng.integers(0, 5, 10), rng.integers(0, 5, 10)),
+        test=SiteTest(
+            stays=40,
+            deaths=6,
+            auroc=0.75,
+            auprc=0.4,
+            brier=0.09,
+            ece=0.03,
+            calibration_slope=0.9,
+            calibration_intercept=-0.1,
+            observed_expected=1.2,
+        ),
+        test_histogram=ScoreHistogram(rng.integers(0, 5, 10), rng.integers(0, 5, 10)),
     ),
 ]
 

@@ -61,6 +61,10 @@ def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_pa
     hospitals = json.loads((out / "run" / "hospital_metrics.json").read_text())
     assert {r["hospital"] for r in hospitals} == set(SITES)
     assert all(r["status"] == "ok" for r in hospitals)
+    for r in hospitals:  # each site scored the global model on its own test split and sent numbers only
+        assert r["test_stays"] > 0 and 0 < r["test_auroc"] < 1 and 0 <= r["test_ece"] < 1, r
+        assert math.isfinite(r["test_calibration_slope"]) and math.isfinite(r["test_observed_expected"])
+    assert not (out / "run" / "test_predictions.csv").exists()  # no stay's prediction reaches the server
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
 
 

@@ -4,10 +4,13 @@ beside the other deployment tests)."""
 
 import json
 
+import pytest
+
 from fedicu.simulations.deployment.rehearsal import write_sites
 from tests.deployments import SITES, wait_until
 
 
+@pytest.mark.timeout(900)  # its stage timeouts make it the longest test; the default 300 s is too close
 def test_secure_aggregation_goes_on_without_a_site_killed_mid_round(deployment):
     folders, test_dir = write_sites(deployment.out, len(SITES), seed=0)
     deployment.start_superlink()

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord
 
 from fedicu.server.replies import Replies
 from fedicu.server.round_metrics import round_metrics
-from fedicu.shared.contract import EvaluateReply, TrainReply
+from fedicu.shared.contract import EvaluateReply, SiteTest, TrainReply
 from fedicu.shared.metrics import CI_KEYS, ScoreHistogram, binary_metrics, bootstrap_intervals, ci_keys
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import HOURS
@@ -37,6 +37,7 @@ def round_inputs():
             evaluated[name] = EvaluateReply(
                 hospital=name, val_stays=len(labels), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
                 loss=m["loss"], histogram=ScoreHistogram.of(labels, scores),
+                test=SiteTest.of(labels[:100], scores[:100]), test_histogram=ScoreHistogram.of(labels[:100], scores[:100]),
             )  # fmt: skip
     x_test = rng.normal(size=(600, HOURS, 6)).astype(np.float32)
     y_test = (x_test[:, -1, 0] + rng.normal(size=600) > 1.0).astype(int)

@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from fedicu.shared.calibration import calibration_line, expected_calibration_error
 from fedicu.shared.metrics import ci_method
 from fedicu.shared.run_dir import RunDirectory
 
@@ -96,3 +99,29 @@ def test_exported_synthetic_cohort_loads_back_through_the_physionet_loader(tmp_p
     assert len(loaded.measurements) == len(original.measurements)
     again = fedicu("export-synthetic", str(tmp_path))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_each_hospital_is_scored_on_its_own_test_split_and_its_numbers_follow_from_the_saved_predictions(
+    synthetic_run,
+):
+    out, result = synthetic_run
+    best = json.loads((out / "run.json").read_text())["best_round"]
+    at_best = {r["hospital"]: r for r in json.loads((out / "hospital_metrics.json").read_text()) if r["round"] == best}
+    predictions = pd.read_csv(out / "test_predictions.csv")
+    stays = json.loads((out / "stays.json").read_text())
+    assert sorted(predictions["stay_id"]) == stays["test"]  # every test stay, and only those
+    assert not set(stays["test"]) & (set(stays["train"]) | set(stays["validation"]))
+    for name, part in predictions.groupby("hospital"):
+        reported, labels, risks = at_best[name], part["label"].to_numpy(), part["risk"].to_numpy()
+        assert reported["test_stays"] == len(part) and reported["test_deaths"] == labels.sum()
+        assert reported["test_ece"] == pytest.approx(expected_calibration_error(labels, risks), abs=1e-6)
+        slope, intercept = calibration_line(labels, risks)
+        assert reported["test_calibration_slope"] == pytest.approx(slope, abs=1e-4)
+        assert reported["test_calibration_intercept"] == pytest.approx(intercept, abs=1e-4)
+        assert reported["test_auroc"] == pytest.approx(roc_auc_score(labels, risks), abs=1e-6)
+    pooled = json.loads((out / "metrics.json").read_text())[best - 1]
+    assert pooled["test_stays"] == len(predictions)
+    assert pooled["test_auroc_worst_hospital"] == min(r["test_auroc"] for r in at_best.values())
+    worst = min(at_best.values(), key=lambda r: r["test_auroc"])["hospital"]
+    assert f"worst: {worst}" in result.stderr  # the table leads with it, after the pooled split
+    assert result.stderr.index("pooled test split") < result.stderr.index(f"worst: {worst}")

@@ -28,6 +28,7 @@ from fedicu.shared import site_check
 from fedicu.shared.cohort import Cohort
 from fedicu.shared.datasets import DataSource, physionet2012, synthetic
 from fedicu.shared.errors import DataError
+from fedicu.shared.federation import load_site
 from fedicu.shared.preprocessing import clean
 from fedicu.shared.variables import PHYSIOLOGICAL_LIMITS, TIME_SERIES
 from tests.cohorts import random_cohort
@@ -417,7 +418,12 @@ def test_clean_site_is_usable_and_counted_like_the_loader(tmp_path, layout):
     assert report.never_observed == [v for v in TIME_SERIES if v not in set(loaded.measurements["variable"])]
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["usable"] and as_json["totals"]["stays"] == len(loaded)
-    assert as_json["split"]["train_stays"] + as_json["split"]["val_stays"] == len(loaded)
+    split = as_json["split"]
+    assert split["train_stays"] + split["val_stays"] + split["test_stays"] == len(loaded)
+    site = load_site(DataSource("physionet2012", str(data_dir), sets="a,b"), "here", 0.2, 0.2, 0)
+    assert (len(site.train), len(site.val), len(site.test)) == (
+        split["train_stays"], split["val_stays"], split["test_stays"]
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("stays", [site_check.MIN_STAYS - 1, site_check.MIN_STAYS])
@@ -430,8 +436,9 @@ def test_too_few_stays_for_training(tmp_path, stays):
         assert str(report.first_error).startswith(f"{data_dir}: {stays} usable stays")
     else:
         assert check.severity == site_check.OK and report.usable
-        val = report.split["val_stays"]
-        assert check.message.startswith(f"{stays - val} for training, {val} for validation")
+        val, test = report.split["val_stays"], report.split["test_stays"]
+        assert check.message.startswith(f"{stays - val - test} for training, {val} for validation")
+        assert f"{test} for the site's own test split" in check.message
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fedicu.shared.calibration import ECE_BINNING
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.metrics import CI_CAPTION, interval_text
@@ -201,4 +202,55 @@ def results_table(results: dict[str, dict], seed: int) -> Table:
         table.add_column(METRIC_NAMES[k.removeprefix("test_")], justify="right", no_wrap=k not in WITH_CI)
     for name, r in results.items():
         table.add_row(name, *(fmt_ci(r, k) if k in WITH_CI else fmt(r[k]) for k in keys))
+    return table
+
+
+def by_hospital(pooled: dict, hospital_rows: list[dict]) -> list[tuple[str, dict]]:
+    """The pooled test split, then the worst hospital (lowest test AUROC), then the others from
+    worse to better: the order in which a site should read them."""
+    ranked = sorted(hospital_rows, key=lambda r: (math.isnan(r["test_auroc"]), r["test_auroc"]))
+    named = [(f"worst: {r['hospital']}" if i == 0 else r["hospital"], r) for i, r in enumerate(ranked)]
+    return [("pooled test split", pooled), *named]
+
+
+def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: int) -> Group:
+    """Discrimination and calibration on each hospital's own test split (two tables: together
+    they would not fit 80 columns)."""
+    rows = by_hospital(pooled, hospital_rows)
+    discrimination = Table(title=f"{title}: discrimination", caption=ci_caption(seed))
+    for header in ("test split", "stays"):
+        discrimination.add_column(header, overflow="fold")
+    for key in ("test_auroc", "test_auprc", "test_event1"):
+        discrimination.add_column(METRIC_NAMES[key.removeprefix("test_")], justify="right")
+    calibration = Table(
+        title=f"{title}: calibration",
+        caption=f"ECE: {ECE_BINNING}; slope, intercept: logistic fit on the logit of the risk",
+    )
+    calibration.add_column("test split", overflow="fold")
+    for header in ("Brier", "ECE", "slope", "intercept", "obs/exp"):
+        calibration.add_column(header, justify="right", no_wrap=True)
+    for name, r in rows:
+        stays = f"{r['test_stays']:.0f} ({r['test_deaths']:.0f} died)"
+        discrimination.add_row(name, stays, fmt_ci(r, "test_auroc"), fmt_ci(r, "test_auprc"), fmt(r["test_event1"]))
+        calibration.add_row(name, *(fmt(r[f"test_{k}"]) for k in CALIBRATION_COLUMNS))
+    return Group(discrimination, calibration)
+
+
+CALIBRATION_COLUMNS = ("brier", "ece", "calibration_slope", "calibration_intercept", "observed_expected")
+
+
+def leave_out_table(report: dict, seed: int) -> Table:
+    """Each held-out hospital's scores beside the same hospital's when it took part."""
+    table = Table(title="Left out of training, scored on its own test split", caption=ci_caption(seed))
+    table.add_column("held out", no_wrap=True)
+    table.add_column("AUROC", justify="right")
+    for header in ("AUROC\nincluded", "AUPRC", "ECE", "slope", "inter-\ncept"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for r in report["hospitals"]:
+        cells = (fmt(r["included_auroc"]), fmt(r["auprc"]), fmt(r["ece"]), fmt(r["calibration_slope"]))
+        name = f"{r['hospital']}\n{r['stays']} stays"
+        table.add_row(name, fmt_ci(r, "auroc"), *cells, fmt(r["calibration_intercept"]))
+    table.add_section()
+    table.add_row("mean", fmt(report["mean_auroc"]), *[""] * 5)
+    table.add_row("worst", fmt(report["worst_auroc"]), *[""] * 5)
     return table

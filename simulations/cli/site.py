@@ -39,13 +39,17 @@ def check_site(
     variables: Annotated[str, typer.Option(help=OPTION_HELP["variables"])] = "",
     strict: Strict = False,
     val_fraction: Annotated[float, typer.Option(help=OPTION_HELP["val_fraction"])] = RunConfig.val_fraction,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share (0 to 1) of the site's stays kept as its own test split.")
+    ] = RunConfig.test_fraction,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Validate a site's data folder: exit 0 if it can be used (warnings allowed), 2 if not."""
     from fedicu.shared.site_check import check
 
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must lie in (0, 1), not {val_fraction:g}")
+    for option, share in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 < share < 1:
+            raise UserError(f"{option} must lie in (0, 1), not {share:g}")
     try:
         config = RunConfig(dataset=dataset, data_dir=str(data_dir), labels=labels, mapping=mapping, task=task,
                            variables=variables, strict=strict, val_fraction=val_fraction)  # fmt: skip
@@ -54,7 +58,7 @@ def check_site(
     if dataset == "synthetic":
         raise UserError("--data-format synthetic has no folder to check; give the site's data format")
     with console.status(f"Checking {escape(str(data_dir))}"):
-        report = check(config.data_source(), val_fraction, config.model_variables)
+        report = check(config.data_source(), val_fraction, config.model_variables, test_fraction)
     if as_json:
         print(json.dumps(report.to_dict()))
     else:

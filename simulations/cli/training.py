@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,13 +15,15 @@ from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.privacy.accounting import epsilon_of
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
-from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, HOSPITAL_JSON, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
     RunFailed,
     RunInterrupted,
     UserError,
     console,
+    hospital_tables,
+    leave_out_table,
     report_skipped,
     results_table,
     rounds_table,
@@ -124,19 +127,35 @@ def _federated(
     state: RunState | None = None,
     tracking: Tracking = NO_TRACKING,
 ) -> dict:
+    """A federated run with its progress bar, then its tables."""
+    result = _train_federated(config, federation, run_dir, f"Federated {config.strategy}", state, tracking)
+    rows = run_dir.read_json(METRICS_JSON)
+    console.print(rounds_table(f"Federated ({config.strategy})", rows, config.seed))
+    best = result["best_round"]
+    at_best = [r for r in run_dir.read_json(HOSPITAL_JSON) if r["round"] == best]
+    console.print(hospital_tables(f"Best round {best} at each hospital", rows[best - 1], at_best, config.seed))
+    return result
+
+
+def _train_federated(
+    config: RunConfig,
+    federation: Federation,
+    run_dir: RunDirectory,
+    label: str,
+    state: RunState | None = None,
+    tracking: Tracking = NO_TRACKING,
+) -> dict:
     from fedicu.simulations.simulate import simulate as run_simulation  # imports Ray lazily
 
-    bar = tracking.follow(RoundBar(f"Federated {config.strategy}"), config, run_dir, "federated")
+    bar = tracking.follow(RoundBar(label), config, run_dir, "federated")
     try:
-        result = run_simulation(config, federation, run_dir, bar, state)
+        return run_simulation(config, federation, run_dir, bar, state)
     except RuntimeError as error:  # the run directory's run.json says "failed" and why
         raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
     except (KeyboardInterrupt, StopRequested) as error:
         raise _interrupted(run_dir, config.rounds) from error
     finally:
         bar.close()
-    console.print(rounds_table(f"Federated ({config.strategy})", run_dir.read_json(METRICS_JSON), config.seed))
-    return result
 
 
 def _interrupted(run_dir: RunDirectory, rounds: int) -> RunInterrupted:
@@ -257,3 +276,37 @@ def compare(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = 
     RunDirectory(root).write_json(COMPARISON_FILE, results)
     console.print(results_table(results, config.seed))
     console.print(f"Run directories under [bold]{root}[/]")
+
+
+@run_options
+def validate(
+    config: RunConfig,
+    leave_out: Annotated[
+        str,
+        typer.Option(help="The hospital the federation trains without and is then scored at, or all (each in turn)."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="End with the report as one JSON object on stdout.")] = False,
+) -> None:
+    """Leave-one-hospital-out: train without a hospital, score the model at it, beside its score when included."""
+    from fedicu.simulations import validate as study
+
+    federation = _prepare(config)
+    try:
+        names = study.held_out_names(federation, leave_out)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    root = _run_dir(config, "-validate").path
+
+    def train(run_config: RunConfig, hospitals: Federation, run_dir: RunDirectory) -> None:
+        _train_federated(run_config, hospitals, run_dir, run_dir.path.name)
+
+    console.print(f"{len(names) + 1} federated runs: all hospitals, then without {', '.join(names)}")
+    report = study.run(config, federation, leave_out, root, train)
+    RunDirectory(root).write_json(VALIDATION_FILE, report)
+    console.print(leave_out_table(report, config.seed))
+    console.print(f"Run directories under [bold]{root}[/]")
+    if as_json:
+        print(json.dumps(report))
+
+
+VALIDATION_FILE = "leave_one_out.json"
