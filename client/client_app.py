@@ -38,6 +38,7 @@ from flwr.clientapp import ClientApp
 
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
+from fedicu.shared.calibration import recalibrated
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     PRIVACY_REFUSAL,
@@ -88,6 +89,14 @@ def _ledger_file(context: Context, hospital: str) -> Path:
     """Where a deployed site keeps its privacy ledger for this run (node config `state-dir`)."""
     folder = Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
     return folder / f"privacy-{hospital}-run{context.run_id}.json"
+
+
+def _after_recalibration(
+    method: str, hospital: HospitalData, val_scores: np.ndarray, test_scores: np.ndarray, seed: int
+) -> SiteTest:
+    """The test stays scored through the map this hospital fits on its validation stays."""
+    risks = recalibrated(method, hospital.val.labels, val_scores, test_scores)
+    return SiteTest.of(hospital.test.labels, risks, seed)
 
 
 def _model(msg: Message, request: EvaluateRequest) -> MortalityLSTM:
@@ -220,6 +229,7 @@ def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Messag
         brier=m["brier"],
         loss=m["loss"],
         histogram=ScoreHistogram.of(labels, scores),
-        test=SiteTest.of(hospital.test.labels, test_scores),
-        test_histogram=ScoreHistogram.of(hospital.test.labels, test_scores),
+        test=SiteTest.of(hospital.test.labels, test_scores, request.seed),
+        test_platt=_after_recalibration("platt", hospital, scores, test_scores, request.seed),
+        test_isotonic=_after_recalibration("isotonic", hospital, scores, test_scores, request.seed),
     ).reply_to(msg)

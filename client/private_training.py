@@ -52,7 +52,7 @@ def train_round(
     """
     ledger = _ledger(context, request, state_file)
     schedule = PoissonSchedule.of(len(x), request.batch_size)
-    steps = request.local_epochs * schedule.steps_per_epoch
+    steps = schedule.steps(request.local_epochs)
     sigma = request.noise_multiplier
     if sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
         planned = request.planned_rounds * steps

@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from fedicu.server.replies import Replies
-from fedicu.shared.calibration import Calibration
+from fedicu.shared.calibration import RECALIBRATION_METHODS, Calibration
 from fedicu.shared.contract import EvaluateReply, SiteTest, TrainReply
 from fedicu.shared.metrics import BINARY_METRICS, CI_KEYS, ScoreHistogram, binary_metrics, bootstrap_intervals
 from fedicu.shared.model import MortalityLSTM
@@ -96,22 +96,23 @@ def _hospital_row(
         # The hospital's exact scores stay there; its histogram gives the intervals.
         **_prefixed("val_", e.histogram.bootstrap_intervals(seed) if e else dict.fromkeys(CI_KEYS, NAN)),
         "val_event1": e.histogram.event1(threshold) if e else NAN,
-        **_site_test(e, threshold, seed),
+        **_site_test(e),
     }
 
 
 SITE_TEST = tuple(f.name for f in fields(SiteTest))
+RECALIBRATED = ("auroc", "brier", *CALIBRATION, *CI_KEYS)  # after the hospital's own map; counts are the same
 
 
-def _site_test(e: EvaluateReply | None, threshold: float, seed: int) -> dict[str, Any]:
-    """The hospital's own test split, as it scored it (Event-1 at the pooled threshold and the
-    intervals from its test histogram)."""
-    if e is None:
-        return {f"test_{k}": NAN for k in (*SITE_TEST, "event1", *CI_KEYS)}
+def _site_test(e: EvaluateReply | None) -> dict[str, Any]:
+    """The hospital's own test split, as it scored it, before and after its recalibration."""
+    parts = {"test": e.test if e else None} | {
+        f"test_{method}": getattr(e, f"test_{method}") if e else None for method in RECALIBRATION_METHODS
+    }
     return {
-        **{f"test_{k}": getattr(e.test, k) for k in SITE_TEST},
-        "test_event1": e.test_histogram.event1(threshold),
-        **_prefixed("test_", e.test_histogram.bootstrap_intervals(seed)),
+        f"{prefix}_{k}": getattr(site, k) if site else NAN
+        for prefix, site in parts.items()
+        for k in (SITE_TEST if prefix == "test" else RECALIBRATED)
     }
 
 

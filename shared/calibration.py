@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 ECE_BINS = 10
@@ -41,9 +42,7 @@ def calibration_line(labels: np.ndarray, risks: np.ndarray) -> tuple[float, floa
     labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         return float("nan"), float("nan")
-    p = np.clip(np.asarray(risks, dtype=np.float64), _EPS, 1 - _EPS)
-    logit = np.log(p / (1 - p)).reshape(-1, 1)
-    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logit, labels)
+    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(_logit(risks), labels)
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
@@ -65,3 +64,36 @@ class Calibration:
             calibration_intercept=intercept,
             observed_expected=observed / expected if expected > 0 else float("nan"),
         )
+
+
+# ---- Recalibration at a site ---------------------------------------------------------------
+#
+# A hospital fits a map from the global model's risk to its own observed risk on its validation
+# stays, applies it to its test stays and reports the calibration before and after; the map
+# stays at the hospital. Under DP-SGD the map is fitted on validation stays, which never train
+# the model: it is post-processing of the released model on other data, so the training stays'
+# (epsilon, delta) guarantee is untouched (the validation stays themselves are not protected by
+# it, and the map never leaves the site).
+
+RECALIBRATION_METHODS = ("platt", "isotonic")
+
+
+def recalibrated(method: str, val_labels: np.ndarray, val_risks: np.ndarray, risks: np.ndarray) -> np.ndarray:
+    """`risks` through the map `method` fits on the validation stays: Platt scaling (a logistic
+    fit on the logit of the risk) or isotonic regression (monotone, clipped to the fitted range).
+    Validation stays of one class leave the risks unchanged: there is nothing to fit."""
+    val_labels = np.asarray(val_labels).astype(int)
+    if len(np.unique(val_labels)) < 2:
+        return np.asarray(risks, dtype=np.float64)
+    if method == "platt":
+        fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(_logit(val_risks), val_labels)
+        return fit.predict_proba(_logit(risks))[:, 1]
+    if method == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(val_risks, val_labels)
+        return np.asarray(iso.predict(risks), dtype=np.float64)
+    raise ValueError(f"recalibration method must be one of {', '.join(RECALIBRATION_METHODS)}, not {method!r}")
+
+
+def _logit(risks: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(risks, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p)).reshape(-1, 1)

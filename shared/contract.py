@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedicu.shared.calibration import Calibration
-from fedicu.shared.metrics import ScoreHistogram, binary_metrics
+from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_intervals
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
@@ -315,7 +315,8 @@ class TrainReply(Reply):
 
 @dataclass(frozen=True, kw_only=True)
 class SiteTest:
-    """The global model scored on a hospital's own test stays, by the hospital: numbers only."""
+    """The global model scored on a hospital's own test stays, by the hospital: numbers only (no
+    histogram: on a small test split, a fine one would be close to each stay's score and label)."""
 
     stays: int
     deaths: int
@@ -326,13 +327,17 @@ class SiteTest:
     calibration_slope: float
     calibration_intercept: float
     observed_expected: float
+    auroc_ci_low: float  # shared.metrics.CI_KEYS: computed at the hospital, from its exact scores
+    auroc_ci_high: float
+    auprc_ci_low: float
+    auprc_ci_high: float
 
     @staticmethod
-    def of(labels: np.ndarray, scores: np.ndarray) -> SiteTest:
+    def of(labels: np.ndarray, scores: np.ndarray, seed: int) -> SiteTest:
         m = binary_metrics(labels, scores, threshold=0.5)  # its threshold-free metrics only
         return SiteTest(
             stays=len(labels), deaths=int(np.sum(labels)), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
-            **asdict(Calibration.of(labels, scores)),
+            **asdict(Calibration.of(labels, scores)), **bootstrap_intervals(labels, scores, seed),
         )  # fmt: skip
 
 
@@ -347,8 +352,10 @@ class EvaluateReply(Reply):
     loss: float = _in(METRICS)
     histogram: ScoreHistogram = _in("histogram")  # noqa: RUF009 (a field specifier)
     test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
-    # Event-1 at the server's threshold and the bootstrap intervals need the scores' distribution.
-    test_histogram: ScoreHistogram = _in("test_histogram")  # noqa: RUF009 (a field specifier)
+    # The same test stays after the hospital's own recalibration map (fitted on its validation
+    # stays; the map stays at the hospital): shared.calibration.RECALIBRATION_METHODS.
+    test_platt: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
+    test_isotonic: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

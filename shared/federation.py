@@ -26,7 +26,7 @@ from fedicu.shared.cache import save_arrays
 from fedicu.shared.cohort import Cohort, SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import DataSource, get, load_cohort, natural_partition, physionet2012
-from fedicu.shared.partition import MIN_STAYS_PER_HOSPITAL, assign_hospitals, split, stratified_pick
+from fedicu.shared.partition import MIN_STAYS_PER_HOSPITAL, assign_hospitals, site_split, split
 from fedicu.shared.preprocessing import Sequences, clean, describe, to_sequences
 
 logger = logging.getLogger("fedicu")
@@ -186,10 +186,6 @@ def load_site(source: DataSource, hospital: str, test_fraction: float, val_fract
     """A deployed hospital's stays from its own folder (read once per process): a stratified test
     split of its own, then validation and training stays from the rest, as in simulation."""
     seqs, skipped = load_folder(source)
-    rng = np.random.default_rng(seed)
-    test = np.isin(seqs.stay_ids, stratified_pick(seqs.stay_ids, seqs.labels, test_fraction, rng))
-    rest = np.flatnonzero(~test)
-    val = np.isin(seqs.stay_ids, stratified_pick(seqs.stay_ids[rest], seqs.labels[rest], val_fraction, rng))
+    parts = site_split(seqs.labels, test_fraction, val_fraction, seed)
     name = hospital or Path(source.data_dir).name
-    train = seqs.take(np.flatnonzero(~test & ~val))
-    return HospitalData(name, train, seqs.take(np.flatnonzero(val)), seqs.take(np.flatnonzero(test)), skipped)
+    return HospitalData(name, seqs.take(parts["train"]), seqs.take(parts["val"]), seqs.take(parts["test"]), skipped)

@@ -117,6 +117,16 @@ def stratified_pick(ids: np.ndarray, strata: np.ndarray, fraction: float, rng) -
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=ids.dtype)
 
 
+def site_split(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """How a deployed site splits its own stays (positions into `labels`): a stratified test
+    split of its own, then validation stays from the rest, then training stays."""
+    rng, everyone = np.random.default_rng(seed), np.arange(len(labels))
+    test = stratified_pick(everyone, labels, test_fraction, rng)
+    rest = np.setdiff1d(everyone, test)
+    val = stratified_pick(rest, labels[rest], val_fraction, rng)
+    return {"train": np.setdiff1d(rest, val), "val": val, "test": test}
+
+
 def split(
     cohort: Cohort,
     hospital: pd.Series,

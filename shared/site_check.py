@@ -29,7 +29,7 @@ from fedicu.shared.cohort import Cohort, SkippedRows, merge_skipped, skipped_sum
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import DataSource, load_cohort, physionet2012
 from fedicu.shared.errors import DataError
-from fedicu.shared.partition import stratified_pick
+from fedicu.shared.partition import site_split
 from fedicu.shared.preprocessing import STATIC_NUMERIC, clean
 from fedicu.shared.tasks import DEFAULT_TASK
 from fedicu.shared.variables import ICU_TYPES, PHYSIOLOGICAL_LIMITS, TIME_SERIES
@@ -383,11 +383,9 @@ def _site_findings(report: SiteReport, cohorts: list[Cohort], variables: tuple[s
     findings = [Finding("counts", OK, f"{stays:,} usable stays, {measurements:,} measurements ({per_set})")]
 
     labels = np.concatenate([c.stays["label"].to_numpy() for c in cohorts]) if cohorts else np.zeros(0)
-    # As the site splits them (shared.federation.load_site): its own test split, then validation.
-    rng, everyone = np.random.default_rng(0), np.arange(len(labels))
-    test = stratified_pick(everyone, labels, report.test_fraction, rng)
-    rest = np.setdiff1d(everyone, test)
-    val = stratified_pick(rest, labels[rest], report.val_fraction, rng)
+    # As the site splits them (with the default seed; the counts do not depend on it).
+    parts = site_split(labels, report.test_fraction, report.val_fraction, RunConfig.seed)
+    test, val = parts["test"], parts["val"]
     test_deaths, val_deaths = int(labels[test].sum()), int(labels[val].sum())
     train = stays - len(val) - len(test)
     report.split = {"train_stays": train, "train_deaths": deaths - val_deaths - test_deaths,

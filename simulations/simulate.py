@@ -112,11 +112,13 @@ def simulate(
                 num_supernodes=len(federation.hospitals),
                 backend_config=backend_config,
             )
-        except BaseException:  # the signal handler's KeyboardInterrupt, raised in this thread
+        except KeyboardInterrupt:  # the signal handler's, raised in this thread
             stopping.request_stop()
             server_done.wait(SERVER_STOP_SECONDS)
             ray.shutdown()  # in case the interrupt came while Ray was starting, before Flower could
-            raise
+            if not result:
+                raise
+            # Asked to stop while Flower tore down a run that had completed: it stays complete.
     if not result:
         raise RuntimeError(f"the simulation ended without completing; see {run_dir.path}/run.json")
     return result

@@ -30,10 +30,13 @@ from urllib.parse import urlparse
 import typer
 
 from fedicu.shared.config import RunConfig
-from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, RUN_FILE, STAYS_FILE, TEST_PREDICTIONS, RunDirectory
 
 INSTALL = "pip install 'fedicu[tracking]'"
 EXPERIMENT = "fedicu"  # the MLflow experiment every run goes to
+# Files with one line per stay (ids, labels, risks) stay in the run directory: a tracking server
+# may be shared or remote, and nothing about a single patient belongs there.
+STAY_LEVEL = frozenset({STAYS_FILE, TEST_PREDICTIONS})
 TENSORBOARD_DIR = "tensorboard"  # inside the run directory, unless --tracking-uri names a folder
 
 
@@ -234,7 +237,10 @@ class _MLflowRun:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def finish(self, run_dir: RunDirectory, outcome: str) -> None:
-        self.client.log_artifacts(self.run_id, str(run_dir.path))
+        for file in sorted(run_dir.path.rglob("*")):
+            if file.is_file() and file.name not in STAY_LEVEL:
+                where = file.parent.relative_to(run_dir.path).as_posix()
+                self.client.log_artifact(self.run_id, str(file), None if where == "." else where)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS[outcome])
 
 

@@ -9,6 +9,7 @@ held-out score stands beside the score the hospital gets when it takes part.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -17,7 +18,6 @@ from typing import Any
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import SiteTest
 from fedicu.shared.federation import Federation, HospitalData
-from fedicu.shared.metrics import bootstrap_intervals
 from fedicu.shared.preprocessing import Sequences, to_features
 from fedicu.shared.run_dir import RunDirectory, load_trained
 from fedicu.shared.training import predict
@@ -29,6 +29,8 @@ INCLUDED_DIR = "all-hospitals"
 
 def held_out_names(federation: Federation, leave_out: str) -> list[str]:
     names = [h.name for h in federation.hospitals]
+    if len(names) < 2:
+        raise ValueError("--leave-out needs at least 2 hospitals: one to hold out, one to train")
     if leave_out == ALL:
         return names
     if leave_out not in names:
@@ -47,7 +49,7 @@ def score_at(run_dir: Path, hospital: HospitalData, seed: int) -> dict[str, Any]
     model, norm, _ = load_trained(run_dir)
     scores = predict(model, to_features(hospital.test, norm, model.config.channels))
     labels = hospital.test.labels
-    return {**asdict(SiteTest.of(labels, scores)), **bootstrap_intervals(labels, scores, seed)}
+    return asdict(SiteTest.of(labels, scores, seed))
 
 
 def run(
@@ -57,21 +59,22 @@ def run(
 
     `train(config, federation, run_dir)`: one federated run into `run_dir`."""
     names = held_out_names(federation, leave_out)
-    if len(federation.hospitals) < 2:
-        raise ValueError("--leave-out needs at least 2 hospitals: one to hold out, one to train")
-    config = replace(config, min_hospitals=min(config.min_hospitals, len(federation.hospitals) - 1))
     everyone = root / INCLUDED_DIR
     train(config, federation, RunDirectory(everyone).create())
+    fewer = replace(config, min_hospitals=min(config.min_hospitals, len(federation.hospitals) - 1))
     rows = []
     for name in names:
         hospital = next(h for h in federation.hospitals if h.name == name)
         held_dir = root / f"without-{name}"
-        train(config, without(federation, name), RunDirectory(held_dir).create())
+        train(fewer, without(federation, name), RunDirectory(held_dir).create())
         held, included = score_at(held_dir, hospital, config.seed), score_at(everyone, hospital, config.seed)
         rows.append({"hospital": name, **held} | {f"included_{k}": included[k] for k in REPORTED})
     return summary(rows)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    aurocs = [r["auroc"] for r in rows]
-    return {"hospitals": rows, "mean_auroc": sum(aurocs) / len(aurocs), "worst_auroc": min(aurocs)}
+    """The held-out rows with the mean and worst AUROC over the hospitals that have one (a test
+    split of one class has none)."""
+    aurocs = [r["auroc"] for r in rows if not math.isnan(r["auroc"])]
+    mean, worst = (sum(aurocs) / len(aurocs), min(aurocs)) if aurocs else (math.nan, math.nan)
+    return {"hospitals": rows, "mean_auroc": mean, "worst_auroc": worst}

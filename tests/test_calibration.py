@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from fedicu.shared.calibration import ECE_BINS, Calibration, calibration_line, expected_calibration_error
+from fedicu.shared.calibration import (
+    ECE_BINS,
+    RECALIBRATION_METHODS,
+    Calibration,
+    calibration_line,
+    expected_calibration_error,
+    recalibrated,
+)
 
 
 def _sigmoid(z):
@@ -208,3 +215,29 @@ def test_calibration_of_no_stays_is_all_nan():
     assert all(
         math.isnan(v) for v in (cal.ece, cal.calibration_slope, cal.calibration_intercept, cal.observed_expected)
     )
+
+
+def test_recalibration_fitted_on_validation_stays_repairs_a_hospitals_miscalibration():
+    rng = np.random.default_rng(11)
+    true_val, true_test = rng.uniform(0.02, 0.6, 4000), rng.uniform(0.02, 0.6, 4000)
+    y_val, y_test = (rng.random(4000) < true_val).astype(int), (rng.random(4000) < true_test).astype(int)
+
+    def overpredict(p):  # the global model's risks here: twice the odds
+        return 1 / (1 + (1 - p) / (2 * p))
+
+    before = Calibration.of(y_test, overpredict(true_test))
+    assert before.observed_expected < 0.8
+    for method in RECALIBRATION_METHODS:
+        after = Calibration.of(y_test, recalibrated(method, y_val, overpredict(true_val), overpredict(true_test)))
+        assert abs(after.observed_expected - 1) < 0.1 and after.ece < before.ece / 2, method
+
+
+def test_platt_scaling_keeps_the_ranking_and_one_class_validation_stays_leave_risks_unchanged():
+    rng = np.random.default_rng(12)
+    risks = rng.uniform(0.01, 0.99, 500)
+    labels = (rng.random(500) < risks).astype(int)
+    mapped = recalibrated("platt", labels, risks, risks)
+    assert np.array_equal(np.argsort(mapped, kind="stable"), np.argsort(risks, kind="stable"))
+    assert np.array_equal(recalibrated("isotonic", np.zeros(500), risks, risks), risks)
+    with pytest.raises(ValueError, match="recalibration method must be one of platt, isotonic"):
+        recalibrated("beta", labels, risks, risks)

@@ -89,18 +89,9 @@ EVERY_MESSAGE = [
         brier=0.1,
         loss=0.35,
         histogram=ScoreHistogram(rng.integers(0, 5, 10), rng.integers(0, 5, 10)),
-        test=SiteTest(
-            stays=40,
-            deaths=6,
-            auroc=0.75,
-            auprc=0.4,
-            brier=0.09,
-            ece=0.03,
-            calibration_slope=0.9,
-            calibration_intercept=-0.1,
-            observed_expected=1.2,
-        ),
-        test_histogram=ScoreHistogram(rng.integers(0, 5, 10), rng.integers(0, 5, 10)),
+        test=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=1),
+        test_platt=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=2),
+        test_isotonic=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=3),
     ),
 ]
 

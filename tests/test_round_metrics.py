@@ -37,7 +37,9 @@ def round_inputs():
             evaluated[name] = EvaluateReply(
                 hospital=name, val_stays=len(labels), auroc=m["auroc"], auprc=m["auprc"], brier=m["brier"],
                 loss=m["loss"], histogram=ScoreHistogram.of(labels, scores),
-                test=SiteTest.of(labels[:100], scores[:100]), test_histogram=ScoreHistogram.of(labels[:100], scores[:100]),
+                test=SiteTest.of(labels[:100], scores[:100], 0),
+                test_platt=SiteTest.of(labels[:100], scores[:100] * 0.9, 0),
+                test_isotonic=SiteTest.of(labels[:100], scores[:100] * 0.8, 0),
             )  # fmt: skip
     x_test = rng.normal(size=(600, HOURS, 6)).astype(np.float32)
     y_test = (x_test[:, -1, 0] + rng.normal(size=600) > 1.0).astype(int)

@@ -20,7 +20,7 @@ from fedicu.simulations import simulate as simulation_engine
 from fedicu.simulations.cli import app, main
 from fedicu.simulations.cli.common import RunFailed
 from fedicu.simulations.inprocess import run_in_process
-from fedicu.simulations.tracking import EXPERIMENT
+from fedicu.simulations.tracking import EXPERIMENT, STAY_LEVEL
 
 # MLflow's own database code, on the SQLAlchemy that Flower pins.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
@@ -68,7 +68,8 @@ def numbers(row: dict, prefix: str = "") -> dict[str, float]:
 
 
 def files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """The run directory's files a tracking server gets: all but those with a line per stay."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name not in STAY_LEVEL}
 
 
 # ---- MLflow ---------------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ def test_the_run_directorys_files_are_its_artifacts(mlflow_run, monkeypatch):
     run = only_run(uri, monkeypatch)
     listed = artifacts(MlflowClient(uri), run.info.run_id)
     assert listed == files(out) and {"metrics.csv", "model_card.json", "model_final.pt"} <= listed
+    assert (out / "stays.json").is_file() and (out / "test_predictions.csv").is_file()
+    assert not {"stays.json", "test_predictions.csv"} & listed  # nothing about a single patient
 
 
 def test_the_simulation_engine_run_of_the_command_line_is_tracked_the_same(patched, tmp_path, monkeypatch):

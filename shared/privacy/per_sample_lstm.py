@@ -448,6 +448,10 @@ class PoissonSchedule:
         steps = math.ceil(n / batch_size)
         return cls(sample_rate=1.0 / steps, steps_per_epoch=steps, expected_batch_size=n / steps)
 
+    def steps(self, epochs: int) -> int:
+        """DP-SGD steps in `epochs` epochs (one round of local training)."""
+        return epochs * self.steps_per_epoch
+
 
 def private_step(
     model: MortalityLSTM,

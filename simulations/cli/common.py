@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from fedicu.shared.calibration import ECE_BINNING
+from fedicu.shared.calibration import ECE_BINNING, RECALIBRATION_METHODS
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.metrics import CI_CAPTION, interval_text
@@ -208,9 +208,18 @@ def results_table(results: dict[str, dict], seed: int) -> Table:
 def by_hospital(pooled: dict, hospital_rows: list[dict]) -> list[tuple[str, dict]]:
     """The pooled test split, then the worst hospital (lowest test AUROC), then the others from
     worse to better: the order in which a site should read them."""
-    ranked = sorted(hospital_rows, key=lambda r: (math.isnan(r["test_auroc"]), r["test_auroc"]))
-    named = [(f"worst: {r['hospital']}" if i == 0 else r["hospital"], r) for i, r in enumerate(ranked)]
-    return [("pooled test split", pooled), *named]
+
+    def auroc(row: dict) -> float:  # null in the run's JSON files: the hospital failed, or one class
+        value = row["test_auroc"]
+        return math.nan if value is None else value
+
+    ranked = sorted(hospital_rows, key=lambda r: (math.isnan(auroc(r)), auroc(r)))
+    worst = ranked[0] if ranked and not math.isnan(auroc(ranked[0])) else None
+    return [("pooled", pooled), *((f"worst: {r['hospital']}" if r is worst else r["hospital"], r) for r in ranked)]
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0f}"
 
 
 def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: int) -> Group:
@@ -218,22 +227,41 @@ def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: i
     they would not fit 80 columns)."""
     rows = by_hospital(pooled, hospital_rows)
     discrimination = Table(title=f"{title}: discrimination", caption=ci_caption(seed))
-    for header in ("test split", "stays"):
-        discrimination.add_column(header, overflow="fold")
-    for key in ("test_auroc", "test_auprc", "test_event1"):
+    discrimination.add_column("test split", no_wrap=True)
+    discrimination.add_column("stays (died)", justify="right", no_wrap=True)
+    for key in ("test_auroc", "test_auprc"):
         discrimination.add_column(METRIC_NAMES[key.removeprefix("test_")], justify="right")
     calibration = Table(
         title=f"{title}: calibration",
         caption=f"ECE: {ECE_BINNING}; slope, intercept: logistic fit on the logit of the risk",
     )
-    calibration.add_column("test split", overflow="fold")
+    calibration.add_column("test split", no_wrap=True)
     for header in ("Brier", "ECE", "slope", "intercept", "obs/exp"):
         calibration.add_column(header, justify="right", no_wrap=True)
     for name, r in rows:
-        stays = f"{r['test_stays']:.0f} ({r['test_deaths']:.0f} died)"
-        discrimination.add_row(name, stays, fmt_ci(r, "test_auroc"), fmt_ci(r, "test_auprc"), fmt(r["test_event1"]))
+        stays = f"{_count(r['test_stays'])} ({_count(r['test_deaths'])})"
+        discrimination.add_row(name, stays, fmt_ci(r, "test_auroc"), fmt_ci(r, "test_auprc"))
         calibration.add_row(name, *(fmt(r[f"test_{k}"]) for k in CALIBRATION_COLUMNS))
-    return Group(discrimination, calibration)
+    return Group(discrimination, calibration, _recalibration_table(title, hospital_rows))
+
+
+def _recalibration_table(title: str, hospital_rows: list[dict]) -> Table:
+    """Calibration before and after each hospital's own map (fitted on its validation stays)."""
+    table = Table(
+        title=f"{title}: recalibrated there", caption="each map fitted on the hospital's validation stays, kept there"
+    )
+    table.add_column("test split", no_wrap=True)
+    for metric in ("ECE", "obs/exp"):
+        for stage in ("", "Platt", "isotonic"):
+            table.add_column(f"{metric}\n{stage or 'global'}", justify="right", no_wrap=True)
+    for r in hospital_rows:
+        cells = [
+            fmt(r[f"test{stage}_{key}"])
+            for key in ("ece", "observed_expected")
+            for stage in ("", *(f"_{m}" for m in RECALIBRATION_METHODS))
+        ]
+        table.add_row(r["hospital"], *cells)
+    return table
 
 
 CALIBRATION_COLUMNS = ("brier", "ece", "calibration_slope", "calibration_intercept", "observed_expected")

@@ -13,7 +13,7 @@ from fedicu.server.federated_run import RunState
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
-from fedicu.shared.privacy.accounting import epsilon_of
+from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, HOSPITAL_JSON, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
@@ -62,18 +62,20 @@ def _check_privacy_settings(config: RunConfig, federation: Federation) -> None:
             f"has n = {len(smallest.train)} training stays"
         )
     if config.noise_multiplier > 0 and config.target_epsilon > 0:  # a fixed noise within a budget
-        for hospital in federation.hospitals:
+        for hospital in federation.hospitals:  # the hospitals' own check, before their first round
             schedule = PoissonSchedule.of(len(hospital.train), config.batch_size)
-            steps = config.local_epochs * schedule.steps_per_epoch
-            first = epsilon_of(
-                config.accountant, [(config.noise_multiplier, schedule.sample_rate, steps)], config.delta
-            )
-            if first > config.target_epsilon:
+            ledger = PrivacyLedger(config.accountant, config.delta)
+            try:
+                ledger.check_budget(
+                    config.noise_multiplier, schedule.sample_rate, schedule.steps(config.local_epochs),
+                    config.target_epsilon,
+                )  # fmt: skip
+            except BudgetExhausted as error:
                 raise UserError(
                     f"--target-epsilon {config.target_epsilon:g} with --noise-multiplier {config.noise_multiplier:g}: "
-                    f"{hospital.name} would spend epsilon {first:.3f} in its first round and could not train; "
-                    "raise either, or give --target-epsilon alone to calibrate the noise to it"
-                )
+                    f"{hospital.name} could not train a single round ({error}); raise either, or give "
+                    "--target-epsilon alone to calibrate the noise to it"
+                ) from None
 
 
 def _run_dir(config: RunConfig, suffix: str = "") -> RunDirectory:
@@ -144,6 +146,7 @@ def _train_federated(
     label: str,
     state: RunState | None = None,
     tracking: Tracking = NO_TRACKING,
+    resumable: bool = True,
 ) -> dict:
     from fedicu.simulations.simulate import simulate as run_simulation  # imports Ray lazily
 
@@ -153,16 +156,20 @@ def _train_federated(
     except RuntimeError as error:  # the run directory's run.json says "failed" and why
         raise RunFailed(f"{error} (run directory: {run_dir.path}, marked failed)") from error
     except (KeyboardInterrupt, StopRequested) as error:
-        raise _interrupted(run_dir, config.rounds) from error
+        raise _interrupted(run_dir, config.rounds, resumable) from error
     finally:
         bar.close()
 
 
-def _interrupted(run_dir: RunDirectory, rounds: int) -> RunInterrupted:
-    """Record in run.json how to go on; the message says the same."""
+def _interrupted(run_dir: RunDirectory, rounds: int, resumable: bool) -> RunInterrupted:
+    """Record in run.json how to go on; the message says the same. A run that is part of a
+    larger study (a leave-one-out run: its config does not say which hospital it left out) is
+    not resumed on its own."""
+    done = run_dir.read_json(RUN_FILE).get("rounds_completed", 0)
+    if not resumable:
+        return RunInterrupted(f"{run_dir.path} stopped after round {done} of {rounds}; rerun the whole command")
     command = f"fedicu simulate --resume {run_dir.path}"
     run_dir.set_status("interrupted", resume_command=command)
-    done = run_dir.read_json(RUN_FILE).get("rounds_completed", 0)
     return RunInterrupted(f"{run_dir.path} keeps round {done} of {rounds}; to go on: {command}")
 
 
@@ -298,15 +305,15 @@ def validate(
     root = _run_dir(config, "-validate").path
 
     def train(run_config: RunConfig, hospitals: Federation, run_dir: RunDirectory) -> None:
-        _train_federated(run_config, hospitals, run_dir, run_dir.path.name)
+        _train_federated(run_config, hospitals, run_dir, run_dir.path.name, resumable=False)
 
     console.print(f"{len(names) + 1} federated runs: all hospitals, then without {', '.join(names)}")
     report = study.run(config, federation, leave_out, root, train)
     RunDirectory(root).write_json(VALIDATION_FILE, report)
     console.print(leave_out_table(report, config.seed))
     console.print(f"Run directories under [bold]{root}[/]")
-    if as_json:
-        print(json.dumps(report))
+    if as_json:  # as written: NaN (an AUROC a one-class split lacks) becomes null
+        print(json.dumps(RunDirectory(root).read_json(VALIDATION_FILE)))
 
 
 VALIDATION_FILE = "leave_one_out.json"
