@@ -6,10 +6,7 @@ of failures); the kill -9 test runs the real command line with the Simulation En
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from flwr.clientapp import ClientApp
@@ -19,10 +16,11 @@ from fedicu.server.federated_run import LogProgress
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import prepare
 from fedicu.shared.run_dir import RunDirectory
-from fedicu.simulations.deployment.processes import with_environment
 from fedicu.simulations.inprocess import run_in_process
 
-from .deployments import wait_until
+from .interruptions import RESUMABLE, resumes_to, start, uninterrupted, wait_for_round
+
+__all__ = ["uninterrupted"]  # the fixture, used by name
 
 SMALL = dict(hospitals=3, synthetic_stays=900, rounds=2, seed=3)
 
@@ -84,138 +82,16 @@ def test_too_few_replies_fail_the_run_clearly(tmp_path):
     assert not (tmp_path / "run" / "model_card.json").exists()
 
 
-def _fedicu(*args):
-    return [sys.executable, "-c", "from fedicu.simulations.cli import main; main()", *args]
-
-
-# FedAdam's moments and every hospital's privacy ledger must survive an interruption too.
-RESUMABLE = [
-    "--strategy", "fedadam", "--dp", "--target-epsilon", "4", "--rounds", "4",
-    "--hospitals", "3", "--synthetic-stays", "600", "--hidden-size", "16", "--seed", "3",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The run that the interrupted ones, once resumed, must reproduce."""
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    done = subprocess.run(
-        _fedicu("simulate", *RESUMABLE, "--out", str(out)), capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr
-    return RunDirectory(out)
-
-
-def _start(run: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """The command line in a session of its own, marked so that every process it starts is
-    found; what it prints goes to `<run>.stderr` (a pipe nobody reads could fill and stall it)."""
-    marker = f"{os.getpid()}-{run.name}"
-    with _stderr(run).open("w") as stderr:
-        process = subprocess.Popen(
-            _fedicu("simulate", *options, "--out", str(run)),
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-            env={**os.environ, "FEDICU_TEST_RUN": marker},
-        )
-    return process, marker
-
-
-def _stderr(run: Path) -> Path:
-    return run.with_name(f"{run.name}.stderr")
-
-
-def _stop(process: subprocess.Popen, run: Path, signum: int, whole_group: bool) -> str:
-    """Send `signum` (to the command, or to its process group as a terminal's Ctrl-C does) and
-    return what the command printed; SIGKILL if it has not ended within a minute."""
-    try:
-        if whole_group:
-            os.killpg(process.pid, signum)
-        else:
-            process.send_signal(signum)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return _stderr(run).read_text()
-
-
-def _wait_for_round(process: subprocess.Popen, run: Path, rounds: int) -> None:
-    def reached() -> bool:
-        assert process.poll() is None, f"the run ended before round {rounds}: {_stderr(run).read_text()}"
-        return (
-            RunDirectory(run).status is not None
-            and RunDirectory(run).read_json("run.json")["rounds_completed"] >= rounds
-        )
-
-    wait_until(reached, 600, f"round {rounds} of {run}")
-
-
-def _resumes_to(run: Path, reference: RunDirectory) -> None:
-    before = RunDirectory(run).read_json("run.json")
-    resumed = subprocess.run(_fedicu("simulate", "--resume", str(run)), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"after round {before['rounds_completed']}" in resumed.stderr
-    expected, got = reference.read_json("metrics.json"), RunDirectory(run).read_json("metrics.json")
-    assert [r["round"] for r in got] == [1, 2, 3, 4]
-    for e, g in zip(expected, got, strict=True):
-        for key, value in e.items():
-            if key != "seconds" and isinstance(value, float):
-                assert g[key] == pytest.approx(value, abs=1e-4), (e["round"], key)
-    assert RunDirectory(run).status == "complete"
-    assert RunDirectory(run).read_json("privacy.json") == reference.read_json("privacy.json")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_run_killed_after_round_two_resumes_to_the_same_result(tmp_path, uninterrupted):
     killed = tmp_path / "killed"
-    process, _ = _start(killed, *RESUMABLE)
+    process, _ = start(killed, *RESUMABLE)
     try:
-        _wait_for_round(process, killed, 2)
+        wait_for_round(process, killed, 2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the whole session: the CLI and its Ray workers
         process.wait()
     interrupted = RunDirectory(killed).read_json("run.json")
     assert interrupted["status"] == "running" and 2 <= interrupted["rounds_completed"] < 4
-    _resumes_to(killed, uninterrupted)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_ctrl_c_stops_the_run_and_every_process_it_started_and_it_resumes_to_the_same_result(tmp_path, uninterrupted):
-    stopped = tmp_path / "stopped"
-    process, marker = _start(stopped, *RESUMABLE)
-    try:
-        _wait_for_round(process, stopped, 2)
-    finally:
-        stderr = _stop(process, stopped, signal.SIGINT, whole_group=True)
-    assert process.returncode == 130, stderr
-    status = RunDirectory(stopped).read_json("run.json")
-    assert status["status"] == "interrupted" and 2 <= status["rounds_completed"] < 4
-    assert status["resume_command"] == f"fedicu simulate --resume {stopped}"
-    assert f"interrupted (SIGINT): {stopped} keeps round {status['rounds_completed']} of 4" in stderr
-    assert "Traceback" not in stderr and "ERROR" not in stderr
-    wait_until(lambda: not with_environment("FEDICU_TEST_RUN", marker), 10, "every process of the run to end")
-    assert RunDirectory(stopped).load_model("checkpoint.pt")["completed"] == status["rounds_completed"]
-    _resumes_to(stopped, uninterrupted)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_sigterm_to_the_command_alone_stops_the_run_with_exit_code_143(tmp_path):
-    # A supervisor's SIGTERM reaches only the command (Ray replaces the SIGTERM handler of the
-    # process that starts it; the command must keep its own).
-    run = tmp_path / "run"
-    process, marker = _start(
-        run, "--rounds", "20", "--hospitals", "2", "--synthetic-stays", "400", "--hidden-size", "8"
-    )
-    try:
-        _wait_for_round(process, run, 1)
-    finally:
-        stderr = _stop(process, run, signal.SIGTERM, whole_group=False)
-    assert process.returncode == 143, stderr
-    assert "interrupted (SIGTERM)" in stderr
-    assert RunDirectory(run).status == "interrupted"
-    wait_until(lambda: not with_environment("FEDICU_TEST_RUN", marker), 10, "every process of the run to end")
+    resumes_to(killed, uninterrupted)
