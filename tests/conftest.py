@@ -22,7 +22,10 @@ def requires_physionet(test):
 # Tests of more than about 20 s on two cores (`pytest -m "not slow"` leaves them out), by file and
 # name; a module-scoped fixture's cost counts for the tests that use it.
 SLOW = {
-    "test_faults.py": ["test_a_run_killed_after_round_two_resumes_to_the_same_result"],
+    "test_faults.py": [
+        "test_a_run_killed_after_round_two_resumes_to_the_same_result",
+        "test_a_straggler_past_the_round_timeout_is_skipped_every_round",
+    ],
     "test_bench.py": ["test_quick_bench_ends_with_one_json_object_holding_the_goal_figures"],
     "test_simulation.py": [
         "test_three_hospitals_two_rounds_beat_chance_and_write_a_complete_run",

@@ -66,11 +66,12 @@ def test_a_crashing_hospital_is_recorded_and_rounds_complete_without_it(tmp_path
 
 def test_a_straggler_past_the_round_timeout_is_skipped_every_round(tmp_path):
     # Round 2's training goes out while round 1's straggler still works: its timeout runs anew.
+    # The timeout also bounds the others' replies, so it leaves room for a loaded machine.
     never = threading.Event()  # hospital 0's training replies arrive only after the run
-    run_dir = run(tmp_path, slow_training={0: never}, min_hospitals=2, rounds=2, round_timeout=5.0)
+    run_dir = run(tmp_path, slow_training={0: never}, min_hospitals=2, rounds=2, round_timeout=15.0)
     assert run_dir.status == "complete"
     assert [row["hospitals_trained"] for row in run_dir.read_json("metrics.json")] == [2, 2]
-    late = [r for r in run_dir.read_json("hospital_metrics.json") if "no reply within 5 s" in r["status"]]
+    late = [r for r in run_dir.read_json("hospital_metrics.json") if "no reply within 15 s" in r["status"]]
     assert [r["round"] for r in late] == [1, 2] and len({r["hospital"] for r in late}) == 1
 
 
