@@ -9,14 +9,13 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from fedicu.server.replies import Replies
-from fedicu.shared.calibration import RECALIBRATION_METHODS, Calibration
+from fedicu.shared.calibration import CALIBRATION_FIELDS, RECALIBRATION_METHODS, Calibration
 from fedicu.shared.contract import EvaluateReply, SiteTest, TrainReply
 from fedicu.shared.metrics import BINARY_METRICS, CI_KEYS, ScoreHistogram, binary_metrics, bootstrap_intervals
 from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.training import predict
 
 NAN = float("nan")
-CALIBRATION = tuple(f.name for f in fields(Calibration))
 
 
 def round_metrics(
@@ -37,7 +36,7 @@ def round_metrics(
     pooled = ScoreHistogram.sum([r.histogram for r in val.values()])
     threshold = pooled.best_threshold()
     if test is None:
-        test_metrics = dict.fromkeys(BINARY_METRICS + CI_KEYS + CALIBRATION, NAN)
+        test_metrics = dict.fromkeys(BINARY_METRICS + CI_KEYS + CALIBRATION_FIELDS, NAN)
     else:
         model.load_state_dict(arrays.to_torch_state_dict())
         scores = predict(model, test[0])
@@ -68,7 +67,7 @@ def round_metrics(
         "threshold": threshold,
         "test_stays": len(test[1]) if test is not None else 0,
         "test_deaths": int(np.sum(test[1])) if test is not None else 0,
-        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS + CI_KEYS + CALIBRATION},
+        **{f"test_{k}": test_metrics[k] for k in BINARY_METRICS + CI_KEYS + CALIBRATION_FIELDS},
     }
     hospital_rows = [_hospital_row(rnd, name, trained, evaluated, threshold, seed) for name in hospitals]
     scored = [r["test_auroc"] for r in hospital_rows if not np.isnan(r["test_auroc"])]
@@ -101,7 +100,7 @@ def _hospital_row(
 
 
 SITE_TEST = tuple(f.name for f in fields(SiteTest))
-RECALIBRATED = ("auroc", "brier", *CALIBRATION, *CI_KEYS)  # after the hospital's own map; counts are the same
+RECALIBRATED = ("auroc", "brier", *CALIBRATION_FIELDS, *CI_KEYS)  # after the hospital's own map; counts are the same
 
 
 def _site_test(e: EvaluateReply | None) -> dict[str, Any]:

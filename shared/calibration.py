@@ -14,7 +14,7 @@ A hospital computes them on its own stays and sends only these numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
@@ -65,6 +65,8 @@ class Calibration:
             observed_expected=observed / expected if expected > 0 else float("nan"),
         )
 
+
+CALIBRATION_FIELDS = tuple(f.name for f in fields(Calibration))  # the row keys, after a prefix
 
 # ---- Recalibration at a site ---------------------------------------------------------------
 #
