@@ -15,7 +15,12 @@ What leaves the hospital, per message:
   learns only their sum over hospitals (client/secure_aggregation.py), along with
   the keys and key shares the protocol exchanges;
 - `evaluate`: the global model's validation metrics (n, AUROC, AUPRC, Brier,
-  loss) and a 1,000-bin histogram of its validation scores per class.
+  loss) and a 1,000-bin histogram of its validation scores per class; and its metrics on
+  the hospital's own test stays (discrimination with intervals, calibration), before and
+  after the hospital's recalibration maps (fitted on its validation stays, never sent);
+- `cross_site`: one model's metrics on the hospital's own test stays (the same numbers).
+  For the model the run selected, the hospital also keeps its recalibration maps on its
+  own disk (`recalibration-<hospital>-run<id>.json` in the state-dir), for later scoring.
 No stay, measurement or individual prediction is ever sent.
 
 A deployed site (node config `data-dir`) draws DP-SGD's noise and batches from the
@@ -38,10 +43,12 @@ from flwr.clientapp import ClientApp
 
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
-from fedicu.shared.calibration import recalibrated
+from fedicu.shared.calibration import SiteRecalibration, recalibrated
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     PRIVACY_REFUSAL,
+    CrossSiteReply,
+    CrossSiteRequest,
     EvaluateReply,
     EvaluateRequest,
     FeatureStatsReply,
@@ -54,8 +61,9 @@ from fedicu.shared.contract import (
     TrainRequest,
 )
 from fedicu.shared.federation import HospitalData, load_hospital, load_site, site_source
-from fedicu.shared.metrics import ScoreHistogram, auroc, binary_metrics
-from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.files import safe_name
+from fedicu.shared.metrics import ScoreHistogram, auroc, binary_metrics, event1
+from fedicu.shared.model import MortalityLSTM, fingerprint
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
@@ -89,6 +97,14 @@ def _ledger_file(context: Context, hospital: str) -> Path:
     """Where a deployed site keeps its privacy ledger for this run (node config `state-dir`)."""
     folder = Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
     return folder / f"privacy-{hospital}-run{context.run_id}.json"
+
+
+def _recalibration_file(request: CrossSiteRequest, context: Context, hospital: str) -> Path:
+    """Where the hospital keeps its recalibration maps: its state-dir when deployed, its own
+    folder of the run's `sites/` in a simulation."""
+    if request.site_dir:
+        return Path(request.site_dir) / safe_name(hospital) / "recalibration.json"
+    return _ledger_file(context, hospital).with_name(f"recalibration-{safe_name(hospital)}-run{context.run_id}.json")
 
 
 def _after_recalibration(
@@ -232,4 +248,29 @@ def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Messag
         test=SiteTest.of(hospital.test.labels, test_scores, request.seed),
         test_platt=_after_recalibration("platt", hospital, scores, test_scores, request.seed),
         test_isotonic=_after_recalibration("isotonic", hospital, scores, test_scores, request.seed),
+    ).reply_to(msg)
+
+
+@app.query(CrossSiteRequest.action)
+@_speaks_the_contract(CrossSiteRequest)
+def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Message:
+    """One model of the cross-site matrix on this hospital's test stays; numbers only."""
+    set_torch_threads(1)
+    hospital = _hospital(request, context)
+    _, x_val, x_test = _inputs(hospital, request)
+    model = _model(msg, request)
+    labels, scores = hospital.test.labels, predict(model, x_test)
+    at_site_threshold = None
+    if request.keep_recalibration:
+        kept = SiteRecalibration.fit(
+            hospital.name, fingerprint(model.state_dict()), hospital.val.labels, predict(model, x_val)
+        )
+        kept.save(_recalibration_file(request, context, hospital.name))
+        at_site_threshold = event1(labels, kept.chosen.apply(scores), kept.chosen.threshold)[0]
+    return CrossSiteReply(
+        hospital=hospital.name,
+        model_name=request.model_name,
+        test=SiteTest.of(labels, scores, request.seed),
+        event1=event1(labels, scores, request.threshold)[0],
+        event1_site_threshold=at_site_threshold,
     ).reply_to(msg)

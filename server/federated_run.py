@@ -13,6 +13,9 @@
    resumes from its last completed round and ends exactly as an uninterrupted
    run would: training randomness is derived from (seed, round, hospital), not
    from state that a restart would lose.
+4. At the end, the cross-site matrix: every hospital scores the best and the final global
+   model on its own test stays and sends the numbers (`cross_site.csv`, `cross_site.png`);
+   for the best model it also fits and keeps its recalibration maps.
 
 A hospital that fails or misses the round timeout is recorded in the round's
 metrics and the round completes with the others, as long as at least
@@ -39,11 +42,13 @@ from fedicu.server.replies import Replies, exchange, receive, sort_replies
 from fedicu.server.round_metrics import round_metrics
 from fedicu.server.secure_aggregation import secure_train, unmask_threshold
 from fedicu.server.strategies import EQUAL_WEIGHT, make_strategy
-from fedicu.shared import compat
+from fedicu.shared import compat, cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import (
     METRICS,
     SITE,
+    CrossSiteReply,
+    CrossSiteRequest,
     EvaluateReply,
     EvaluateRequest,
     FeatureStatsReply,
@@ -68,6 +73,7 @@ from fedicu.shared.run_dir import (
     METRICS_CSV,
     METRICS_JSON,
     PRIVACY_FILE,
+    SITES_DIR,
     TEST_PREDICTIONS,
     RunDirectory,
     write_model_card,
@@ -448,10 +454,38 @@ class FederatedRun:
             data=self._summary(),
         )
         plot_learning_curves(state.rows, self.run_dir.path / CURVES_PNG, FEDERATED_CURVES, state.best["round"])
+        cross_site.write(self.run_dir, self._cross_site())
         if self.test is not None and self.data.test_hospitals:
             self._write_test_predictions()
         self.run_dir.set_status("complete", finished=time.time())
         return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
+
+    def _cross_site(self) -> list[dict]:
+        """The best and the final global model scored by every hospital on its own test stays
+        (only the numbers come back); for the best one each hospital also keeps its
+        recalibration maps. A hospital that fails here is recorded, the run still completes."""
+        rows = []
+        for which, saved in (("best", BEST_MODEL), ("final", FINAL_MODEL)):
+            name = f"federated/{which}"
+            model = self.run_dir.load_model(saved)
+            request = CrossSiteRequest(
+                **{**vars(self.evaluate_request), "server_round": self.state.completed},
+                model_name=name,
+                threshold=float(model["threshold"]),
+                keep_recalibration=which == "best",
+                site_dir=str(self.run_dir.path.resolve() / SITES_DIR) if self.data.prepared_data else "",
+            )
+            messages = [request.message(node, ArrayRecord(model["state_dict"])) for node in self.names]
+            scored = exchange(self.grid, messages, CrossSiteReply, self.config.round_timeout,
+                              f"cross-site scoring of {name}", 0, self.names)  # fmt: skip
+            for h in self.hospitals:
+                reply = scored.replies.get(h)
+                rows.append(
+                    cross_site.row(name, h, reply.test, reply.event1, reply.event1_site_threshold)
+                    if reply
+                    else cross_site.row(name, h, None, failure=scored.failures.get(h, "no reply"))
+                )
+        return rows
 
     def _write_test_predictions(self) -> None:
         """The best model's risk for every test stay, with its hospital: what the per-hospital

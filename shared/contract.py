@@ -1,7 +1,7 @@
 """What travels between the server and a hospital: one typed object per message and reply.
 
-The server sends four requests (`FeatureStatsRequest`, `RestorePrivacyRequest`, `TrainRequest`,
-`EvaluateRequest`) and a hospital answers each with its reply class. `to_content()` turns an
+The server sends five requests (`FeatureStatsRequest`, `RestorePrivacyRequest`, `TrainRequest`,
+`EvaluateRequest`, `CrossSiteRequest`) and a hospital answers each with its reply class. `to_content()` turns an
 object into Flower records and `from_content()` reads one back, checking that every field is
 there with its type. Record keys are the field names in kebab-case, derived here and nowhere
 else, so the server and the hospital never spell a key by hand. The names that Flower's
@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 4
+CONTRACT_VERSION = 5
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -202,8 +202,12 @@ class Request(Payload):
     accountant: str
     prepared_data: str = ""  # simulation: the file holding every virtual hospital's part; "" when deployed
 
-    def message(self, node_id: int) -> Message:
-        return Message(self.to_content(), dst_node_id=node_id, message_type=self.message_type)
+    def message(self, node_id: int, model: ArrayRecord | None = None) -> Message:
+        """The request to `node_id`, with a model's weights in `ARRAYS` if given."""
+        content = self.to_content()
+        if model is not None:
+            content[ARRAYS] = model
+        return Message(content, dst_node_id=node_id, message_type=self.message_type)
 
     def config(self) -> ConfigRecord:
         """The request as the config record a strategy sends with the global model."""
@@ -258,6 +262,23 @@ class TrainRequest(EvaluateRequest):
     noise_multiplier: float
     max_grad_norm: float
     proximal_mu: float  # FedProx's term (0: none); Flower's FedProx writes the same key
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossSiteRequest(EvaluateRequest):
+    """Score one model of the cross-site matrix (sent with it in `ARRAYS`, with its own
+    normalization and architecture) on the hospital's own test stays."""
+
+    describes = "cross-site request"
+    action: ClassVar[str] = "cross_site"
+    message_type = f"{MessageType.QUERY}.{action}"
+
+    model_name: str
+    threshold: float  # the model's decision threshold: Event-1 at the hospital is scored at it
+    # The model the run selected: the hospital also fits its recalibration maps for it on its
+    # validation stays and keeps them (in `site_dir` in a simulation, its state-dir when deployed).
+    keep_recalibration: bool
+    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
 
 
 def global_model(msg: Message) -> ArrayRecord:
@@ -356,6 +377,17 @@ class EvaluateReply(Reply):
     # stays; the map stays at the hospital): shared.calibration.RECALIBRATION_METHODS.
     test_platt: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
     test_isotonic: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossSiteReply(Reply):
+    describes = "cross-site reply"
+
+    model_name: str = _in(SITE)
+    test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
+    event1: float = _in(METRICS)  # at the model's threshold
+    # With the recalibration kept: Event-1 of the mapped risks at the map's own threshold.
+    event1_site_threshold: float | None = _in(METRICS, default=None)
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

@@ -8,6 +8,7 @@ one, never a part.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,3 +35,9 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
+
+
+def safe_name(name: str) -> str:
+    """`name` as a file or folder name: every character but letters, digits, - and _ becomes _
+    (a site's name may hold any)."""
+    return re.sub(r"[^\w-]", "_", name)

@@ -8,6 +8,7 @@ of all hidden states whose weights show which hours the prediction rests on.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -84,3 +85,13 @@ class MortalityLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(x)[0]
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights (names and values, in name order): says which model a file that
+    belongs to one model, such as a site's recalibration, was made for."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
@@ -82,4 +83,38 @@ def plot_learning_curves(rows: list[dict], path: Path, curves: Curves, best_roun
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: never over a curve
         ax.xaxis.get_major_locator().set_params(integer=True)
+    save_figure(fig, path)
+
+
+def plot_cross_site(rows: list[dict], path: Path) -> None:
+    """A heatmap of AUROC, one row per model and one column per hospital's test split, with
+    each model's worst hospital in the last column; a cell without a score stays blank."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    hospitals = list(dict.fromkeys(r["hospital"] for r in rows))
+    cells = np.full((len(models), len(hospitals) + 1), np.nan)
+    for r in rows:
+        cells[models.index(r["model"]), hospitals.index(r["hospital"])] = r["auroc"]
+    scored = ~np.isnan(cells[:, :-1])
+    cells[:, -1] = [row[ok].min() if ok.any() else np.nan for row, ok in zip(cells[:, :-1], scored, strict=True)]
+    columns = len(hospitals) + 1
+    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * columns, 1.6 + 0.55 * len(models)), constrained_layout=True)
+    image = ax.imshow(np.ma.masked_invalid(cells), cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+    for (i, j), value in np.ndenumerate(cells):
+        if not np.isnan(value):
+            ax.text(
+                j,
+                i,
+                f"{value:.3f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                fontweight="bold" if j == columns - 1 else None,
+            )
+    ax.axvline(columns - 1.5, color="black", linewidth=2)
+    stays = {r["hospital"]: r["stays"] for r in rows if r["stays"] == r["stays"]}  # NaN: not scored there
+    labels = [f"{h}\n{stays[h]:.0f} stays" if h in stays else h for h in hospitals]
+    ax.set_xticks(range(columns), [*labels, "worst"], rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    ax.set(xlabel="test split of hospital", ylabel="model", title="AUROC of each model at each hospital")
+    fig.colorbar(image, ax=ax, label="AUROC", shrink=0.8)
     save_figure(fig, path)

@@ -37,6 +37,9 @@ PRIVACY_FILE = "privacy.json"
 HOSPITAL_PRIVACY_FILE = "hospital_privacy.json"
 CURVES_PNG = "learning_curves.png"
 TEST_PREDICTIONS = "test_predictions.csv"  # simulated runs: the best model's risk per test stay
+CROSS_SITE_CSV, CROSS_SITE_JSON = "cross_site.csv", "cross_site.json"  # every model at every hospital
+CROSS_SITE_PNG = "cross_site.png"
+SITES_DIR = "sites"  # simulated runs: what each virtual hospital keeps on its own disk
 STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 
 

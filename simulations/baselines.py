@@ -15,7 +15,6 @@ run directory (local-only: one per hospital, in `<run dir>/<hospital>/`).
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
+from fedicu.shared.files import safe_name
 from fedicu.shared.metrics import (
     CI_KEYS,
     best_threshold,
@@ -175,10 +175,9 @@ def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_h
 
 
 def _folders(names: list[str]) -> list[str]:
-    """A folder name per hospital: its name with every character but letters, digits, - and _
-    replaced by _ (a site's name may hold any); a folder name already taken gets the position."""
+    """A folder name per hospital (`safe_name`); a folder name already taken gets the position."""
     folders: list[str] = []
     for position, name in enumerate(names, 1):
-        folder = re.sub(r"[^\w-]", "_", name)
+        folder = safe_name(name)
         folders.append(f"{folder}-{position}" if folder in folders else folder)
     return folders

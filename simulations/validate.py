@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedicu.shared.config import RunConfig
-from fedicu.shared.contract import SiteTest
-from fedicu.shared.federation import Federation, HospitalData
-from fedicu.shared.preprocessing import Sequences, to_features
-from fedicu.shared.run_dir import RunDirectory, load_trained
-from fedicu.shared.training import predict
+from fedicu.shared.federation import Federation
+from fedicu.shared.preprocessing import Sequences
+from fedicu.shared.run_dir import RunDirectory
+from fedicu.simulations.cross_site import score
 
 ALL = "all"
 REPORTED = ("auroc", "auprc", "ece", "calibration_slope", "calibration_intercept")
@@ -44,14 +43,6 @@ def without(federation: Federation, name: str) -> Federation:
     return replace(federation, hospitals=others, test=Sequences.concat([h.test for h in others]))
 
 
-def score_at(run_dir: Path, hospital: HospitalData, seed: int) -> dict[str, Any]:
-    """A completed run's best model on `hospital`'s own test split."""
-    model, norm, _ = load_trained(run_dir)
-    scores = predict(model, to_features(hospital.test, norm, model.config.channels))
-    labels = hospital.test.labels
-    return asdict(SiteTest.of(labels, scores, seed))
-
-
 def run(
     config: RunConfig, federation: Federation, leave_out: str, root: Path, train: Callable[..., Any]
 ) -> dict[str, Any]:
@@ -67,7 +58,8 @@ def run(
         hospital = next(h for h in federation.hospitals if h.name == name)
         held_dir = root / f"without-{name}"
         train(fewer, without(federation, name), RunDirectory(held_dir).create())
-        held, included = score_at(held_dir, hospital, config.seed), score_at(everyone, hospital, config.seed)
+        held, included = (score(run.name, run, hospital, config.seed) for run in (held_dir, everyone))
+        held = {k: v for k, v in held.items() if k not in ("model", "hospital", "status", "event1_site_threshold")}
         rows.append({"hospital": name, **held} | {f"included_{k}": included[k] for k in REPORTED})
     return summary(rows)
 

@@ -32,6 +32,9 @@ SLOW = {
         "test_evaluate_scores_a_saved_model_as_json",
         "test_an_existing_run_directory_is_never_overwritten",
         "test_each_hospital_is_scored_on_its_own_test_split_and_its_numbers_follow_from_the_saved_predictions",
+        "test_every_hospital_scores_the_final_models_and_keeps_recalibration_maps_that_reproduce_its_numbers",
+        "test_evaluate_goes_through_a_site_s_map_and_refuses_a_map_of_another_model",
+        "test_the_cross_site_command_rebuilds_the_sites_numbers_and_refuses_runs_it_cannot_score_honestly",
     ],
     "test_validate.py": [
         "test_every_hospital_is_held_out_once_by_a_model_that_never_saw_its_stays",

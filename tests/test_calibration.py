@@ -1,20 +1,26 @@
 """shared/calibration.py: ECE, the calibration line and observed / expected deaths, against
 independent computations on seeded data."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 from fedicu.shared.calibration import (
     ECE_BINS,
     RECALIBRATION_METHODS,
     Calibration,
+    RecalibrationMap,
+    SiteRecalibration,
     calibration_line,
     expected_calibration_error,
     recalibrated,
 )
+from fedicu.shared.metrics import best_threshold
 
 
 def _sigmoid(z):
@@ -241,3 +247,48 @@ def test_platt_scaling_keeps_the_ranking_and_one_class_validation_stays_leave_ri
     assert np.array_equal(recalibrated("isotonic", np.zeros(500), risks, risks), risks)
     with pytest.raises(ValueError, match="recalibration method must be one of platt, isotonic"):
         recalibrated("beta", labels, risks, risks)
+
+
+def _miscalibrated(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.uniform(0.02, 0.7, n)
+    return (rng.random(n) < truth).astype(int), 1 / (1 + (1 - truth) / (3 * truth))  # three times the odds
+
+
+def test_a_kept_map_predicts_what_scikit_learn_fitted_and_its_threshold_maximizes_event1_after_mapping():
+    labels, risks = _miscalibrated(13)
+    new = np.r_[np.linspace(0, 1, 101), risks[:50]]  # also beyond the fitted range: clipped
+    platt = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
+        _logit(np.clip(risks, 1e-7, 1 - 1e-7))[:, None], labels
+    )
+    isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(risks, labels)
+    expected = {
+        "platt": platt.predict_proba(_logit(np.clip(new, 1e-7, 1 - 1e-7))[:, None])[:, 1],
+        "isotonic": isotonic.predict(new),
+    }
+    for method in RECALIBRATION_METHODS:
+        kept = RecalibrationMap.from_dict(json.loads(json.dumps(RecalibrationMap.fit(method, labels, risks).to_dict())))
+        np.testing.assert_allclose(kept.apply(new), expected[method], atol=1e-9, err_msg=method)
+        assert kept.threshold == best_threshold(labels, kept.apply(risks))
+        mapped = kept.apply(risks)  # the threshold is a recalibrated risk, not one of the global model
+        assert kept.threshold in set(mapped.tolist())
+
+
+def test_a_site_s_recalibration_file_round_trips_and_a_broken_one_is_named(tmp_path):
+    labels, risks = _miscalibrated(14, 400)
+    kept = SiteRecalibration.fit("north", "ab" * 32, labels, risks)
+    path = tmp_path / "state" / "recalibration.json"
+    kept.save(path)
+    again = SiteRecalibration.load(path)
+    assert again == kept and again.use == "platt" and again.validation_stays == 400
+    assert again.validation_deaths == labels.sum()
+    assert "never leaves the site" in json.loads(path.read_text())["fitted_on"]
+    np.testing.assert_array_equal(again.chosen.apply(risks), kept.maps["platt"].apply(risks))
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"use": "beta"}))
+    with pytest.raises(ValueError, match="'use' must be one of platt, isotonic, not 'beta'"):
+        SiteRecalibration.load(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=f"--recalibration {path}: not a site's recalibration file"):
+        SiteRecalibration.load(path)
+    with pytest.raises(ValueError, match=f"--recalibration {tmp_path / 'absent.json'}: cannot read it"):
+        SiteRecalibration.load(tmp_path / "absent.json")

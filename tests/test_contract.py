@@ -19,6 +19,8 @@ from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     ContractError,
     ContractMismatch,
+    CrossSiteReply,
+    CrossSiteRequest,
     EvaluateReply,
     EvaluateRequest,
     FeatureStatsReply,
@@ -70,6 +72,10 @@ EVERY_MESSAGE = [
     RestorePrivacyRequest(**RUN, ledger='{"history": []}'),
     EvaluateRequest(**EVALUATE),
     TrainRequest(**TRAIN),
+    CrossSiteRequest(**EVALUATE, model_name="local/north", threshold=0.3, keep_recalibration=False),
+    CrossSiteRequest(
+        **EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True, site_dir="/tmp/run/sites"
+    ),
     FeatureStatsReply(hospital="north", train_stays=120, stats=FeatureStats(*(rng.normal(size=5) for _ in range(3)))),
     FeatureStatsReply(hospital="north", train_stays=120),  # under DP-SGD: no statistics
     RestorePrivacyReply(hospital="north", train_stays=120),
@@ -92,6 +98,19 @@ EVERY_MESSAGE = [
         test=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=1),
         test_platt=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=2),
         test_isotonic=SiteTest.of(np.r_[np.zeros(30), np.ones(10)], rng.random(40), seed=3),
+    ),
+    CrossSiteReply(
+        hospital="north",
+        model_name="local/north",
+        test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
+        event1=0.5,
+    ),
+    CrossSiteReply(
+        hospital="north",
+        model_name="federated/best",
+        test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
+        event1=0.5,
+        event1_site_threshold=0.6,
     ),
 ]
 

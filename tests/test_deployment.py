@@ -65,6 +65,20 @@ def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_pa
         assert r["test_stays"] > 0 and 0 < r["test_auroc"] < 1 and 0 <= r["test_ece"] < 1, r
         assert math.isfinite(r["test_calibration_slope"]) and math.isfinite(r["test_observed_expected"])
     assert not (out / "run" / "test_predictions.csv").exists()  # no stay's prediction reaches the server
+    matrix = json.loads((out / "run" / "cross_site.json").read_text())  # the models went to the sites
+    assert sorted((r["model"], r["hospital"]) for r in matrix) == sorted(
+        (model, site) for model in ("federated/best", "federated/final") for site in SITES
+    )
+    final = {r["hospital"]: r for r in hospitals if r["round"] == 2}  # the best round is 1 or 2: final is 2
+    for r in matrix:
+        assert r["status"] == "ok" and r["stays"] > 0 and 0 < r["auroc"] < 1, r
+        if r["model"] == "federated/final":
+            assert r["auroc"] == pytest.approx(final[r["hospital"]]["test_auroc"], abs=1e-9)
+    for site in SITES:  # each site kept its recalibration maps on its own disk; the server has none
+        (kept,) = (out / "state" / site).glob(f"recalibration-{site}-run*.json")
+        assert json.loads(kept.read_text())["hospital"] == site
+    assert not list((out / "run").rglob("recalibration*"))
+    assert "Cross-site AUROC" in output and "recalibrated there" in output
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
 
 

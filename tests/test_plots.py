@@ -166,3 +166,24 @@ def test_the_sweep_plot_names_its_axes_and_every_series(monkeypatch, tmp_path):
         "centralized, no DP (band: ± sd over seeds)",
         "chance (0.5): members not told apart",
     }
+
+
+def test_the_cross_site_heatmap_shows_every_model_at_every_hospital_and_each_worst(monkeypatch, tmp_path):
+    from fedicu.shared.cross_site import row
+    from fedicu.shared.plots import plot_cross_site
+
+    figures = []
+    monkeypatch.setattr("fedicu.shared.plots.save_figure", lambda fig, path: figures.append(fig))
+
+    def scored(model: str, hospital: str, auroc: float, stays: int = 40):
+        return row(model, hospital, None) | {"status": "ok", "auroc": auroc, "stays": stays}
+
+    rows = [scored("federated", "north", 0.81), scored("federated", "south", 0.74, 25),
+            scored("local/north", "north", 0.86), row("local/north", "south", None, failure="no reply")]  # fmt: skip
+    plot_cross_site(rows, tmp_path / "cross_site.png")
+    (ax, _colorbar) = figures[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["federated", "local/north"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["north\n40 stays", "south\n25 stays", "worst"]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    # The failed cell stays blank; each model's worst is its lowest scored hospital.
+    assert cells == {(0, 0): "0.810", (0, 1): "0.740", (0, 2): "0.740", (1, 0): "0.860", (1, 2): "0.860"}

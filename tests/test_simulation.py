@@ -2,16 +2,20 @@
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedicu.shared.calibration import calibration_line, expected_calibration_error
-from fedicu.shared.metrics import ci_method
+from fedicu.shared.calibration import Calibration, SiteRecalibration, calibration_line, expected_calibration_error
+from fedicu.shared.metrics import ci_method, event1
+from fedicu.shared.model import fingerprint
 from fedicu.shared.run_dir import RunDirectory
 
 REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
@@ -125,3 +129,83 @@ def test_each_hospital_is_scored_on_its_own_test_split_and_its_numbers_follow_fr
     worst = min(at_best.values(), key=lambda r: r["test_auroc"])["hospital"]
     assert f"worst: {worst}" in result.stderr  # the table leads with it, after the pooled split
     assert result.stderr.index("pooled") < result.stderr.index(f"worst: {worst}")
+
+
+def test_every_hospital_scores_the_final_models_and_keeps_recalibration_maps_that_reproduce_its_numbers(
+    synthetic_run,
+):
+    out, _ = synthetic_run
+    best = json.loads((out / "run.json").read_text())["best_round"]
+    at_best = {r["hospital"]: r for r in json.loads((out / "hospital_metrics.json").read_text()) if r["round"] == best}
+    matrix = json.loads((out / "cross_site.json").read_text())
+    assert [(r["model"], r["hospital"]) for r in matrix] == [
+        (model, h) for model in ("federated/best", "federated/final") for h in sorted(at_best)
+    ]
+    assert all(r["status"] == "ok" for r in matrix) and (out / "cross_site.png").stat().st_size > 0
+    for r in matrix[: len(at_best)]:  # the best model, as each hospital scored it in its best round
+        for key in ("stays", "auroc", "auprc", "ece", "calibration_slope", "observed_expected", "auroc_ci_low"):
+            assert r[key] == pytest.approx(at_best[r["hospital"]][f"test_{key}"], abs=1e-9), key
+    saved = RunDirectory(out).load_model("model_best.pt")
+    best_weights, threshold = fingerprint(saved["state_dict"]), saved["threshold"]
+    predictions = pd.read_csv(out / "test_predictions.csv")
+    for name, part in predictions.groupby("hospital"):
+        kept = SiteRecalibration.load(out / "sites" / name / "recalibration.json")
+        assert kept.hospital == name and kept.model_sha256 == best_weights
+        labels, risks = part["label"].to_numpy(), part["risk"].to_numpy()
+        cell = next(r for r in matrix if r["model"] == "federated/best" and r["hospital"] == name)
+        assert cell["event1"] == pytest.approx(event1(labels, risks, threshold)[0], abs=1e-12)
+        at_site = event1(labels, kept.chosen.apply(risks), kept.chosen.threshold)[0]
+        assert cell["event1_site_threshold"] == pytest.approx(at_site, abs=1e-12)
+        for method, site_map in kept.maps.items():  # applied to the saved risks: what the hospital reported
+            after = Calibration.of(part["label"].to_numpy(), site_map.apply(part["risk"].to_numpy()))
+            for key, value in asdict(after).items():
+                reported = at_best[name][f"test_{method}_{key}"]  # JSON writes NaN as null
+                expected = math.nan if reported is None else reported
+                assert value == pytest.approx(expected, abs=1e-6, nan_ok=True), (name, method, key)
+
+
+def test_evaluate_goes_through_a_site_s_map_and_refuses_a_map_of_another_model(synthetic_run, tmp_path):
+    out, _ = synthetic_run
+    site_file = out / "sites" / "hospital-1" / "recalibration.json"
+    plain = json.loads(fedicu("evaluate", str(out), "--split", "test", "--json").stdout)
+    result = fedicu("evaluate", str(out), "--split", "test", "--recalibration", str(site_file), "--json")
+    assert result.returncode == 0, result.stderr
+    mapped = json.loads(result.stdout)
+    assert mapped["threshold"] == SiteRecalibration.load(site_file).chosen.threshold != plain["threshold"]
+    assert mapped["auroc"] == pytest.approx(plain["auroc"], abs=1e-12)  # Platt keeps the order
+    assert mapped["brier"] != plain["brier"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads(site_file.read_text()) | {"model_sha256": "0" * 64}))
+    refused = fedicu("evaluate", str(out), "--split", "test", "--recalibration", str(other))
+    assert refused.returncode == 2
+    assert f"--recalibration {other}: fitted at hospital-1 for another model" in " ".join(refused.stderr.split())
+
+
+def test_the_cross_site_command_rebuilds_the_sites_numbers_and_refuses_runs_it_cannot_score_honestly(
+    synthetic_run, tmp_path
+):
+    out, _ = synthetic_run
+    result = fedicu("cross-site", str(out), "--out", str(tmp_path / "matrix"))
+    assert result.returncode == 0, result.stderr
+    rebuilt = json.loads((tmp_path / "matrix" / "cross_site.json").read_text())
+    by_sites = [r for r in json.loads((out / "cross_site.json").read_text()) if r["model"] == "federated/best"]
+    assert [r["model"] for r in rebuilt] == [out.name] * len(by_sites)
+    for mine, theirs in zip(rebuilt, by_sites, strict=True):
+        assert mine["hospital"] == theirs["hospital"]
+        assert mine["auroc"] == pytest.approx(theirs["auroc"], abs=1e-9)
+        assert mine["ece"] == pytest.approx(theirs["ece"], abs=1e-9)
+    assert (tmp_path / "matrix" / "cross_site.png").stat().st_size > 0
+    assert "worst" in result.stderr
+
+    without_out = fedicu("cross-site", str(out))
+    assert without_out.returncode == 2 and "--out is needed" in without_out.stderr
+    leaky = tmp_path / "leaky"
+    shutil.copytree(out, leaky)
+    stays = json.loads((leaky / "stays.json").read_text())
+    (leaky / "stays.json").write_text(json.dumps(stays | {"train": stays["train"] + stays["test"][:3]}))
+    refused = fedicu("cross-site", str(leaky), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "3 of its train stays are in the hospitals' test splits" in refused.stderr
+    (leaky / "stays.json").unlink()
+    deployed = fedicu("cross-site", str(leaky), "--out", str(tmp_path / "x"))
+    assert deployed.returncode == 2 and "a deployment (no stays.json)" in " ".join(deployed.stderr.split())
+    assert not (tmp_path / "x").exists()

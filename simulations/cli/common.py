@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 from dataclasses import fields
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
@@ -13,10 +15,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from fedicu.shared import cross_site
 from fedicu.shared.calibration import CALIBRATION_FIELDS, ECE_BINNING, RECALIBRATION_METHODS
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.metrics import CI_CAPTION, interval_text
+from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, MODEL_CARD
 from fedicu.shared.tasks import BUILT_IN
 
 console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
@@ -222,6 +226,14 @@ def _count(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.0f}"
 
 
+def best_round_tables(run_dir: Path, seed: int) -> Group:
+    """A finished federated run's best round at each hospital (`hospital_tables`)."""
+    rows = json.loads((run_dir / METRICS_JSON).read_text())
+    best = json.loads((run_dir / MODEL_CARD).read_text())["best_round"]
+    at_best = [r for r in json.loads((run_dir / HOSPITAL_JSON).read_text()) if r["round"] == best]
+    return hospital_tables(f"Best round {best} at each hospital", rows[best - 1], at_best, seed)
+
+
 def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: int) -> Group:
     """Discrimination, calibration, and calibration after each hospital's own recalibration, on
     each hospital's own test split (three tables: together they would not fit 80 columns)."""
@@ -278,4 +290,19 @@ def leave_out_table(report: dict, seed: int) -> Table:
     table.add_section()
     table.add_row("mean", fmt(report["mean_auroc"]), *[""] * 5)
     table.add_row("worst", fmt(report["worst_auroc"]), *[""] * 5)
+    return table
+
+
+def cross_site_table(rows: list[dict]) -> Table:
+    """AUROC of each model (rows) at each hospital's test split (columns), worst hospital last."""
+    table = Table(title="Cross-site AUROC: each model on each hospital's own test split")
+    table.add_column("model", no_wrap=True)
+    hospitals = cross_site.hospitals(rows)
+    for name in hospitals:
+        table.add_column(name, justify="right")
+    table.add_column("worst", justify="right", style="bold")
+    auroc = {(r["model"], r["hospital"]): r["auroc"] for r in rows}
+    for model in cross_site.models(rows):
+        cells = [fmt(auroc.get((model, h), math.nan)) for h in hospitals]
+        table.add_row(model, *cells, fmt(cross_site.worst_auroc(rows, model)))
     return table

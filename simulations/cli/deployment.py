@@ -14,8 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
-from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON
-from fedicu.simulations.cli.common import OPTION_HELP, RunFailed, UserError, console, rounds_table
+from fedicu.shared.run_dir import CONFIG_FILE, CROSS_SITE_JSON, METRICS_JSON, RunDirectory
+from fedicu.simulations.cli.common import (
+    OPTION_HELP,
+    RunFailed,
+    UserError,
+    best_round_tables,
+    console,
+    cross_site_table,
+    rounds_table,
+)
 
 
 def certs(
@@ -101,4 +109,6 @@ def deploy_demo(
     title = f"Deployment rehearsal ({'SecAgg+' if secagg else 'plain aggregation'}{', INSECURE' if insecure else ''})"
     seed = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())).seed
     console.print(rounds_table(title, rows, seed))
+    console.print(best_round_tables(run_dir, seed))
+    console.print(cross_site_table(RunDirectory(run_dir).read_json(CROSS_SITE_JSON)))
     console.print(f"Run directory: {run_dir}", highlight=False)

@@ -1,4 +1,4 @@
-"""Scoring a saved model: evaluate."""
+"""Scoring saved models: evaluate, and the cross-site matrix."""
 
 from __future__ import annotations
 
@@ -12,12 +12,24 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from fedicu.shared import cross_site
+from fedicu.shared.calibration import RecalibrationMap, SiteRecalibration
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.federation import load_folder, prepare
 from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method
+from fedicu.shared.model import MortalityLSTM, fingerprint
 from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
-from fedicu.shared.run_dir import CONFIG_FILE, MODEL_CARD, STAYS_FILE, RunDirectory, load_trained, trained_task
+from fedicu.shared.run_dir import (
+    CONFIG_FILE,
+    CROSS_SITE_CSV,
+    CROSS_SITE_PNG,
+    MODEL_CARD,
+    STAYS_FILE,
+    RunDirectory,
+    load_trained,
+    trained_task,
+)
 from fedicu.shared.tasks import check_same
 from fedicu.shared.training import predict
 from fedicu.simulations.cli.common import (
@@ -30,6 +42,7 @@ from fedicu.simulations.cli.common import (
     UserError,
     ci_caption,
     console,
+    cross_site_table,
     fmt_ci,
     report_skipped,
     titled,
@@ -80,11 +93,20 @@ def evaluate(
         str,
         typer.Option(help="Which saved model: best (the round with the highest validation AUROC) or final (the last)."),
     ] = "best",
+    recalibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="A site's recalibration file (its sites/<hospital>/recalibration.json in a simulation, "
+            "recalibration-<hospital>-run<id>.json in a deployed site's state-dir): risks and threshold go "
+            "through its map."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
     try:
         trained, norm, threshold = load_trained(run_dir, model)
+        site_map = _site_map(recalibration, trained, model) if recalibration else None
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
@@ -106,6 +128,8 @@ def evaluate(
     with console.status("Loading and scoring the cohort"):
         seqs, described = _own_test_split(run_dir) if config is None else _given_cohort(config)
         scores = predict(trained, to_features(seqs, norm, trained.config.channels))
+    if site_map is not None:
+        scores, threshold = site_map.apply(scores), site_map.threshold
     if config is not None:
         _warn_about_stays_it_learnt_from(run_dir, config, seqs)
     if seqs.labels.min() == seqs.labels.max():
@@ -125,8 +149,20 @@ def evaluate(
     for k in metrics:
         if k not in CI_KEYS:
             table.add_row(k, fmt_ci(metrics, k))
-    console.print(titled(f"{run_dir} ({model} model, task {trained_for}) on {described}", table))
+    through = f", {site_map.method} map of {recalibration}" if site_map else ""
+    console.print(titled(f"{run_dir} ({model} model{through}, task {trained_for}) on {described}", table))
     console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
+
+
+def _site_map(path: Path, trained: MortalityLSTM, which: str) -> RecalibrationMap:
+    """The map a site kept for this very model; a map fitted for another model is refused."""
+    kept = SiteRecalibration.load(path)
+    if kept.model_sha256 != fingerprint(trained.state_dict()):
+        raise ValueError(
+            f"--recalibration {path}: fitted at {kept.hospital} for another model (weights "
+            f"{kept.model_sha256[:12]}…), not this run's {which} model; sites keep maps for the best model"
+        )
+    return kept.chosen
 
 
 def _run_seed(run_dir: Path) -> int:
@@ -185,3 +221,41 @@ def _same_data(trained_on: RunConfig, scored: RunConfig) -> bool:
     if scored.dataset == "physionet2012":
         return True
     return Path(trained_on.data_dir).resolve() == Path(scored.data_dir).resolve()
+
+
+def cross_site_(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Completed simulated runs, or folders holding them (compare's, validate's); each run's best model "
+            "is scored."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for cross_site.csv, .json and .png (default: the RUN_DIR, when it is one folder of runs)."
+        ),
+    ] = None,
+) -> None:
+    """Score every model on every hospital's own test split: the cross-site matrix."""
+    from fedicu.simulations import cross_site as matrix
+
+    try:
+        models = matrix.models_in(run_dirs)
+        if out is None:
+            if len(run_dirs) > 1 or (run_dirs[0] / MODEL_CARD).is_file():
+                raise ValueError("--out is needed unless one folder of runs (compare's, validate's) is given")
+            out = run_dirs[0]
+        config = matrix.configuration(models)
+        with console.status("Rebuilding the hospitals' test splits"):
+            federation = prepare(config)
+        matrix.check_held_out(models, federation)
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from error
+    with console.status(f"Scoring {len(models)} models at {len(federation.hospitals)} hospitals"):
+        rows = matrix.matrix(models, federation, config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cross_site.write(RunDirectory(out), rows)
+    console.print(cross_site_table(rows))
+    console.print(f"Written to [bold]{out}[/]: {CROSS_SITE_CSV}, {CROSS_SITE_PNG}", highlight=False)

@@ -11,24 +11,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedicu.server.federated_run import RunState
 from fedicu.server.server_app import default_run_dir
+from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
-from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, HOSPITAL_JSON, METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
     RunFailed,
     RunInterrupted,
     UserError,
+    best_round_tables,
     console,
-    hospital_tables,
+    cross_site_table,
     leave_out_table,
     report_skipped,
     results_table,
     rounds_table,
     run_options,
 )
+from fedicu.simulations.cross_site import matrix
 from fedicu.simulations.tracking import NO_TRACKING, Backend, Track, Tracking, TrackingUri
 
 COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
@@ -133,9 +136,7 @@ def _federated(
     result = _train_federated(config, federation, run_dir, f"Federated {config.strategy}", state, tracking)
     rows = run_dir.read_json(METRICS_JSON)
     console.print(rounds_table(f"Federated ({config.strategy})", rows, config.seed))
-    best = result["best_round"]
-    at_best = [r for r in run_dir.read_json(HOSPITAL_JSON) if r["round"] == best]
-    console.print(hospital_tables(f"Best round {best} at each hospital", rows[best - 1], at_best, config.seed))
+    console.print(best_round_tables(run_dir.path, config.seed))
     return result
 
 
@@ -282,6 +283,13 @@ def compare(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = 
     }
     RunDirectory(root).write_json(COMPARISON_FILE, results)
     console.print(results_table(results, config.seed))
+    with console.status("Scoring every model at every hospital"):
+        models = {"federated": root / "federated", "centralized": root / "centralized"} | {
+            f"local/{r['run_dir']}": root / "local" / r["run_dir"] for r in local["hospitals"]
+        }
+        rows = matrix(models, federation, config.seed)
+    cross_site.write(RunDirectory(root), rows)
+    console.print(cross_site_table(rows))
     console.print(f"Run directories under [bold]{root}[/]")
 
 
