@@ -43,14 +43,14 @@ SITES_DIR = "sites"  # simulated runs: what each virtual hospital keeps on its o
 STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinity become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -65,7 +65,7 @@ class RunDirectory:
         return self
 
     def write_json(self, name: str, obj: Any) -> None:
-        text = json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
         atomic_write_bytes(self.path / name, text.encode())
 
     def read_json(self, name: str) -> Any:

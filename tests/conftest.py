@@ -35,6 +35,7 @@ SLOW = {
         "test_every_hospital_scores_the_final_models_and_keeps_recalibration_maps_that_reproduce_its_numbers",
         "test_evaluate_goes_through_a_site_s_map_and_refuses_a_map_of_another_model",
         "test_the_cross_site_command_rebuilds_the_sites_numbers_and_refuses_runs_it_cannot_score_honestly",
+        "test_evaluate_per_icu_type_scores_each_unit_as_a_site_would",
     ],
     "test_validate.py": [
         "test_every_hospital_is_held_out_once_by_a_model_that_never_saw_its_stays",

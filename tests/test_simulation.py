@@ -14,9 +14,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fedicu.shared.calibration import Calibration, SiteRecalibration, calibration_line, expected_calibration_error
+from fedicu.shared.config import RunConfig
+from fedicu.shared.datasets import load_cohort
 from fedicu.shared.metrics import ci_method, event1
 from fedicu.shared.model import fingerprint
-from fedicu.shared.run_dir import RunDirectory
+from fedicu.shared.partition import ICU_TYPE_SITES
+from fedicu.shared.preprocessing import clean, to_features, to_sequences
+from fedicu.shared.run_dir import RunDirectory, load_trained
+from fedicu.shared.training import predict
 
 REQUIRED_COLUMNS = {"round", "test_auroc", "test_auprc", "test_loss"}
 
@@ -209,3 +214,34 @@ def test_the_cross_site_command_rebuilds_the_sites_numbers_and_refuses_runs_it_c
     deployed = fedicu("cross-site", str(leaky), "--out", str(tmp_path / "x"))
     assert deployed.returncode == 2 and "a deployment (no stays.json)" in " ".join(deployed.stderr.split())
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_per_icu_type_scores_each_unit_as_a_site_would(synthetic_run):
+    out, _ = synthetic_run
+    cohort_options = ("--dataset", "synthetic", "--synthetic-stays", "600", "--seed", "5")
+    result = fedicu("evaluate", str(out), *cohort_options, "--per", "icu-type", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    cohort = clean(load_cohort(RunConfig(dataset="synthetic", synthetic_stays=600, seed=5).data_source()))[0]
+    model, norm, threshold = load_trained(out)
+    seqs = to_sequences(cohort)
+    risks = predict(model, to_features(seqs, norm, model.config.channels))
+    units = cohort.stays["icu_type"].astype(int).map(ICU_TYPE_SITES).to_numpy()
+    assert [g["group"] for g in report["groups"]] == sorted(set(units))
+    assert sum(g["stays"] for g in report["groups"]) == report["n"] == len(seqs)
+    for group in report["groups"]:
+        members = units == group["group"]
+        labels, scores = seqs.labels[members], risks[members]
+        assert group["deaths"] == labels.sum()
+        assert group["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+        assert group["ece"] == pytest.approx(expected_calibration_error(labels, scores), abs=1e-9)
+        assert group["event1"] == pytest.approx(event1(labels, scores, threshold)[0], abs=1e-12)
+    table = fedicu("evaluate", str(out), *cohort_options, "--per", "icu-type")
+    assert "Each icu-type: calibration" in table.stderr and "worst: " in table.stderr
+
+    for options, words in (
+        (("--per", "ward"), "--per must be one of icu-type, hospital, set, not 'ward'"),
+        (("--split", "test", "--per", "hospital"), "--per scores a cohort's groups"),
+    ):
+        refused = fedicu("evaluate", str(out), *options)
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr

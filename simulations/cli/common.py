@@ -237,9 +237,17 @@ def best_round_tables(run_dir: Path, seed: int) -> Group:
 def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: int) -> Group:
     """Discrimination, calibration, and calibration after each hospital's own recalibration, on
     each hospital's own test split (three tables: together they would not fit 80 columns)."""
+    return Group(*split_tables(title, pooled, hospital_rows, seed), _recalibration_table(title, hospital_rows))
+
+
+def split_tables(
+    title: str, pooled: dict, hospital_rows: list[dict], seed: int, column: str = "test split"
+) -> tuple[Table, Table]:
+    """Discrimination and calibration of the pooled stays, then of each part (`hospital`: its
+    name), worst first; rows hold `test_`-prefixed metrics."""
     rows = by_hospital(pooled, hospital_rows)
     discrimination = Table(title=f"{title}: discrimination", caption=ci_caption(seed))
-    discrimination.add_column("test split", no_wrap=True)
+    discrimination.add_column(column, no_wrap=True)
     discrimination.add_column("stays (died)", justify="right", no_wrap=True)
     for key in ("test_auroc", "test_auprc"):
         discrimination.add_column(METRIC_NAMES[key.removeprefix("test_")], justify="right")
@@ -247,14 +255,14 @@ def hospital_tables(title: str, pooled: dict, hospital_rows: list[dict], seed: i
         title=f"{title}: calibration",
         caption=f"ECE: {ECE_BINNING}; slope, intercept: logistic fit on the logit of the risk",
     )
-    calibration.add_column("test split", no_wrap=True)
+    calibration.add_column(column, no_wrap=True)
     for header in ("Brier", "ECE", "slope", "intercept", "obs/exp"):
         calibration.add_column(header, justify="right", no_wrap=True)
     for name, r in rows:
         stays = f"{_count(r['test_stays'])} ({_count(r['test_deaths'])})"
         discrimination.add_row(name, stays, fmt_ci(r, "test_auroc"), fmt_ci(r, "test_auprc"))
         calibration.add_row(name, *(fmt(r[f"test_{k}"]) for k in ("brier", *CALIBRATION_FIELDS)))
-    return Group(discrimination, calibration, _recalibration_table(title, hospital_rows))
+    return discrimination, calibration
 
 
 def _recalibration_table(title: str, hospital_rows: list[dict]) -> Table:

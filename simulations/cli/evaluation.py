@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,10 +14,12 @@ from rich.table import Table
 from fedicu.shared import cross_site
 from fedicu.shared.calibration import RecalibrationMap, SiteRecalibration
 from fedicu.shared.config import RunConfig
+from fedicu.shared.contract import SiteTest
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.federation import load_folder, prepare
-from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method
+from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method, event1
 from fedicu.shared.model import MortalityLSTM, fingerprint
+from fedicu.shared.partition import assign_hospitals
 from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
 from fedicu.shared.run_dir import (
     CONFIG_FILE,
@@ -27,6 +28,7 @@ from fedicu.shared.run_dir import (
     MODEL_CARD,
     STAYS_FILE,
     RunDirectory,
+    json_safe,
     load_trained,
     trained_task,
 )
@@ -45,10 +47,12 @@ from fedicu.simulations.cli.common import (
     cross_site_table,
     fmt_ci,
     report_skipped,
+    split_tables,
     titled,
 )
 
 SPLITS = ("test",)
+GROUPINGS = ("icu-type", "hospital", "set")  # deterministic partitions of shared.partition
 EVALUATE_DATA_DEFAULTS = dict(
     dataset="physionet2012", data_dir="", sets="", labels="", mapping="", strict=False,
     synthetic_stays=RunConfig.synthetic_stays, hospitals=RunConfig.hospitals, seed=RunConfig.seed,
@@ -101,6 +105,13 @@ def evaluate(
             "through its map."
         ),
     ] = None,
+    per: Annotated[
+        str,
+        typer.Option(
+            help="Also score each group of the stays apart: icu-type (PhysioNet 2012's four units), hospital "
+            "(the data's hospital column) or set (the PhysioNet 2012 set)."
+        ),
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
@@ -111,6 +122,10 @@ def evaluate(
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
             raise ValueError(f"--split must be {', '.join(SPLITS)}, not {split!r}")
+        if per and per not in GROUPINGS:
+            raise ValueError(f"--per must be one of {', '.join(GROUPINGS)}, not {per!r}")
+        if per and split:
+            raise ValueError("--per scores a cohort's groups; the run's own hospitals: fedicu cross-site RUN_DIR")
         data_options: dict[str, Any] = dict(
             dataset=dataset, data_dir=data_dir, sets=sets, labels=labels, mapping=mapping, strict=strict,
             synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed,
@@ -126,7 +141,7 @@ def evaluate(
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading and scoring the cohort"):
-        seqs, described = _own_test_split(run_dir) if config is None else _given_cohort(config)
+        seqs, described, groups = (*_own_test_split(run_dir), None) if config is None else _given_cohort(config, per)
         scores = predict(trained, to_features(seqs, norm, trained.config.channels))
     if site_map is not None:
         scores, threshold = site_map.apply(scores), site_map.threshold
@@ -139,9 +154,10 @@ def evaluate(
     run_seed = _run_seed(run_dir)
     metrics = binary_metrics(seqs.labels, scores, threshold) | bootstrap_intervals(seqs.labels, scores, run_seed)
     metrics = {"n": len(seqs), "threshold": threshold, **{k: v for k, v in metrics.items() if k != "n"}}
+    by_group = _per_group(groups, seqs.labels, scores, threshold, run_seed) if groups is not None else None
     if as_json:
-        values = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-        print(json.dumps(values | {"confidence_intervals": ci_method(run_seed)}))
+        values = metrics | ({"groups": by_group} if by_group is not None else {})
+        print(json.dumps(json_safe(values) | {"confidence_intervals": ci_method(run_seed)}))
         return
     table = Table()
     table.add_column("metric")
@@ -152,6 +168,26 @@ def evaluate(
     through = f", {site_map.method} map of {recalibration}" if site_map else ""
     console.print(titled(f"{run_dir} ({model} model{through}, task {trained_for}) on {described}", table))
     console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
+    if by_group is not None:
+        pooled = {f"test_{k}": v for k, v in asdict(SiteTest.of(seqs.labels, scores, run_seed)).items()}
+        rows = [{"hospital": g["group"], **{f"test_{k}": v for k, v in g.items()}} for g in by_group]
+        console.print(*split_tables(f"Each {per}", pooled, rows, run_seed, column=per))
+
+
+def _per_group(
+    groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, seed: int
+) -> list[dict[str, Any]]:
+    """What a hospital computes on its test stays (`SiteTest`), for each group of the stays,
+    with Event-1 at the model's threshold."""
+    rows = []
+    for group in sorted(set(groups.tolist())):
+        members = groups == group
+        part_labels, part_scores = labels[members], scores[members]
+        rows.append(
+            {"group": group, **asdict(SiteTest.of(part_labels, part_scores, seed))}
+            | {"event1": event1(part_labels, part_scores, threshold)[0]}
+        )
+    return rows
 
 
 def _site_map(path: Path, trained: MortalityLSTM, which: str) -> RecalibrationMap:
@@ -170,13 +206,17 @@ def _run_seed(run_dir: Path) -> int:
     return int(RunDirectory(run_dir).read_json(MODEL_CARD).get("training", {}).get("seed", RunConfig.seed))
 
 
-def _given_cohort(config: RunConfig) -> tuple[Sequences, str]:
+def _given_cohort(config: RunConfig, per: str) -> tuple[Sequences, str, np.ndarray | None]:
+    """The cohort's stays, what they are, and with `per` the group of each stay."""
     try:
         loaded = load_cohort(config.data_source())
-    except ValueError as error:  # DataError included: it names the file and line
-        raise UserError(str(error)) from error
+        cohort = clean(loaded)[0]
+        groups = assign_hospitals(cohort, per).loc[cohort.stays.index].to_numpy(dtype=str) if per else None
+    except (ValueError, KeyError) as error:  # DataError included: it names the file and line
+        message = f"--per {per}: the stays have no {per} column" if isinstance(error, KeyError) else str(error)
+        raise UserError(message.replace("--partition", "--per")) from error
     report_skipped(loaded.skipped)
-    return to_sequences(clean(loaded)[0]), config.data_source().describe()
+    return to_sequences(cohort), config.data_source().describe(), groups
 
 
 def _own_test_split(run_dir: Path) -> tuple[Sequences, str]:
