@@ -28,7 +28,7 @@ class RunState:
         return {
             "completed": self.completed,
             "arrays": self.arrays,
-            "norm": {"mean": torch.from_numpy(self.norm.mean), "std": torch.from_numpy(self.norm.std)},
+            "norm": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.norm.to_dict().items()},
             "rows": self.rows,
             "hospital_rows": self.hospital_rows,
             "best": self.best,
@@ -39,7 +39,7 @@ class RunState:
 
     @staticmethod
     def from_checkpoint(c: dict) -> RunState:
-        norm = Normalization(c["norm"]["mean"].numpy(), c["norm"]["std"].numpy())
+        norm = Normalization.from_dict({k: v.numpy() for k, v in c["norm"].items()})
         return RunState(
             c["completed"],
             c["arrays"],

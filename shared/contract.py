@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 5
+CONTRACT_VERSION = 6
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -5,12 +5,15 @@
 2. `to_sequences` bins the first 48 hours into hourly steps (mean of the
    observations in each hour), keeps an observation mask, forward-fills, and
    records the hours since each variable was last observed.
-3. `FeatureStats` holds per-channel counts, sums and sums of squares. A hospital
+3. `FeatureStats` holds per-channel counts, sums and sums of squares, and per time
+   series a histogram over fixed public bins (`reference_edges`). A hospital
    computes them on its own training stays; the server adds them up. Because
    these are sufficient statistics, the sum equals the statistics of the pooled
    data exactly: no row ever leaves a hospital. Runs with DP-SGD use
    `Normalization.reference()` instead, built from clinical reference ranges,
    since these statistics would reveal the training stays outside the guarantee.
+   The summed histogram travels with the model as the training reference of
+   drift monitoring (`Normalization.histogram`; None under DP-SGD).
 4. `to_features` standardizes with those statistics and lays out one
    `[stays, 48, n_features(variables)]` float32 tensor for the time series a
    model reads (all 37 by default; `--variables` chooses a subset).
@@ -142,9 +145,21 @@ def _normalized_channels(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:
     return series, seqs.static[:, :3].astype(np.float64)
 
 
+REFERENCE_BINS = 20
+
+
+def reference_edges() -> np.ndarray:
+    """[len(TIME_SERIES), REFERENCE_BINS + 1] equal-width bin edges of each time series between
+    its physiological limits, on the modelling scale: public, the same at every hospital."""
+    bounds = np.array([PHYSIOLOGICAL_LIMITS[v] for v in TIME_SERIES], dtype=np.float64)
+    bounds[_LOG_MASK] = np.log1p(bounds[_LOG_MASK])
+    return np.linspace(bounds[:, 0], bounds[:, 1], REFERENCE_BINS + 1, axis=1)
+
+
 @dataclass(frozen=True)
 class FeatureStats:
-    """Count, sum and sum of squares per channel in `NORMALIZED_CHANNELS`.
+    """Count, sum and sum of squares per channel in `NORMALIZED_CHANNELS`, and per time series
+    the count of observed hours in each `reference_edges` bin.
 
     Time-series channels count the hours in which the variable was observed;
     static channels count stays where it was recorded.
@@ -153,6 +168,7 @@ class FeatureStats:
     count: np.ndarray
     total: np.ndarray
     total_sq: np.ndarray
+    histogram: np.ndarray  # [len(TIME_SERIES), REFERENCE_BINS]
 
     @staticmethod
     def of(seqs: Sequences) -> FeatureStats:
@@ -162,7 +178,12 @@ class FeatureStats:
         count = np.concatenate([np.sum(~np.isnan(a), axis=0) for a in stacked]).astype(np.float64)
         total = np.concatenate([np.nansum(a, axis=0) for a in stacked])
         total_sq = np.concatenate([np.nansum(a * a, axis=0) for a in stacked])
-        return FeatureStats(count, total, total_sq)
+        edges = reference_edges()
+        histogram = np.stack(
+            [np.histogram(np.clip(column[~np.isnan(column)], e[0], e[-1]), e)[0] for column, e in
+             zip(stacked[0].T, edges, strict=True)]
+        ).astype(np.float64)  # fmt: skip
+        return FeatureStats(count, total, total_sq, histogram)
 
     @staticmethod
     def sum(parts: list[FeatureStats]) -> FeatureStats:
@@ -170,6 +191,7 @@ class FeatureStats:
             count=np.sum([p.count for p in parts], axis=0),
             total=np.sum([p.total for p in parts], axis=0),
             total_sq=np.sum([p.total_sq for p in parts], axis=0),
+            histogram=np.sum([p.histogram for p in parts], axis=0),
         )
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
@@ -183,14 +205,16 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class Normalization:
-    """The mean and standard deviation a model's inputs are standardized with."""
+    """The mean and standard deviation a model's inputs are standardized with, and the training
+    stays' histogram of each time series (`FeatureStats.histogram`; None when built otherwise)."""
 
     mean: np.ndarray
     std: np.ndarray
+    histogram: np.ndarray | None = None
 
     @staticmethod
     def from_stats(stats: FeatureStats) -> Normalization:
-        return Normalization(*stats.mean_std())
+        return Normalization(*stats.mean_std(), histogram=stats.histogram)
 
     @staticmethod
     def reference() -> Normalization:
@@ -202,15 +226,21 @@ class Normalization:
         low, high = bounds[:, 0], bounds[:, 1]
         return Normalization((low + high) / 2, (high - low) / 4)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    def to_dict(self) -> dict[str, list]:
+        values: dict[str, list] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.histogram is not None:
+            values["histogram"] = self.histogram.tolist()
+        return values
 
     @staticmethod
     def from_dict(d: dict) -> Normalization:
         mean, std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
         if mean.shape != (len(NORMALIZED_CHANNELS),) or std.shape != mean.shape:
             raise ValueError(f"normalization needs {len(NORMALIZED_CHANNELS)} channels")
-        return Normalization(mean, std)
+        histogram = np.asarray(d["histogram"], np.float64) if d.get("histogram") is not None else None
+        if histogram is not None and histogram.shape != (len(TIME_SERIES), REFERENCE_BINS):
+            raise ValueError(f"the normalization's histogram needs {len(TIME_SERIES)} x {REFERENCE_BINS} bins")
+        return Normalization(mean, std, histogram)
 
 
 def to_features(seqs: Sequences, norm: Normalization, variables: tuple[str, ...] = TIME_SERIES) -> np.ndarray:

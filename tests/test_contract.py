@@ -76,7 +76,16 @@ EVERY_MESSAGE = [
     CrossSiteRequest(
         **EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True, site_dir="/tmp/run/sites"
     ),
-    FeatureStatsReply(hospital="north", train_stays=120, stats=FeatureStats(*(rng.normal(size=5) for _ in range(3)))),
+    FeatureStatsReply(
+        hospital="north",
+        train_stays=120,
+        stats=FeatureStats(
+            count=rng.normal(size=5),
+            total=rng.normal(size=5),
+            total_sq=rng.normal(size=5),
+            histogram=rng.integers(0, 9, (2, 4)).astype(float),
+        ),
+    ),
     FeatureStatsReply(hospital="north", train_stays=120),  # under DP-SGD: no statistics
     RestorePrivacyReply(hospital="north", train_stays=120),
     TrainReply(

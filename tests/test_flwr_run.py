@@ -21,7 +21,8 @@ FLWR = Path(sys.executable).parent / "flwr"
 @pytest.mark.timeout(300)
 def test_flwr_run_with_fewer_supernodes_than_hospitals_fails_fast_naming_num_supernodes(tmp_path):
     home, out = tmp_path / "flwr-home", tmp_path / "run"
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": f"{FLWR.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # flwr starts flower-superlink by name  # fmt: skip
     run_config = f"hospitals=3 synthetic-stays=300 rounds=1 out='{out}'"
     try:
         done = subprocess.run(

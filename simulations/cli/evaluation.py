@@ -11,14 +11,13 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from fedicu.client.bedside.scoring import site_map
 from fedicu.shared import cross_site
-from fedicu.shared.calibration import RecalibrationMap, SiteRecalibration
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import SiteTest
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.federation import load_folder, prepare
 from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method, event1
-from fedicu.shared.model import MortalityLSTM, fingerprint
 from fedicu.shared.partition import assign_hospitals
 from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
 from fedicu.shared.run_dir import (
@@ -59,7 +58,7 @@ EVALUATE_DATA_DEFAULTS = dict(
 )  # fmt: skip
 
 
-def _default_sets(dataset: str) -> str:
+def default_sets(dataset: str) -> str:
     """Set C for PhysioNet 2012 (the held-out Challenge set); the default elsewhere (not read)."""
     return "c" if dataset == "physionet2012" else RunConfig.sets
 
@@ -117,7 +116,7 @@ def evaluate(
     """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
     try:
         trained, norm, threshold = load_trained(run_dir, model)
-        site_map = _site_map(recalibration, trained, model) if recalibration else None
+        recalibrated_by = site_map(recalibration, trained, model) if recalibration else None
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
@@ -136,15 +135,15 @@ def evaluate(
             )
             raise ValueError(f"{given} has no effect with --split test: it scores the run's own data")
         config = (
-            None if split else RunConfig(**{**data_options, "sets": sets or _default_sets(dataset)}, task=trained_for)
+            None if split else RunConfig(**{**data_options, "sets": sets or default_sets(dataset)}, task=trained_for)
         )
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading and scoring the cohort"):
-        seqs, described, groups = (*_own_test_split(run_dir), None) if config is None else _given_cohort(config, per)
+        seqs, described, groups = (*_own_test_split(run_dir), None) if config is None else given_cohort(config, per)
         scores = predict(trained, to_features(seqs, norm, trained.config.channels))
-    if site_map is not None:
-        scores, threshold = site_map.apply(scores), site_map.threshold
+    if recalibrated_by is not None:
+        scores, threshold = recalibrated_by.apply(scores), recalibrated_by.threshold
     if config is not None:
         _warn_about_stays_it_learnt_from(run_dir, config, seqs)
     if seqs.labels.min() == seqs.labels.max():
@@ -165,7 +164,7 @@ def evaluate(
     for k in metrics:
         if k not in CI_KEYS:
             table.add_row(k, fmt_ci(metrics, k))
-    through = f", {site_map.method} map of {recalibration}" if site_map else ""
+    through = f", {recalibrated_by.method} map of {recalibration}" if recalibrated_by else ""
     console.print(titled(f"{run_dir} ({model} model{through}, task {trained_for}) on {described}", table))
     console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
     if by_group is not None:
@@ -190,23 +189,12 @@ def _per_group(
     return rows
 
 
-def _site_map(path: Path, trained: MortalityLSTM, which: str) -> RecalibrationMap:
-    """The map a site kept for this very model; a map fitted for another model is refused."""
-    kept = SiteRecalibration.load(path)
-    if kept.model_sha256 != fingerprint(trained.state_dict()):
-        raise ValueError(
-            f"--recalibration {path}: fitted at {kept.hospital} for another model (weights "
-            f"{kept.model_sha256[:12]}…), not this run's {which} model; sites keep maps for the best model"
-        )
-    return kept.chosen
-
-
 def _run_seed(run_dir: Path) -> int:
     """The run's seed, which also seeds the intervals of whatever its model scores."""
     return int(RunDirectory(run_dir).read_json(MODEL_CARD).get("training", {}).get("seed", RunConfig.seed))
 
 
-def _given_cohort(config: RunConfig, per: str) -> tuple[Sequences, str, np.ndarray | None]:
+def given_cohort(config: RunConfig, per: str) -> tuple[Sequences, str, np.ndarray | None]:
     """The cohort's stays, what they are, and with `per` the group of each stay."""
     try:
         loaded = load_cohort(config.data_source())

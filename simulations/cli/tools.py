@@ -27,10 +27,20 @@ def bench(
     as_json: Annotated[
         bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")
     ] = False,
+    serve: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead: the bedside service of this completed run, on one core: single-stay latency and a "
+            "load of 2,000 requests from 8 clients."
+        ),
+    ] = None,
 ) -> None:
     """Measure loading, DP cost, framework overhead and scale on this machine (see BENCHMARKS.md)."""
     from fedicu.simulations import bench as benchmark
 
+    if serve is not None:
+        _bench_serve(serve, as_json)
+        return
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, not {repeats}")
     if data_dir and not Path(data_dir).is_dir():
@@ -51,6 +61,23 @@ def bench(
     console.print(table)
     if as_json:
         print(json.dumps(report, default=str))
+
+
+def _bench_serve(run_dir: Path, as_json: bool) -> None:
+    from fedicu.simulations.bench_serve import measure
+
+    if not run_dir.is_dir():
+        raise UserError(f"--serve {run_dir}: no such run directory")
+    with console.status("Benchmarking the bedside service"):
+        report = measure(run_dir)
+    table = Table(title="fedicu bench --serve: POST /predict on one core, loopback")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, fmt(value))
+    console.print(table)
+    if as_json:
+        print(json.dumps(report))
 
 
 def export_synthetic(

@@ -1,0 +1,146 @@
+"""The bedside service: the site's clinical systems ask it for a stay's risk over HTTP.
+
+- `POST /predict`: a whole stay (descriptors and measurements) -> its risk, the decision at the
+  threshold, the variables that drive it;
+- `POST /stays/{stay_id}/observations`: measurements of a stay as they arrive, kept in the
+  service's own database (`StayStore`), and `GET /stays/{stay_id}/risk`: the risk as it stood at
+  the end of every hour so far, and the first hour it crossed the threshold (early warning);
+- `GET /monitoring`: drift of what was scored against the training reference (`drift`);
+- `GET /health`, `GET /model` (the model card), `/docs` (OpenAPI).
+
+A request that breaks the schema gets a 422 naming the field (pydantic). No patient value, and
+no stay identifier, is written to the log: only the method, the route and the status. With a
+token every request needs `Authorization: Bearer <token>` (401 otherwise).
+"""
+
+import hmac
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from fedicu.client.bedside import drift
+from fedicu.client.bedside.scoring import Scorer
+from fedicu.client.bedside.stays import Descriptors, Measurement, Stay, to_model_input
+from fedicu.client.bedside.store import StayStore
+from fedicu.shared.model import fingerprint
+from fedicu.shared.preprocessing import HOURS
+
+log = logging.getLogger("fedicu.bedside")
+
+
+class Share(BaseModel):
+    variable: str
+    share: float = Field(description="Its share of the model's risk, from integrated gradients.")
+
+
+class Prediction(BaseModel):
+    stay_id: str
+    risk: float = Field(description="Probability of the outcome (after the site's recalibration, if given).")
+    decision: bool = Field(description="risk >= threshold")
+    threshold: float
+    top_variables: list[Share]
+    values_ignored: int = Field(description="Physiologically impossible values left out, as in training.")
+    model: str = Field(description="SHA-256 of the model's weights.")
+
+
+class Observations(BaseModel):
+    static: Descriptors | None = Field(default=None, description="Descriptors; replace the stay's when given.")
+    measurements: list[Measurement] = Field(default_factory=list, max_length=100_000)
+
+
+class Followed(BaseModel):
+    stay_id: str
+    measurements: int = Field(description="All the stay's measurements so far.")
+
+
+class HourlyRisk(BaseModel):
+    hour: int = Field(description="The risk as it stood at the end of this hour since admission.")
+    risk: float
+
+
+class Trajectory(BaseModel):
+    stay_id: str
+    threshold: float
+    hours: list[HourlyRisk]
+    crossed_at_hour: int | None = Field(description="The first hour whose risk reached the threshold.")
+
+
+def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: int = 3) -> FastAPI:
+    model_sha = fingerprint(scorer.model.state_dict())
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if token is None:
+            return
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="fedicu bedside", dependencies=[Depends(authorized)])
+
+    @app.middleware("http")
+    async def log_without_patient_data(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "?")  # the template: no stay identifier
+        log.info("%s %s %d %.1f ms", request.method, route, response.status_code, 1e3 * (time.perf_counter() - started))
+        return response
+
+    def monitor(stays: list[tuple[Descriptors, list[Measurement]]], new_stays: int, newly: dict[str, int]) -> None:
+        binned = ((m.variable, drift.bin_of(m.variable, m.value)) for _, ms in stays for m in ms)
+        store.count([(v, b) for v, b in binned if b is not None], new_stays, newly)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_sha}
+
+    @app.get("/model")
+    def model_card() -> dict[str, Any]:
+        return scorer.card | {"sha256": model_sha, "threshold_in_use": scorer.threshold,
+                              "recalibration": scorer.recalibration.method if scorer.recalibration else None}  # fmt: skip
+
+    @app.post("/predict")
+    def predict(stay: Stay) -> Prediction:
+        seqs, ignored = to_model_input([(stay.static, stay.measurements)])
+        (row,) = scorer.score(seqs, top)
+        measured = {m.variable for m in stay.measurements}
+        monitor([(stay.static, stay.measurements)], 1, dict.fromkeys(measured, 1))
+        return Prediction(
+            stay_id=stay.stay_id, risk=row["risk"], decision=row["decision"], threshold=scorer.threshold,
+            top_variables=row["top_variables"], values_ignored=ignored, model=model_sha,
+        )  # fmt: skip
+
+    @app.post("/stays/{stay_id}/observations")
+    def observe(stay_id: str, observations: Observations) -> Followed:
+        before = store.variables_of(stay_id)
+        count, new = store.append(stay_id, observations.static, observations.measurements)
+        newly = {m.variable for m in observations.measurements} - before
+        monitor([(Descriptors(), observations.measurements)], int(new), dict.fromkeys(newly, 1))
+        return Followed(stay_id=stay_id, measurements=count)
+
+    @app.get("/stays/{stay_id}/risk")
+    def trajectory(stay_id: str) -> Trajectory:
+        followed = store.stay(stay_id)
+        if followed is None:
+            raise HTTPException(404, "no such stay: post its observations first")
+        static, measurements = followed
+        last = max((m.minute for m in measurements), default=0)
+        hours = list(range(1, min(HOURS, last // 60 + 1) + 1))
+        # The risk at the end of hour h rests on what was measured before it ended.
+        known = [(static, [m for m in measurements if m.minute < h * 60 or h == HOURS]) for h in hours]
+        risks = scorer.risks(to_model_input(known)[0])
+        crossed = next((h for h, r in zip(hours, risks, strict=True) if r >= scorer.threshold), None)
+        return Trajectory(
+            stay_id=stay_id, threshold=scorer.threshold, crossed_at_hour=crossed,
+            hours=[HourlyRisk(hour=h, risk=float(r)) for h, r in zip(hours, risks, strict=True)],
+        )  # fmt: skip
+
+    @app.get("/monitoring")
+    def monitoring() -> dict[str, Any]:
+        counts, stays, measured = store.drift_counts()
+        return drift.report(scorer.norm, counts, stays, measured)
+
+    return app

@@ -1,0 +1,92 @@
+"""The service's own small database (SQLite, one file): the stays it follows in real time and
+the counts behind its monitoring. Everything is committed before a request is answered, so a
+restart of the service loses nothing it acknowledged."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fedicu.client.bedside.stays import Descriptors, Measurement
+from fedicu.shared.preprocessing import REFERENCE_BINS
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stays (stay_id TEXT PRIMARY KEY, static TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS observations (stay_id TEXT NOT NULL, minute INTEGER NOT NULL,
+    variable TEXT NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS observations_of_stay ON observations (stay_id);
+CREATE TABLE IF NOT EXISTS drift_bins (variable TEXT NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (variable, bin));
+CREATE TABLE IF NOT EXISTS drift_stays (variable TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+_ALL_STAYS = ""  # drift_stays' row counting every stay scored
+
+
+class StayStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, stay_id: str, static: Descriptors | None, measurements: list[Measurement]) -> tuple[int, bool]:
+        """Add to a stay (created if new; `static` replaces its descriptors when given); return
+        its number of measurements and whether it is new."""
+        with self._lock, self._db:
+            known = self._db.execute("SELECT 1 FROM stays WHERE stay_id = ?", (stay_id,)).fetchone() is not None
+            if not known or static is not None:
+                descriptors = (static or Descriptors()).model_dump_json()
+                self._db.execute("INSERT OR REPLACE INTO stays VALUES (?, ?)", (stay_id, descriptors))
+            self._db.executemany(
+                "INSERT INTO observations VALUES (?, ?, ?, ?)",
+                [(stay_id, m.minute, m.variable, m.value) for m in measurements],
+            )
+            (count,) = self._db.execute("SELECT COUNT(*) FROM observations WHERE stay_id = ?", (stay_id,)).fetchone()
+        return int(count), not known
+
+    def stay(self, stay_id: str) -> tuple[Descriptors, list[Measurement]] | None:
+        with self._lock:
+            row = self._db.execute("SELECT static FROM stays WHERE stay_id = ?", (stay_id,)).fetchone()
+            if row is None:
+                return None
+            rows = self._db.execute(
+                "SELECT minute, variable, value FROM observations WHERE stay_id = ? ORDER BY rowid", (stay_id,)
+            ).fetchall()
+        static = Descriptors.model_validate(json.loads(row[0]))
+        return static, [Measurement(minute=m, variable=v, value=x) for m, v, x in rows]
+
+    def variables_of(self, stay_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT variable FROM observations WHERE stay_id = ?", (stay_id,))
+            return {v for (v,) in rows.fetchall()}
+
+    def count(self, bins: list[tuple[str, int]], new_stays: int, newly_measured: dict[str, int]) -> None:
+        """Add scored values (variable, bin), stays, and stays in which a variable first appears."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT INTO drift_bins VALUES (?, ?, 1) ON CONFLICT (variable, bin) DO UPDATE SET n = n + 1", bins
+            )
+            increments = [(_ALL_STAYS, new_stays), *newly_measured.items()]
+            self._db.executemany(
+                "INSERT INTO drift_stays VALUES (?, ?) ON CONFLICT (variable) DO UPDATE SET n = n + excluded.n",
+                [(variable, n) for variable, n in increments if n],
+            )
+
+    def drift_counts(self) -> tuple[dict[str, np.ndarray], int, dict[str, int]]:
+        """Per variable its binned values; the stays scored; per variable the stays measuring it."""
+        with self._lock:
+            bins = self._db.execute("SELECT variable, bin, n FROM drift_bins").fetchall()
+            stays = dict(self._db.execute("SELECT variable, n FROM drift_stays").fetchall())
+        counts: dict[str, np.ndarray] = {}
+        for variable, index, n in bins:
+            counts.setdefault(variable, np.zeros(REFERENCE_BINS, dtype=np.int64))[index] = n
+        total = int(stays.pop(_ALL_STAYS, 0))
+        return counts, total, {k: int(v) for k, v in stays.items()}

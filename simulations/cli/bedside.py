@@ -1,0 +1,152 @@
+"""Using the model at a site: predict, serve."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedicu.shared.config import RunConfig
+from fedicu.shared.files import atomic_write_bytes
+from fedicu.shared.run_dir import trained_task
+from fedicu.simulations.cli.common import (
+    OPTION_HELP,
+    DataDir,
+    DataFormat,
+    Labels,
+    MappingFile,
+    Strict,
+    UserError,
+    console,
+)
+from fedicu.simulations.cli.evaluation import default_sets, given_cohort
+
+RecalibrationFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="The site's recalibration file for this model (sites/<hospital>/recalibration.json in a simulation, "
+        "recalibration-<hospital>-run<id>.json in a deployed site's state-dir)."
+    ),
+]
+
+
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    dataset: DataFormat = "physionet2012",
+    data_dir: DataDir = "",
+    sets: Annotated[str, typer.Option(help="PhysioNet 2012 sets to score, comma-separated (default: c).")] = "",
+    labels: Labels = "",
+    mapping: MappingFile = "",
+    strict: Strict = False,
+    synthetic_stays: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_stays"])] = 2400,
+    hospitals: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_hospitals"])] = 4,
+    seed: Annotated[int, typer.Option(help=OPTION_HELP["synthetic_seed"])] = 0,
+    recalibration: RecalibrationFile = None,
+    top: Annotated[int, typer.Option(help="Variables named per stay, by their share of its risk (0: none).")] = 3,
+    out: Annotated[Path | None, typer.Option(help="The CSV to write: stay_id, risk, decision, top_variables.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON on stdout.")] = False,
+) -> None:
+    """Score every stay of a cohort: its risk, the decision at the model's threshold, and why."""
+    from fedicu.client.bedside.scoring import Scorer
+
+    if out is None and not as_json:
+        raise UserError("--out FILE.csv or --json: say where the predictions go")
+    if top < 0:
+        raise UserError(f"--top must be 0 or more, not {top}")
+    try:
+        scorer = Scorer.load(run_dir, recalibration)
+        config = RunConfig(
+            dataset=dataset, data_dir=data_dir, sets=sets or default_sets(dataset), labels=labels, mapping=mapping,
+            strict=strict, synthetic_stays=synthetic_stays, hospitals=hospitals, seed=seed, task=trained_task(run_dir),
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+    with console.status("Loading the cohort"):
+        seqs, described, _ = given_cohort(config, "")
+    with console.status(f"Scoring and explaining {len(seqs):,} stays"):
+        rows = scorer.score(seqs, top)
+    if out is not None:
+        atomic_write_bytes(out, _csv(rows))
+        console.print(f"{len(rows):,} stays of {described} scored into [bold]{out}[/]", highlight=False)
+    if as_json:
+        print(json.dumps({"model": str(run_dir), "threshold": scorer.threshold, "stays": rows}))
+
+
+def _csv(rows: list[dict]) -> bytes:
+    """One line per stay; top_variables as "GCS +0.081; HR +0.040" (signed shares of the risk)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["stay_id", "risk", "decision", "top_variables"])
+    for r in rows:
+        named = "; ".join(f"{t['variable']} {t['share']:+.4f}" for t in r["top_variables"])
+        writer.writerow([r["stay_id"], f"{r['risk']:.6f}", int(r["decision"]), named])
+    return buffer.getvalue().encode()
+
+
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    token_file: Annotated[
+        Path | None, typer.Option(help="A file holding the bearer token every request must carry.")
+    ] = None,
+    recalibration: RecalibrationFile = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="The service's SQLite database of followed stays (default: ~/.fedicu/bedside/<model>.sqlite)."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Variables named per prediction, by their share of its risk.")] = 3,
+) -> None:
+    """Serve the model to the site's clinical systems over HTTP (REST; OpenAPI docs at /docs)."""
+    import logging
+
+    import uvicorn
+
+    from fedicu.client.bedside.scoring import Scorer
+    from fedicu.client.bedside.service import create_app
+    from fedicu.client.bedside.store import StayStore
+    from fedicu.shared.model import fingerprint
+    from fedicu.shared.training import set_torch_threads
+
+    try:
+        scorer = Scorer.load(run_dir, recalibration)
+        token = _token(token_file) if token_file else None
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must lie in 1..65535, not {port}")
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[bold yellow]warning:[/] --host {host} without --token-file: anyone who reaches it may ask")
+    set_torch_threads(1)  # requests run side by side, one core each
+    sha = fingerprint(scorer.model.state_dict())
+    database = store or Path.home() / ".fedicu" / "bedside" / f"{sha[:16]}.sqlite"
+    stays = StayStore(database)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    requests = logging.getLogger("fedicu.bedside")
+    requests.addHandler(handler)
+    requests.setLevel(logging.INFO)
+    requests.propagate = False  # one line per request, not one more from a handler the libraries set up
+    console.print(f"Serving {run_dir} (model {sha[:12]}) on http://{host}:{port} (docs: /docs); stays in {database}",
+                  highlight=False)  # fmt: skip
+    try:
+        # Uvicorn's access log would write each stay's identifier (in the path): ours names the route.
+        uvicorn.run(create_app(scorer, stays, token, top), host=host, port=port, access_log=False, log_config=None)
+    finally:
+        stays.close()
+
+
+def _token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ValueError(f"--token-file {path}: cannot read it: {error.strerror or error}") from error
+    if not token:
+        raise ValueError(f"--token-file {path}: the file is empty")
+    return token

@@ -1,0 +1,70 @@
+"""client/bedside/explain.py: integrated gradients are complete, and find the variables that
+drive the risk."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedicu.client.bedside.explain import TOLERANCE, explain
+from fedicu.shared.datasets import synthetic
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
+from fedicu.shared.training import train_epochs
+from fedicu.shared.variables import TIME_SERIES
+from tests.cohorts import make_cohort
+
+VARIABLES = ("HR", "Temp", "Lactate", "GCS")
+
+
+def _cohort(n: int, seed: int):
+    """Lactate and age decide the outcome; heart rate, temperature and GCS are noise."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 90, n)
+    lactate = rng.lognormal(0.5, 0.6, n)
+    label = (0.9 * np.log(lactate) + 0.05 * (ages - 55) + rng.normal(0, 0.4, n) > 0.9).astype(int)
+    stays = [{"stay_id": i + 1, "age": float(ages[i]), "label": int(label[i])} for i in range(n)]
+    rows = []
+    for i in range(n):
+        for hour in range(0, 48, 4):
+            minute = hour * 60 + 5
+            rows += [(i + 1, minute, "HR", float(rng.normal(85, 12))), (i + 1, minute, "Temp", float(rng.normal(37, 0.5))),
+                     (i + 1, minute, "GCS", float(rng.integers(3, 16))),
+                     (i + 1, minute, "Lactate", float(lactate[i] * rng.lognormal(0, 0.05)))]  # fmt: skip
+    return to_sequences(clean(make_cohort(stays, rows))[0])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    seqs = _cohort(600, seed=1)
+    norm = Normalization.from_stats(FeatureStats.of(seqs))
+    torch.manual_seed(0)
+    model = MortalityLSTM(ModelConfig(n_features=n_features(VARIABLES), hidden_size=16, variables=",".join(VARIABLES)))
+    train_epochs(model, to_features(seqs, norm, VARIABLES), seqs.labels, epochs=25, lr=0.01, batch_size=64, seed=0)
+    return model, norm
+
+
+def test_a_stay_s_attributions_add_up_to_its_risk_above_the_empty_stay():
+    """On the built-in cohort, whose stays look like ICU stays, within the stated tolerance."""
+    seqs = to_sequences(clean(synthetic.generate(hospitals=2, stays=400, seed=6))[0])
+    norm = Normalization.from_stats(FeatureStats.of(seqs))
+    torch.manual_seed(1)
+    model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=32))
+    train_epochs(model, to_features(seqs, norm), seqs.labels, epochs=4, lr=0.01, batch_size=64, seed=1)
+    explained = explain(model, norm, seqs.take(np.arange(120)))
+    total = explained.by_hour.sum(axis=(1, 2))
+    np.testing.assert_allclose(total, explained.risk - explained.empty_risk, atol=TOLERANCE)
+    np.testing.assert_allclose(total - (explained.risk - explained.empty_risk), explained.delta, atol=1e-6)
+    assert explained.by_hour.shape == (120, 48, len(TIME_SERIES) + 5)
+
+
+def test_the_variables_that_drive_the_risk_rank_first(trained):
+    model, norm = trained
+    explained = explain(model, norm, _cohort(200, seed=3))
+    assert list(explained.importance())[:2] in (["Lactate", "Age"], ["Age", "Lactate"])
+    tops = [name for stay in explained.top_variables(1) for name, _ in stay]
+    assert tops.count("Lactate") + tops.count("Age") > 0.9 * len(tops)
+    high, low = np.argmax(explained.risk), np.argmin(explained.risk)
+    shares = dict(zip(explained.variables, explained.per_variable[high], strict=True))
+    assert max(shares["Lactate"], shares["Age"]) > 0  # the riskiest stay: pushed up by a driver
+    shares = dict(zip(explained.variables, explained.per_variable[low], strict=True))
+    assert min(shares["Lactate"], shares["Age"]) < 0
