@@ -1,7 +1,8 @@
 """The bedside service under measurement: a real `fedicu serve` on loopback, pinned to one core.
 
-- single-stay latency: one client posts stays to `/predict` one after another; the time of
-  each request, as the client sees it, HTTP included;
+- single-stay latency: one client posts stays to `/predict` one after another, with and
+  without their explanation (`?explain=false`); the time of each request, as the client sees
+  it, HTTP included;
 - load: `clients` clients post `requests` stays in all, concurrently; errors (any answer but
   200, or none) are counted.
 
@@ -64,20 +65,21 @@ def measure(run_dir: Path, requests: int = 2000, clients: int = 8, single: int =
             with httpx.Client(base_url=url, timeout=30) as client:
                 for body in bodies[:20]:  # warm-up
                     client.post("/predict", json=body)
-                latencies = []
-                for i in range(single):
-                    started = time.perf_counter()
-                    client.post("/predict", json=bodies[i % len(bodies)]).raise_for_status()
-                    latencies.append(time.perf_counter() - started)
+                latencies: dict[str, list[float]] = {"explained": [], "risk_only": []}
+                for i in range(single):  # the two kinds alternate: the machine's speed drifts
+                    for kind, explain in (("explained", "true"), ("risk_only", "false")):
+                        started = time.perf_counter()
+                        answer = client.post("/predict", params={"explain": explain}, json=bodies[i % len(bodies)])
+                        answer.raise_for_status()
+                        latencies[kind].append(time.perf_counter() - started)
             load = _load(url, bodies, requests, clients)
         finally:
             service.terminate()
             service.wait(timeout=30)
-    ms = np.array(latencies) * 1e3
+    ms = {kind: np.array(times) * 1e3 for kind, times in latencies.items()}
     return {
         "single_requests": single,
-        "single_p50_ms": float(np.percentile(ms, 50)),
-        "single_p99_ms": float(np.percentile(ms, 99)),
+        **{f"single_{kind}_p{q}_ms": float(np.percentile(ms[kind], q)) for kind in ms for q in (50, 99)},
         "measurements_per_stay_median": float(np.median([len(b["measurements"]) for b in bodies])),
         **load,
     }

@@ -128,6 +128,8 @@ def test_the_service_gives_the_risk_predict_gives_and_logs_no_patient_data(servi
         assert body["risk"] == pytest.approx(expected["risk"], abs=1e-6)
         assert body["decision"] == expected["decision"] and body["threshold"] == report["threshold"]
         assert [t["variable"] for t in body["top_variables"]] == [t["variable"] for t in expected["top_variables"]]
+    quick = service.client.post("/predict", params={"explain": "false"}, json=_as_json(cohort, expected["stay_id"]))
+    assert quick.json()["top_variables"] == [] and quick.json()["risk"] == body["risk"]
     assert service.client.get("/model").json()["task"] == "in_hospital_death"
     log = service.log.read_text()
     assert "POST /predict 200" in log

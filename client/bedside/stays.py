@@ -73,23 +73,30 @@ class Stay(BaseModel):
 
 def to_model_input(stays: list[tuple[Descriptors, list[Measurement]]]) -> tuple[Sequences, int]:
     """Hourly sequences of the stays, in order, and how many values cleaning ignored."""
+
+    def descriptor(name: str) -> np.ndarray:
+        values = [getattr(d, name) for d, _ in stays]
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    columns = {c: descriptor(name) for c, name in _DESCRIPTORS.items()}
     table = pd.DataFrame(
-        {
-            "age": [d.Age for d, _ in stays],
-            "gender": [d.Gender for d, _ in stays],
-            "height": [d.Height for d, _ in stays],
-            "weight": [d.Weight for d, _ in stays],
-            "icu_type": [d.ICUType for d, _ in stays],
-            "label": 0,
-            "hospital": "",
-            "source": "service",
-        },
+        columns | {"label": np.zeros(len(stays), np.int8), "hospital": "", "source": "service"},
         index=pd.Index(np.arange(len(stays), dtype=np.int64), name="stay_id"),
-    ).astype({c: "float64" for c in ("age", "gender", "height", "weight", "icu_type")} | {"label": "int8"})
-    rows = [(i, m.minute, m.variable, m.value) for i, (_, ms) in enumerate(stays) for m in ms]
-    measurements = pd.DataFrame(rows, columns=["stay_id", "minute", "variable", "value"]).astype(
-        {"stay_id": "int64", "minute": "int32", "value": "float32"}
     )
-    measurements["variable"] = measurements["variable"].astype(VARIABLE_DTYPE)
+    every = [(i, m) for i, (_, ms) in enumerate(stays) for m in ms]
+    measurements = pd.DataFrame(
+        {
+            "stay_id": np.array([i for i, _ in every], dtype=np.int64),
+            "minute": np.array([m.minute for _, m in every], dtype=np.int32),
+            "variable": pd.Categorical.from_codes(
+                np.array([_CODE[m.variable] for _, m in every], dtype=np.int8), dtype=VARIABLE_DTYPE
+            ),
+            "value": np.array([m.value for _, m in every], dtype=np.float32),
+        }
+    )
     cleaned, removed = clean(Cohort(stays=table, measurements=measurements))
     return to_sequences(cleaned), sum(removed.values())
+
+
+_DESCRIPTORS = {"age": "Age", "gender": "Gender", "height": "Height", "weight": "Weight", "icu_type": "ICUType"}
+_CODE = {v: code for code, v in enumerate(VARIABLE_DTYPE.categories)}
