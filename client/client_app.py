@@ -3,7 +3,8 @@
 What leaves the hospital, per message:
 - `query.feature_stats`: its name and number of training stays; without DP also
   per-channel counts, sums and sums of squares of its training data (40
-  channels). Runs with DP-SGD standardize with public reference ranges instead,
+  channels), and per time series the number of its observed training hours in each
+  of 20 fixed bins (the drift reference the model card carries). Runs with DP-SGD standardize with public reference ranges instead,
   so these statistics are never computed from training stays and sent;
 - `train`: the locally trained model weights and the number of training stays;
   without DP also the mean training loss and the local model's validation
@@ -102,7 +103,7 @@ def _ledger_file(context: Context, hospital: str) -> Path:
 def _recalibration_file(request: CrossSiteRequest, context: Context, hospital: str) -> Path:
     """Where the hospital keeps its recalibration maps: its state-dir when deployed, its own
     folder of the run's `sites/` in a simulation."""
-    if request.site_dir:
+    if request.site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
         return Path(request.site_dir) / safe_name(hospital) / "recalibration.json"
     return _ledger_file(context, hospital).with_name(f"recalibration-{safe_name(hospital)}-run{context.run_id}.json")
 

@@ -130,7 +130,17 @@ class RecalibrationMap:
 
     @staticmethod
     def from_dict(values: dict) -> RecalibrationMap:
-        return RecalibrationMap(str(values["method"]), dict(values["parameters"]), float(values["threshold"]))
+        method, parameters = str(values["method"]), values["parameters"]
+        needed = {"platt": ("slope", "intercept"), "isotonic": ("x", "y")}.get(method)
+        if needed is None:
+            raise ValueError(f"method must be one of {', '.join(RECALIBRATION_METHODS)}, not {method!r}")
+        for key in needed:
+            if not (isinstance(parameters.get(key), list) and parameters[key]):
+                raise ValueError(f"{method} map lacks its parameter {key!r}")
+        if method == "isotonic" and len(parameters["x"]) != len(parameters["y"]):
+            raise ValueError("isotonic map: x and y differ in length")
+        clean = {k: [float(v) for v in parameters[k]] for k in needed}
+        return RecalibrationMap(method, clean, float(values["threshold"]))
 
 
 # Platt's two parameters hold on a few hundred validation stays; isotonic steps overfit them.

@@ -35,7 +35,7 @@ def row(
 
 def worst_auroc(rows: list[dict[str, Any]], model: str) -> float:
     """The model's lowest AUROC over the hospitals that have one."""
-    scored = [r["auroc"] for r in rows if r["model"] == model and not math.isnan(r["auroc"])]
+    scored = [r["auroc"] for r in rows if r["model"] == model and r["auroc"] is not None and not math.isnan(r["auroc"])]
     return min(scored) if scored else NAN
 
 

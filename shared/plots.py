@@ -92,8 +92,8 @@ def plot_cross_site(rows: list[dict], path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     hospitals = list(dict.fromkeys(r["hospital"] for r in rows))
     cells = np.full((len(models), len(hospitals) + 1), np.nan)
-    for r in rows:
-        cells[models.index(r["model"]), hospitals.index(r["hospital"])] = r["auroc"]
+    for r in rows:  # read back from JSON, a missing score is None
+        cells[models.index(r["model"]), hospitals.index(r["hospital"])] = np.nan if r["auroc"] is None else r["auroc"]
     scored = ~np.isnan(cells[:, :-1])
     cells[:, -1] = [row[ok].min() if ok.any() else np.nan for row, ok in zip(cells[:, :-1], scored, strict=True)]
     columns = len(hospitals) + 1
@@ -111,7 +111,7 @@ def plot_cross_site(rows: list[dict], path: Path) -> None:
                 fontweight="bold" if j == columns - 1 else None,
             )
     ax.axvline(columns - 1.5, color="black", linewidth=2)
-    stays = {r["hospital"]: r["stays"] for r in rows if r["stays"] == r["stays"]}  # NaN: not scored there
+    stays = {r["hospital"]: r["stays"] for r in rows if r["stays"] is not None and r["stays"] == r["stays"]}
     labels = [f"{h}\n{stays[h]:.0f} stays" if h in stays else h for h in hospitals]
     ax.set_xticks(range(columns), [*labels, "worst"], rotation=30, ha="right")
     ax.set_yticks(range(len(models)), models)

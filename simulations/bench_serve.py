@@ -6,6 +6,8 @@
 - load: `clients` clients post `requests` stays in all, concurrently; errors (any answer but
   200, or none) are counted.
 
+Without `taskset` or a second core, the service and the clients share the machine (reported).
+
 Stays come from the synthetic cohort, as a site's systems would send them. The client runs on
 the other core, so the service's core is its own.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,14 +56,18 @@ def _free_port() -> int:
 def measure(run_dir: Path, requests: int = 2000, clients: int = 8, single: int = 300) -> dict:
     port = _free_port()
     fedicu = Path(sys.executable).parent / "fedicu"
+    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
     with tempfile.TemporaryDirectory(prefix="fedicu-bench-serve-") as tmp:
-        command = ["taskset", "-c", "0", str(fedicu), "serve", str(run_dir), "--port", str(port),
-                   "--store", str(Path(tmp) / "stays.sqlite")]  # fmt: skip
-        service = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [*(["taskset", "-c", "0"] if pinned else []), str(fedicu), "serve", str(run_dir), "--port",
+                   str(port), "--store", str(Path(tmp) / "stays.sqlite")]  # fmt: skip
+        log = Path(tmp) / "serve.log"
+        service = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        clients_on = os.sched_getaffinity(0)
         try:
-            os.sched_setaffinity(0, {1})  # the clients on the other core
+            if pinned:
+                os.sched_setaffinity(0, {1})  # the clients on the other core
             url = f"http://127.0.0.1:{port}"
-            _wait_until_up(url, service)
+            _wait_until_up(url, service, log)
             bodies = stays_as_json(max(single, 200))
             with httpx.Client(base_url=url, timeout=30) as client:
                 for body in bodies[:20]:  # warm-up
@@ -74,10 +81,12 @@ def measure(run_dir: Path, requests: int = 2000, clients: int = 8, single: int =
                         latencies[kind].append(time.perf_counter() - started)
             load = _load(url, bodies, requests, clients)
         finally:
+            os.sched_setaffinity(0, clients_on)
             service.terminate()
             service.wait(timeout=30)
     ms = {kind: np.array(times) * 1e3 for kind, times in latencies.items()}
     return {
+        "service_pinned_to_one_core": pinned,
         "single_requests": single,
         **{f"single_{kind}_p{q}_ms": float(np.percentile(ms[kind], q)) for kind in ms for q in (50, 99)},
         "measurements_per_stay_median": float(np.median([len(b["measurements"]) for b in bodies])),
@@ -85,11 +94,11 @@ def measure(run_dir: Path, requests: int = 2000, clients: int = 8, single: int =
     }
 
 
-def _wait_until_up(url: str, service: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_until_up(url: str, service: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            raise RuntimeError(f"fedicu serve exited with {service.returncode}")
+            raise RuntimeError(f"fedicu serve exited with {service.returncode}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return

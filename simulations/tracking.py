@@ -30,12 +30,21 @@ from urllib.parse import urlparse
 import typer
 
 from fedicu.shared.config import RunConfig
-from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, RUN_FILE, STAYS_FILE, TEST_PREDICTIONS, RunDirectory
+from fedicu.shared.run_dir import (
+    HOSPITAL_JSON,
+    METRICS_JSON,
+    RUN_FILE,
+    SITES_DIR,
+    STAYS_FILE,
+    TEST_PREDICTIONS,
+    RunDirectory,
+)
 
 INSTALL = "pip install 'fedicu[tracking]'"
 EXPERIMENT = "fedicu"  # the MLflow experiment every run goes to
 # Files with one line per stay (ids, labels, risks) stay in the run directory: a tracking server
-# may be shared or remote, and nothing about a single patient belongs there.
+# may be shared or remote, and nothing about a single patient belongs there. Nor does what the
+# simulated hospitals keep on their own disks (`sites/`: recalibration maps fitted on their stays).
 STAY_LEVEL = frozenset({STAYS_FILE, TEST_PREDICTIONS})
 TENSORBOARD_DIR = "tensorboard"  # inside the run directory, unless --tracking-uri names a folder
 
@@ -238,7 +247,7 @@ class _MLflowRun:
 
     def finish(self, run_dir: RunDirectory, outcome: str) -> None:
         for file in sorted(run_dir.path.rglob("*")):
-            if file.is_file() and file.name not in STAY_LEVEL:
+            if file.is_file() and file.name not in STAY_LEVEL and SITES_DIR not in file.relative_to(run_dir.path).parts:
                 where = file.parent.relative_to(run_dir.path).as_posix()
                 self.client.log_artifact(self.run_id, str(file), None if where == "." else where)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS[outcome])

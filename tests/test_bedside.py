@@ -4,6 +4,7 @@ loopback, answering what the site's clinical systems send."""
 import csv
 import json
 import math
+import re
 import socket
 import subprocess
 
@@ -11,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from fedicu.client.bedside.edge import OnnxScorer
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.preprocessing import clean, to_features, to_sequences
@@ -131,12 +133,12 @@ def test_the_service_gives_the_risk_predict_gives_and_logs_no_patient_data(servi
     quick = service.client.post("/predict", params={"explain": "false"}, json=_as_json(cohort, expected["stay_id"]))
     assert quick.json()["top_variables"] == [] and quick.json()["risk"] == body["risk"]
     assert service.client.get("/model").json()["task"] == "in_hospital_death"
-    log = service.log.read_text()
-    assert "POST /predict 200" in log
-    assert (
-        "bed-" not in log
-        and str(_as_json(cohort, report["stays"][0]["stay_id"])["measurements"][0]["value"]) not in log
-    )
+    # After the line naming what is served, the log holds one line per request and nothing else:
+    # time, method, route template, status, duration. No stay identifier, no value.
+    serving, *requests = [line for line in service.log.read_text().splitlines() if line.strip()]
+    assert serving.startswith("Serving ") and "POST /predict 200" in "\n".join(requests)
+    request_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (GET|POST) /[a-z/{}_]* \d{3} \d+\.\d ms$")
+    assert all(request_line.match(line) for line in requests), requests
 
 
 @pytest.mark.parametrize(
@@ -170,7 +172,8 @@ def test_without_the_token_every_request_is_refused(service, cohort):
 
 
 def test_a_stay_followed_hour_by_hour_keeps_its_trajectory_across_a_restart(run, tmp_path, cohort):
-    stay = _as_json(cohort, int(cohort.stays.index[3]))
+    last_minute = cohort.measurements.groupby("stay_id", observed=True)["minute"].max()
+    stay = _as_json(cohort, int(last_minute[last_minute >= 47 * 60].index[0]))  # measured into hour 48
     early = [m for m in stay["measurements"] if m["minute"] < 600]
     late = [m for m in stay["measurements"] if m["minute"] >= 600]
     store = tmp_path / "stays.sqlite"
@@ -192,8 +195,8 @@ def test_a_stay_followed_hour_by_hour_keeps_its_trajectory_across_a_restart(run,
     assert after == before
     hours = [h["hour"] for h in after["hours"]]
     assert hours == list(range(1, len(hours) + 1)) and hours[-1] == min(48, max(m["minute"] for m in late) // 60 + 1)
-    if hours[-1] == 48:  # the last hour holds every measurement: the risk of the whole stay
-        assert after["hours"][-1]["risk"] == pytest.approx(whole["risk"], abs=1e-6)
+    assert hours[-1] == 48  # the last hour holds every measurement: the risk of the whole stay
+    assert after["hours"][-1]["risk"] == pytest.approx(whole["risk"], abs=1e-6)
     crossed = [h["hour"] for h in after["hours"] if h["risk"] >= after["threshold"]]
     assert after["crossed_at_hour"] == (crossed[0] if crossed else None)
 
@@ -205,9 +208,48 @@ def test_monitoring_flags_a_shifted_variable_and_only_that_one(service, cohort):
             if m["variable"] == "Temp":
                 m["value"] += 2.5  # a thermometer reading 2.5 °C high
         assert service.client.post("/predict", json=stay).status_code == 200
+    again = _as_json(cohort, int(cohort.stays.index[0]))
+    assert service.client.post("/predict", json=again).status_code == 200  # scored again: counted once, as now
     report = service.client.get("/monitoring").json()
     by_name = {v["variable"]: v for v in report["variables"]}
     assert report["stays"] == 120 and report["flagged"] == ["Temp"]
     assert by_name["Temp"]["stays_measured"] >= 100 and by_name["Temp"]["psi"] > 1
     assert by_name["HR"]["psi"] < 0.2 and "HR" not in report["flagged"]
     assert 0 <= by_name["Lactate"]["missing_share"] <= 1
+
+
+def test_the_exported_onnx_model_scores_as_pytorch_does_and_can_be_served(run, cohort, predicted, tmp_path):
+    report, _ = predicted
+    exported = fedicu("export", str(run), "--onnx", str(tmp_path / "model.onnx"))
+    assert exported.returncode == 0, exported.stderr
+    scorer = OnnxScorer.load(tmp_path / "model.onnx")
+    seqs = to_sequences(clean(cohort)[0])
+    np.testing.assert_allclose(scorer.risks(seqs), [s["risk"] for s in report["stays"]], atol=1e-5)
+    assert scorer.threshold == report["threshold"] and scorer.card["task"] == "in_hospital_death"
+    assert len(scorer.risks(seqs.take(np.arange(1)))) == 1  # any number of stays, one included
+    (tmp_path / "token").write_text(TOKEN)
+    port = _free_port()
+    command = [str(FEDICU), "serve", "--onnx", str(tmp_path / "model.onnx"), "--port", str(port),
+               "--store", str(tmp_path / "stays.sqlite"), "--token-file", str(tmp_path / "token")]  # fmt: skip
+    service = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+
+            def up() -> bool:
+                assert service.poll() is None
+                try:
+                    return client.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(up, 120, "the ONNX service answers /health")
+            first = report["stays"][0]
+            body = client.post("/predict", json=_as_json(cohort, first["stay_id"])).json()
+            assert body["risk"] == pytest.approx(first["risk"], abs=1e-5) and body["top_variables"] == []
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    refused = fedicu("serve", "--onnx", str(bad))
+    assert refused.returncode == 2 and f"--onnx {bad}: not an ONNX model" in refused.stderr

@@ -245,6 +245,7 @@ def test_platt_scaling_keeps_the_ranking_and_one_class_validation_stays_leave_ri
     mapped = recalibrated("platt", labels, risks, risks)
     assert np.array_equal(np.argsort(mapped, kind="stable"), np.argsort(risks, kind="stable"))
     assert np.array_equal(recalibrated("isotonic", np.zeros(500), risks, risks), risks)
+    np.testing.assert_allclose(recalibrated("platt", np.zeros(500), risks, risks), risks, atol=1e-12)
     with pytest.raises(ValueError, match="recalibration method must be one of platt, isotonic"):
         recalibrated("beta", labels, risks, risks)
 
@@ -292,3 +293,16 @@ def test_a_site_s_recalibration_file_round_trips_and_a_broken_one_is_named(tmp_p
         SiteRecalibration.load(path)
     with pytest.raises(ValueError, match=f"--recalibration {tmp_path / 'absent.json'}: cannot read it"):
         SiteRecalibration.load(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"method": "beta", "parameters": {}, "threshold": 0.5}, "method must be one of platt, isotonic"),
+        ({"method": "platt", "parameters": {"slope": [1.0]}, "threshold": 0.5}, "lacks its parameter 'intercept'"),
+        ({"method": "isotonic", "parameters": {"x": [0, 1], "y": [0.2]}, "threshold": 0.5}, "differ in length"),
+    ],
+)
+def test_a_map_that_could_not_be_applied_is_refused_when_read(values, words):
+    with pytest.raises(ValueError, match=words):
+        RecalibrationMap.from_dict(values)

@@ -1,9 +1,21 @@
 """simulations/cross_site.py: which runs a cross-site matrix scores, and under which names."""
 
-import pytest
+import io
+import json
+from pathlib import Path
 
+import pytest
+from flwr.app import Context, RecordDict
+from rich.console import Console
+
+from fedicu.client.client_app import _recalibration_file
+from fedicu.shared.contract import CrossSiteRequest
+from fedicu.shared.cross_site import row, worst_auroc
+from fedicu.shared.plots import plot_cross_site
 from fedicu.shared.run_dir import MODEL_CARD
+from fedicu.simulations.cli.common import cross_site_table
 from fedicu.simulations.cross_site import models_in
+from tests.test_contract import EVALUATE
 
 
 def _runs(root, *paths):
@@ -35,3 +47,27 @@ def test_a_folder_without_a_completed_run_is_named(tmp_path):
         models_in([tmp_path / "empty"])
     with pytest.raises(ValueError, match=f"RUN_DIR {tmp_path / 'absent'}: no such directory"):
         models_in([tmp_path / "absent"])
+
+
+def test_a_hospital_that_could_not_score_a_model_is_a_blank_cell_not_a_crash(tmp_path):
+    """As the matrix reads back from cross_site.json: NaN was written as null."""
+    rows = [
+        row("federated/best", "north", None, failure="no reply within 30 s") | {"status": "failed"},
+        row("federated/best", "south", None) | {"auroc": 0.8, "stays": 40, "status": "ok"},
+    ]
+    rows = json.loads(json.dumps([{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                                  for r in rows]))  # fmt: skip
+    assert worst_auroc(rows, "federated/best") == 0.8
+    Console(width=80, file=io.StringIO()).print(cross_site_table(rows))
+    plot_cross_site(rows, tmp_path / "cross_site.png")
+    assert (tmp_path / "cross_site.png").stat().st_size > 0
+
+
+def test_a_deployed_site_keeps_its_recalibration_in_its_state_dir_whatever_the_server_says(tmp_path):
+    context = Context(run_id=7, node_id=1, node_config={"data-dir": "d", "state-dir": str(tmp_path)}, state=RecordDict(),
+                      run_config={})  # fmt: skip
+    request = CrossSiteRequest(**EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True,
+                               site_dir="/etc/elsewhere")  # fmt: skip
+    assert _recalibration_file(request, context, "north") == tmp_path / "recalibration-north-run7.json"
+    simulated = Context(run_id=7, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    assert _recalibration_file(request, simulated, "north") == Path("/etc/elsewhere/north/recalibration.json")

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fedicu.shared.run_dir import SITES_DIR
 from fedicu.simulations import simulate as simulation_engine
 from fedicu.simulations.cli import app, main
 from fedicu.simulations.cli.common import RunFailed
@@ -68,8 +69,10 @@ def numbers(row: dict, prefix: str = "") -> dict[str, float]:
 
 
 def files(folder: Path) -> set[str]:
-    """The run directory's files a tracking server gets: all but those with a line per stay."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name not in STAY_LEVEL}
+    """The run directory's files a tracking server gets: all but those with a line per stay and
+    what the simulated hospitals keep (`sites/`)."""
+    kept = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and p.name not in STAY_LEVEL}
+    return {p.as_posix() for p in kept if SITES_DIR not in p.parts}
 
 
 # ---- MLflow ---------------------------------------------------------------------------------------
@@ -144,6 +147,8 @@ def test_the_run_directorys_files_are_its_artifacts(mlflow_run, monkeypatch):
     uri, out = mlflow_run
     run = only_run(uri, monkeypatch)
     listed = artifacts(MlflowClient(uri), run.info.run_id)
+    assert not any(path.startswith(f"{SITES_DIR}/") for path in listed)  # the hospitals' maps stay with them
+    assert any((out / SITES_DIR).rglob("recalibration.json"))
     assert listed == files(out) and {"metrics.csv", "model_card.json", "model_final.pt"} <= listed
     assert (out / "stays.json").is_file() and (out / "test_predictions.csv").is_file()
     assert not {"stays.json", "test_predictions.csv"} & listed  # nothing about a single patient

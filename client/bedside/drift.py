@@ -3,8 +3,8 @@
 The reference is the training stays' histogram of every time series, over fixed public bins
 (`shared.preprocessing.reference_edges`: equal-width on the modelling scale between the
 physiological limits): each hospital counted its own observed hours, the federation added the
-counts up, and the model card carries the sum. The service counts the values it scores in the
-same bins, and the population stability index (PSI) compares the two over `PSI_BINS` bins
+counts up, and the model card carries the sum. The service counts the stays it scores the same
+way (each stay once, as it stood when last scored), and the population stability index (PSI) compares the two over `PSI_BINS` bins
 (pairs of the reference's): the sum over bins of (observed share - reference share) *
 ln(observed share / reference share). Past `PSI_FLAG` (0.2, the usual line for a shift that
 matters) a variable is flagged, once `MIN_STAYS` stays measured it: a stay's values move
@@ -19,24 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedicu.shared.preprocessing import REFERENCE_BINS, Normalization, reference_edges
-from fedicu.shared.variables import LOG_TRANSFORMED, PHYSIOLOGICAL_LIMITS, TIME_SERIES
+from fedicu.shared.preprocessing import REFERENCE_BINS, Normalization
+from fedicu.shared.variables import TIME_SERIES
 
 PSI_FLAG = 0.2
 PSI_BINS = REFERENCE_BINS // 2
 MIN_STAYS = 100
 _FLOOR = 1e-4  # an empty bin's share, so that the logarithm stays finite
-_EDGES = reference_edges()
-
-
-def bin_of(variable: str, value: float) -> int | None:
-    """The reference bin of a value; None for a value the model ignores."""
-    low, high = PHYSIOLOGICAL_LIMITS[variable]
-    if not low <= value <= high:
-        return None
-    scaled = np.log1p(value) if variable in LOG_TRANSFORMED else value
-    inner = _EDGES[TIME_SERIES.index(variable)][1:-1]
-    return int(np.searchsorted(inner, scaled, side="right"))
 
 
 def psi(counts: np.ndarray, reference: np.ndarray) -> float:
@@ -49,7 +38,9 @@ def psi(counts: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum((observed - expected) * np.log(observed / expected)))
 
 
-def report(norm: Normalization, counts: dict[str, np.ndarray], stays: int, stays_measured: dict[str, int]) -> dict:
+def report(
+    norm: Normalization, counts: dict[str, np.ndarray], stays: int, stays_measured: dict[str, int], dp: bool
+) -> dict:
     """The monitoring answer: per variable its values seen, PSI, whether flagged, missing share."""
     variables = []
     for index, variable in enumerate(TIME_SERIES):
@@ -67,11 +58,17 @@ def report(norm: Normalization, counts: dict[str, np.ndarray], stays: int, stays
         )
     return {
         "stays": stays,
-        "reference": "the training stays' histograms, summed over the federation's hospitals"
-        if norm.histogram is not None
-        else "none: a DP-SGD model's hospitals sent nothing computed from their training stays",
+        "reference": _reference(norm, dp),
         "psi_flag": PSI_FLAG,
         "min_stays": MIN_STAYS,
         "flagged": [v["variable"] for v in variables if v["flagged"]],
         "variables": variables,
     }
+
+
+def _reference(norm: Normalization, dp: bool) -> str:
+    if norm.histogram is not None:
+        return "the training stays' histograms, summed over the federation's hospitals"
+    if dp:
+        return "none: a DP-SGD model's hospitals sent nothing computed from their training stays"
+    return "none: this model's card records no training histograms (trained before they were kept)"

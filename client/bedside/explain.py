@@ -29,7 +29,8 @@ from fedicu.shared.variables import TIME_SERIES
 STEPS = 64  # points on the path from the empty stay to the stay (Gauss-Legendre)
 REFINED_STEPS = 512  # for a stay whose attributions miss its risk by more than TOLERANCE
 TOLERANCE = 0.01  # of risk
-BATCH = 64  # stays per Captum call: STEPS x BATCH model inputs at once
+BATCH = 64  # stays per Captum call
+INTERNAL_BATCH = STEPS * BATCH  # model inputs per forward pass: the refined integral's are split
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ def explain(model: MortalityLSTM, norm: Normalization, seqs: Sequences) -> Expla
         for start in range(0, len(inputs), BATCH):
             batch = inputs[start : start + BATCH]
             attributed, delta = gradients.attribute(
-                batch, baselines=baseline.expand_as(batch), n_steps=steps, return_convergence_delta=True
-            )
+                batch, baselines=baseline.expand_as(batch), n_steps=steps, return_convergence_delta=True,
+                internal_batch_size=INTERNAL_BATCH,
+            )  # fmt: skip
             parts.append(attributed.detach().double().numpy())
             deltas.append(delta.detach().double().numpy())
         return np.concatenate(parts), np.concatenate(deltas)

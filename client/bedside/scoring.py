@@ -23,10 +23,11 @@ from fedicu.shared.training import predict
 TOP_VARIABLES = 3
 
 
-def site_map(path: Path, model: MortalityLSTM, which: str) -> RecalibrationMap:
-    """The map a site kept for this very model; a map fitted for another model is refused."""
+def site_map(path: Path, sha256: str, which: str) -> RecalibrationMap:
+    """The map a site kept for this very model (`sha256`: `fingerprint` of its weights); a map
+    fitted for another model is refused."""
     kept = SiteRecalibration.load(path)
-    if kept.model_sha256 != fingerprint(model.state_dict()):
+    if kept.model_sha256 != sha256:
         raise ValueError(
             f"--recalibration {path}: fitted at {kept.hospital} for another model (weights "
             f"{kept.model_sha256[:12]}…), not this run's {which} model; sites keep maps for the best model"
@@ -42,14 +43,16 @@ class Scorer:
     threshold: float  # the decision threshold of `risks`: the map's when there is one
     recalibration: RecalibrationMap | None
     card: dict[str, Any]
+    sha256: str  # of the weights
 
     @staticmethod
     def load(run_dir: Path, recalibration: Path | None = None, which: str = "best") -> Scorer:
         """ValueError or FileNotFoundError, naming the file, for a run or map that cannot be used."""
         model, norm, threshold = load_trained(run_dir, which)
-        mapped = site_map(recalibration, model, which) if recalibration else None
+        sha = fingerprint(model.state_dict())
+        mapped = site_map(recalibration, sha, which) if recalibration else None
         card = RunDirectory(run_dir).read_json(MODEL_CARD)
-        return Scorer(run_dir, model, norm, mapped.threshold if mapped else threshold, mapped, card)
+        return Scorer(run_dir, model, norm, mapped.threshold if mapped else threshold, mapped, card, sha)
 
     def risks(self, seqs: Sequences) -> np.ndarray:
         risks = predict(self.model, to_features(seqs, self.norm, self.model.config.channels))
@@ -61,8 +64,13 @@ class Scorer:
 
         risks = self.risks(seqs)
         tops = explain(self.model, self.norm, seqs).top_variables(top) if top > 0 else [[] for _ in risks]
-        return [
-            {"stay_id": int(stay), "risk": float(risk), "decision": bool(risk >= self.threshold),
-             "top_variables": [{"variable": name, "share": share} for name, share in shares]}
-            for stay, risk, shares in zip(seqs.stay_ids, risks, tops, strict=True)
-        ]  # fmt: skip
+        return rows(seqs, risks, self.threshold, tops)
+
+
+def rows(seqs: Sequences, risks: np.ndarray, threshold: float, tops: list[list[tuple[str, float]]]) -> list[dict]:
+    """A row per stay: stay_id, risk, decision at `threshold`, and its top variables."""
+    return [
+        {"stay_id": int(stay), "risk": float(risk), "decision": bool(risk >= threshold),
+         "top_variables": [{"variable": name, "share": share} for name, share in shares]}
+        for stay, risk, shares in zip(seqs.stay_ids, risks, tops, strict=True)
+    ]  # fmt: skip

@@ -18,16 +18,16 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fedicu.client.bedside import drift
+from fedicu.client.bedside.edge import OnnxScorer
 from fedicu.client.bedside.scoring import Scorer
 from fedicu.client.bedside.stays import Descriptors, Measurement, Stay, to_model_input
 from fedicu.client.bedside.store import StayStore
-from fedicu.shared.model import fingerprint
-from fedicu.shared.preprocessing import HOURS
+from fedicu.shared.preprocessing import HOURS, FeatureStats, Sequences
 
 log = logging.getLogger("fedicu.bedside")
 
@@ -69,8 +69,9 @@ class Trajectory(BaseModel):
     crossed_at_hour: int | None = Field(description="The first hour whose risk reached the threshold.")
 
 
-def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: int = 3) -> FastAPI:
-    model_sha = fingerprint(scorer.model.state_dict())
+def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None = None, top: int = 3) -> FastAPI:
+    """`scorer`: the run's PyTorch model, or an exported ONNX file (no top variables then)."""
+    model_sha = scorer.sha256
     bearer = HTTPBearer(auto_error=False)
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -89,9 +90,9 @@ def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: 
         log.info("%s %s %d %.1f ms", request.method, route, response.status_code, 1e3 * (time.perf_counter() - started))
         return response
 
-    def monitor(stays: list[tuple[Descriptors, list[Measurement]]], new_stays: int, newly: dict[str, int]) -> None:
-        binned = ((m.variable, drift.bin_of(m.variable, m.value)) for _, ms in stays for m in ms)
-        store.count([(v, b) for v, b in binned if b is not None], new_stays, newly)
+    def monitor(stay_id: str, seqs: Sequences) -> None:
+        """Count the stay's observed hours, as training counted its stays' (each stay once)."""
+        store.record_scored(stay_id, FeatureStats.of(seqs).histogram)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -108,23 +109,21 @@ def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: 
         integrated gradients some twenty more."""
         seqs, ignored = to_model_input([(stay.static, stay.measurements)])
         (row,) = scorer.score(seqs, top if explain else 0)
-        measured = {m.variable for m in stay.measurements}
-        monitor([(stay.static, stay.measurements)], 1, dict.fromkeys(measured, 1))
+        monitor(stay.stay_id, seqs)
         return Prediction(
             stay_id=stay.stay_id, risk=row["risk"], decision=row["decision"], threshold=scorer.threshold,
             top_variables=row["top_variables"], values_ignored=ignored, model=model_sha,
         )  # fmt: skip
 
+    StayId = Annotated[str, Path(min_length=1, max_length=200, description="The site's identifier of the stay.")]
+
     @app.post("/stays/{stay_id}/observations")
-    def observe(stay_id: str, observations: Observations) -> Followed:
-        before = store.variables_of(stay_id)
-        count, new = store.append(stay_id, observations.static, observations.measurements)
-        newly = {m.variable for m in observations.measurements} - before
-        monitor([(Descriptors(), observations.measurements)], int(new), dict.fromkeys(newly, 1))
+    def observe(stay_id: StayId, observations: Observations) -> Followed:
+        count, _ = store.append(stay_id, observations.static, observations.measurements)
         return Followed(stay_id=stay_id, measurements=count)
 
     @app.get("/stays/{stay_id}/risk")
-    def trajectory(stay_id: str) -> Trajectory:
+    def trajectory(stay_id: StayId) -> Trajectory:
         followed = store.stay(stay_id)
         if followed is None:
             raise HTTPException(404, "no such stay: post its observations first")
@@ -134,6 +133,7 @@ def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: 
         # The risk at the end of hour h rests on what was measured before it ended.
         known = [(static, [m for m in measurements if m.minute < h * 60 or h == HOURS]) for h in hours]
         risks = scorer.risks(to_model_input(known)[0])
+        monitor(stay_id, to_model_input([(static, measurements)])[0])
         crossed = next((h for h, r in zip(hours, risks, strict=True) if r >= scorer.threshold), None)
         return Trajectory(
             stay_id=stay_id, threshold=scorer.threshold, crossed_at_hour=crossed,
@@ -143,6 +143,6 @@ def create_app(scorer: Scorer, store: StayStore, token: str | None = None, top: 
     @app.get("/monitoring")
     def monitoring() -> dict[str, Any]:
         counts, stays, measured = store.drift_counts()
-        return drift.report(scorer.norm, counts, stays, measured)
+        return drift.report(scorer.norm, counts, stays, measured, scorer.card.get("training", {}).get("dp", False))
 
     return app

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedicu.client.bedside.stays import Descriptors, Measurement
 from fedicu.shared.preprocessing import REFERENCE_BINS
+from fedicu.shared.variables import TIME_SERIES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stays (stay_id TEXT PRIMARY KEY, static TEXT NOT NULL);
@@ -22,17 +23,22 @@ CREATE INDEX IF NOT EXISTS observations_of_stay ON observations (stay_id);
 CREATE TABLE IF NOT EXISTS drift_bins (variable TEXT NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (variable, bin));
 CREATE TABLE IF NOT EXISTS drift_stays (variable TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS drift_stay (stay_id TEXT PRIMARY KEY, histogram BLOB NOT NULL);
 """
 _ALL_STAYS = ""  # drift_stays' row counting every stay scored
 
 
 class StayStore:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        """ValueError naming `path` when it cannot hold the store."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False)
+            with self._db:
+                self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise ValueError(f"--store {path}: cannot use it as the service's database: {error}") from error
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -63,18 +69,24 @@ class StayStore:
         static = Descriptors.model_validate(json.loads(row[0]))
         return static, [Measurement(minute=m, variable=v, value=x) for m, v, x in rows]
 
-    def variables_of(self, stay_id: str) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT variable FROM observations WHERE stay_id = ?", (stay_id,))
-            return {v for (v,) in rows.fetchall()}
-
-    def count(self, bins: list[tuple[str, int]], new_stays: int, newly_measured: dict[str, int]) -> None:
-        """Add scored values (variable, bin), stays, and stays in which a variable first appears."""
+    def record_scored(self, stay_id: str, histogram: np.ndarray) -> None:
+        """What monitoring counts of a scored stay: its observed hours per reference bin
+        (`FeatureStats.histogram`). A stay scored again replaces what it counted before, so
+        each stay counts once, as it stood when last scored."""
+        histogram = np.asarray(histogram, dtype=np.int64)
         with self._lock, self._db:
+            row = self._db.execute("SELECT histogram FROM drift_stay WHERE stay_id = ?", (stay_id,)).fetchone()
+            before = np.frombuffer(row[0], dtype=np.int64).reshape(histogram.shape) if row else np.zeros_like(histogram)
+            self._db.execute("INSERT OR REPLACE INTO drift_stay VALUES (?, ?)", (stay_id, histogram.tobytes()))
+            changed = np.argwhere(histogram != before)
             self._db.executemany(
-                "INSERT INTO drift_bins VALUES (?, ?, 1) ON CONFLICT (variable, bin) DO UPDATE SET n = n + 1", bins
+                "INSERT INTO drift_bins VALUES (?, ?, ?) ON CONFLICT (variable, bin) DO UPDATE SET n = n + excluded.n",
+                [(TIME_SERIES[v], int(b), int(histogram[v, b] - before[v, b])) for v, b in changed],
             )
-            increments = [(_ALL_STAYS, new_stays), *newly_measured.items()]
+            measured = (histogram.sum(axis=1) > 0).astype(int) - (before.sum(axis=1) > 0).astype(int)
+            increments = [(_ALL_STAYS, int(row is None))] + [
+                (TIME_SERIES[v], int(measured[v])) for v in range(len(measured))
+            ]
             self._db.executemany(
                 "INSERT INTO drift_stays VALUES (?, ?) ON CONFLICT (variable) DO UPDATE SET n = n + excluded.n",
                 [(variable, n) for variable, n in increments if n],

@@ -1,4 +1,4 @@
-"""Using the model at a site: predict, serve."""
+"""Using the model at a site: predict, serve, export."""
 
 from __future__ import annotations
 
@@ -88,7 +88,10 @@ def _csv(rows: list[dict]) -> bytes:
 
 
 def serve(
-    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    run_dir: Annotated[Path | None, typer.Argument(help="A completed run directory (or give --onnx).")] = None,
+    onnx: Annotated[
+        Path | None, typer.Option(help="Serve this exported file instead, with onnxruntime (no top variables).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback unless told otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     token_file: Annotated[
@@ -108,14 +111,18 @@ def serve(
 
     import uvicorn
 
+    from fedicu.client.bedside.edge import OnnxScorer
     from fedicu.client.bedside.scoring import Scorer
     from fedicu.client.bedside.service import create_app
     from fedicu.client.bedside.store import StayStore
-    from fedicu.shared.model import fingerprint
     from fedicu.shared.training import set_torch_threads
 
+    if (run_dir is None) == (onnx is None):
+        raise UserError("give RUN_DIR or --onnx FILE, one of the two")
     try:
-        scorer = Scorer.load(run_dir, recalibration)
+        scorer: Scorer | OnnxScorer = (
+            OnnxScorer.load(onnx, recalibration) if onnx else Scorer.load(Path(str(run_dir)), recalibration)
+        )
         token = _token(token_file) if token_file else None
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
@@ -124,17 +131,20 @@ def serve(
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[bold yellow]warning:[/] --host {host} without --token-file: anyone who reaches it may ask")
     set_torch_threads(1)  # requests run side by side, one core each
-    sha = fingerprint(scorer.model.state_dict())
+    sha = scorer.sha256
     database = store or Path.home() / ".fedicu" / "bedside" / f"{sha[:16]}.sqlite"
-    stays = StayStore(database)
+    try:
+        stays = StayStore(database)
+    except ValueError as error:
+        raise UserError(str(error)) from error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     requests = logging.getLogger("fedicu.bedside")
     requests.addHandler(handler)
     requests.setLevel(logging.INFO)
     requests.propagate = False  # one line per request, not one more from a handler the libraries set up
-    console.print(f"Serving {run_dir} (model {sha[:12]}) on http://{host}:{port} (docs: /docs); stays in {database}",
-                  highlight=False)  # fmt: skip
+    console.print(f"Serving {run_dir or onnx} (model {sha[:12]}) on http://{host}:{port} (docs: /docs); stays in {database}",
+                  highlight=False, soft_wrap=True)  # one line, as the request lines after it  # fmt: skip
     try:
         # Uvicorn's access log would write each stay's identifier (in the path): ours names the route.
         uvicorn.run(create_app(scorer, stays, token, top), host=host, port=port, access_log=False, log_config=None)
@@ -150,3 +160,23 @@ def _token(path: Path) -> str:
     if not token:
         raise ValueError(f"--token-file {path}: the file is empty")
     return token
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A completed run directory.")],
+    onnx: Annotated[Path, typer.Option(help="The ONNX file to write (normalization and threshold in its metadata).")],
+    model: Annotated[str, typer.Option(help="Which saved model: best or final.")] = "best",
+) -> None:
+    """Export the model for edge devices: one ONNX file that onnxruntime scores without PyTorch."""
+    from fedicu.client.bedside.edge import export as write_onnx
+
+    if onnx.is_dir():
+        raise UserError(f"--onnx {onnx}: a folder; give the file to write")
+    if not onnx.parent.is_dir():
+        raise UserError(f"--onnx {onnx}: no folder {onnx.parent}")
+    try:
+        metadata = write_onnx(run_dir, onnx, model)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+    console.print(f"Wrote {onnx}: model {metadata['sha256'][:12]}, threshold {metadata['threshold']:.3f}",
+                  highlight=False)  # fmt: skip

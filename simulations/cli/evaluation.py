@@ -18,6 +18,7 @@ from fedicu.shared.contract import SiteTest
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.federation import load_folder, prepare
 from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method, event1
+from fedicu.shared.model import fingerprint
 from fedicu.shared.partition import assign_hospitals
 from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
 from fedicu.shared.run_dir import (
@@ -51,7 +52,8 @@ from fedicu.simulations.cli.common import (
 )
 
 SPLITS = ("test",)
-GROUPINGS = ("icu-type", "hospital", "set")  # deterministic partitions of shared.partition
+GROUPING_COLUMNS = {"icu-type": "icu_type", "hospital": "hospital", "set": "source"}  # of the stays table
+GROUPINGS = tuple(GROUPING_COLUMNS)  # the deterministic partitions of shared.partition
 EVALUATE_DATA_DEFAULTS = dict(
     dataset="physionet2012", data_dir="", sets="", labels="", mapping="", strict=False,
     synthetic_stays=RunConfig.synthetic_stays, hospitals=RunConfig.hospitals, seed=RunConfig.seed,
@@ -116,7 +118,7 @@ def evaluate(
     """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
     try:
         trained, norm, threshold = load_trained(run_dir, model)
-        recalibrated_by = site_map(recalibration, trained, model) if recalibration else None
+        recalibrated_by = site_map(recalibration, fingerprint(trained.state_dict()), model) if recalibration else None
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
@@ -198,11 +200,18 @@ def given_cohort(config: RunConfig, per: str) -> tuple[Sequences, str, np.ndarra
     """The cohort's stays, what they are, and with `per` the group of each stay."""
     try:
         loaded = load_cohort(config.data_source())
-        cohort = clean(loaded)[0]
-        groups = assign_hospitals(cohort, per).loc[cohort.stays.index].to_numpy(dtype=str) if per else None
-    except (ValueError, KeyError) as error:  # DataError included: it names the file and line
-        message = f"--per {per}: the stays have no {per} column" if isinstance(error, KeyError) else str(error)
-        raise UserError(message.replace("--partition", "--per")) from error
+    except ValueError as error:  # DataError included: it names the file and line
+        raise UserError(str(error)) from error
+    cohort = clean(loaded)[0]
+    groups = None
+    if per:
+        column = GROUPING_COLUMNS[per]
+        if column not in cohort.stays or cohort.stays[column].isna().all():
+            raise UserError(f"--per {per}: these stays record no {column}")
+        try:
+            groups = assign_hospitals(cohort, per).loc[cohort.stays.index].to_numpy(dtype=str)
+        except ValueError as error:
+            raise UserError(str(error).replace("--partition", "--per")) from error
     report_skipped(loaded.skipped)
     return to_sequences(cohort), config.data_source().describe(), groups
 

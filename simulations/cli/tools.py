@@ -64,12 +64,19 @@ def bench(
 
 
 def _bench_serve(run_dir: Path, as_json: bool) -> None:
+    from fedicu.shared.run_dir import load_trained
     from fedicu.simulations.bench_serve import measure
+    from fedicu.simulations.cli.common import RunFailed
 
-    if not run_dir.is_dir():
-        raise UserError(f"--serve {run_dir}: no such run directory")
+    try:
+        load_trained(run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"--serve: {error}") from error
     with console.status("Benchmarking the bedside service"):
-        report = measure(run_dir)
+        try:
+            report = measure(run_dir)
+        except RuntimeError as error:
+            raise RunFailed(str(error)) from error
     table = Table(title="fedicu bench --serve: POST /predict on one core, loopback")
     table.add_column("measure", no_wrap=True)
     table.add_column("value", justify="right")
