@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -119,8 +120,9 @@ def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None 
 
     @app.post("/stays/{stay_id}/observations")
     def observe(stay_id: StayId, observations: Observations) -> Followed:
-        count, _ = store.append(stay_id, observations.static, observations.measurements)
-        return Followed(stay_id=stay_id, measurements=count)
+        return Followed(
+            stay_id=stay_id, measurements=store.append(stay_id, observations.static, observations.measurements)
+        )
 
     @app.get("/stays/{stay_id}/risk")
     def trajectory(stay_id: StayId) -> Trajectory:
@@ -132,8 +134,9 @@ def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None 
         hours = list(range(1, min(HOURS, last // 60 + 1) + 1))
         # The risk at the end of hour h rests on what was measured before it ended.
         known = [(static, [m for m in measurements if m.minute < h * 60 or h == HOURS]) for h in hours]
-        risks = scorer.risks(to_model_input(known)[0])
-        monitor(stay_id, to_model_input([(static, measurements)])[0])
+        seqs = to_model_input(known)[0]
+        risks = scorer.risks(seqs)
+        monitor(stay_id, seqs.take(np.array([-1])))  # the last hour holds every measurement: the whole stay
         crossed = next((h for h, r in zip(hours, risks, strict=True) if r >= scorer.threshold), None)
         return Trajectory(
             stay_id=stay_id, threshold=scorer.threshold, crossed_at_hour=crossed,

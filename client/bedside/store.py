@@ -43,9 +43,9 @@ class StayStore:
     def close(self) -> None:
         self._db.close()
 
-    def append(self, stay_id: str, static: Descriptors | None, measurements: list[Measurement]) -> tuple[int, bool]:
+    def append(self, stay_id: str, static: Descriptors | None, measurements: list[Measurement]) -> int:
         """Add to a stay (created if new; `static` replaces its descriptors when given); return
-        its number of measurements and whether it is new."""
+        its number of measurements."""
         with self._lock, self._db:
             known = self._db.execute("SELECT 1 FROM stays WHERE stay_id = ?", (stay_id,)).fetchone() is not None
             if not known or static is not None:
@@ -56,7 +56,7 @@ class StayStore:
                 [(stay_id, m.minute, m.variable, m.value) for m in measurements],
             )
             (count,) = self._db.execute("SELECT COUNT(*) FROM observations WHERE stay_id = ?", (stay_id,)).fetchone()
-        return int(count), not known
+        return int(count)
 
     def stay(self, stay_id: str) -> tuple[Descriptors, list[Measurement]] | None:
         with self._lock:
