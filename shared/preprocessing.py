@@ -156,6 +156,18 @@ def reference_edges() -> np.ndarray:
     return np.linspace(bounds[:, 0], bounds[:, 1], REFERENCE_BINS + 1, axis=1)
 
 
+def reference_histogram(seqs: Sequences) -> np.ndarray:
+    """[len(TIME_SERIES), REFERENCE_BINS] observed hours per `reference_edges` bin (values beyond
+    the edges in the outer bins)."""
+    series = _normalized_channels(seqs)[0]
+    variable = np.broadcast_to(np.arange(len(TIME_SERIES)), series.shape)[seqs.observed]
+    edges = reference_edges()
+    low, width = edges[:, 0], (edges[:, -1] - edges[:, 0]) / REFERENCE_BINS
+    bins = np.clip(((series[seqs.observed] - low[variable]) / width[variable]).astype(np.int64), 0, REFERENCE_BINS - 1)
+    counts = np.bincount(variable * REFERENCE_BINS + bins, minlength=len(TIME_SERIES) * REFERENCE_BINS)
+    return counts.reshape(len(TIME_SERIES), REFERENCE_BINS).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     """Count, sum and sum of squares per channel in `NORMALIZED_CHANNELS`, and per time series
@@ -178,12 +190,7 @@ class FeatureStats:
         count = np.concatenate([np.sum(~np.isnan(a), axis=0) for a in stacked]).astype(np.float64)
         total = np.concatenate([np.nansum(a, axis=0) for a in stacked])
         total_sq = np.concatenate([np.nansum(a * a, axis=0) for a in stacked])
-        edges = reference_edges()
-        histogram = np.stack(
-            [np.histogram(np.clip(column[~np.isnan(column)], e[0], e[-1]), e)[0] for column, e in
-             zip(stacked[0].T, edges, strict=True)]
-        ).astype(np.float64)  # fmt: skip
-        return FeatureStats(count, total, total_sq, histogram)
+        return FeatureStats(count, total, total_sq, reference_histogram(seqs))
 
     @staticmethod
     def sum(parts: list[FeatureStats]) -> FeatureStats:

@@ -28,7 +28,7 @@ from fedicu.client.bedside.edge import OnnxScorer
 from fedicu.client.bedside.scoring import Scorer
 from fedicu.client.bedside.stays import Descriptors, Measurement, Stay, to_model_input
 from fedicu.client.bedside.store import StayStore
-from fedicu.shared.preprocessing import HOURS, FeatureStats, Sequences
+from fedicu.shared.preprocessing import HOURS, Sequences, reference_histogram
 
 log = logging.getLogger("fedicu.bedside")
 
@@ -93,7 +93,7 @@ def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None 
 
     def monitor(stay_id: str, seqs: Sequences) -> None:
         """Count the stay's observed hours, as training counted its stays' (each stay once)."""
-        store.record_scored(stay_id, FeatureStats.of(seqs).histogram)
+        store.record_scored(stay_id, reference_histogram(seqs))
 
     @app.get("/health")
     def health() -> dict[str, str]:
