@@ -19,6 +19,7 @@ from fedicu.shared.preprocessing import clean, to_features, to_sequences
 from fedicu.shared.run_dir import load_trained
 from fedicu.shared.training import predict
 from tests.deployments import FEDICU, wait_until
+from tests.fhir_bundles import MODELLED, bundle_of
 from tests.test_simulation import fedicu
 
 COHORT = ("--dataset", "synthetic", "--synthetic-stays", "300", "--seed", "5")
@@ -163,10 +164,36 @@ def test_a_bad_request_gets_a_422_naming_the_field_and_the_service_goes_on(servi
     assert service.client.get("/health").status_code == 200
 
 
+def test_a_fhir_bundle_gets_the_risk_its_stay_gets_as_json_and_a_bad_one_a_422_where_it_lies(service, cohort):
+    for stay_id in cohort.stays.index[:10]:
+        stay = _as_json(cohort, int(stay_id))
+        stay["measurements"] = [m for m in stay["measurements"] if m["variable"] in MODELLED]
+        as_json = service.client.post("/predict", json=stay).json()
+        as_fhir = service.client.post("/fhir/predict", json=bundle_of(stay))
+        assert as_fhir.status_code == 200, as_fhir.text
+        body = as_fhir.json()
+        assert body["risk"] == pytest.approx(as_json["risk"], abs=1e-6) and body["stay_id"] == stay["stay_id"]
+        assert body["top_variables"] == as_json["top_variables"] and body["observations_skipped"] == {}
+    bundle = bundle_of(stay)
+    bundle["entry"][-1]["resource"]["effectiveDateTime"] = "yesterday"
+    no_encounter = bundle_of(stay) | {"entry": bundle_of(stay)["entry"][1:]}
+    for bad, location in ((bundle, ["body", "entry", len(bundle["entry"]) - 1, "resource", "effectiveDateTime"]),
+                          (no_encounter, ["body", "entry"]), ({"resourceType": "Patient"}, ["body"])):  # fmt: skip
+        answer = service.client.post("/fhir/predict", json=bad)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"][: len(location)] == location
+    assert service.client.get("/health").status_code == 200
+
+
 def test_without_the_token_every_request_is_refused(service, cohort):
     stay = _as_json(cohort, int(cohort.stays.index[0]))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        for method, path, body in (("GET", "/health", None), ("POST", "/predict", stay), ("GET", "/monitoring", None)):
+        for method, path, body in (
+            ("GET", "/health", None),
+            ("POST", "/predict", stay),
+            ("POST", "/fhir/predict", {}),
+            ("GET", "/monitoring", None),
+        ):
             answer = httpx.request(method, service.url + path, json=body, headers=headers)
             assert answer.status_code == 401, (headers, path)
 

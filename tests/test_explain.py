@@ -68,3 +68,26 @@ def test_the_variables_that_drive_the_risk_rank_first(trained):
     assert max(shares["Lactate"], shares["Age"]) > 0  # the riskiest stay: pushed up by a driver
     shares = dict(zip(explained.variables, explained.per_variable[low], strict=True))
     assert min(shares["Lactate"], shares["Age"]) < 0
+
+
+def test_an_attention_model_says_how_much_weight_it_gave_each_hour(trained):
+    seqs = _cohort(300, seed=4)
+    norm = Normalization.from_stats(FeatureStats.of(seqs))
+    torch.manual_seed(2)
+    config = ModelConfig(
+        n_features=n_features(VARIABLES), hidden_size=16, variables=",".join(VARIABLES), attention=True
+    )
+    model = MortalityLSTM(config)
+    train_epochs(model, to_features(seqs, norm, VARIABLES), seqs.labels, epochs=3, lr=0.01, batch_size=64, seed=0)
+    explained = explain(model, norm, seqs.take(np.arange(40)))
+    with torch.no_grad():
+        logits, weights = model.forward_with_attention(
+            torch.from_numpy(to_features(seqs.take(np.arange(40)), norm, VARIABLES))
+        )
+    assert explained.attention is not None and weights is not None
+    assert explained.attention.shape == (40, 48)
+    np.testing.assert_allclose(explained.attention.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(explained.attention, weights.double().numpy(), atol=1e-7)
+    np.testing.assert_allclose(explained.risk, torch.sigmoid(logits).double().numpy(), atol=1e-7)
+    plain, plain_norm = trained
+    assert explain(plain, plain_norm, seqs.take(np.arange(5))).attention is None  # no attention, no weights

@@ -12,6 +12,10 @@ is integrated again with `REFINED_STEPS` steps, and the smaller error is kept. O
 Inputs are laid out as in `shared.preprocessing.feature_names`: a time series has three
 channels (value, observed, hours since measured), a descriptor one or more (age and its
 missing flag, gender, ICU type); an explanation adds a variable's channels up, per hour.
+
+A model trained with attention pooling (`--attention`) also says how much weight it gave each
+hour of the stay (`Explanation.attention`, summing to 1): where it looked, which is not the
+same as why (the attributions).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.preprocessing import HOURS, Normalization, Sequences, feature_names, to_features
 from fedicu.shared.variables import TIME_SERIES
 
-STEPS = 64  # points on the path from the empty stay to the stay (Gauss-Legendre)
+STEPS = 16  # points on the path from the empty stay to the stay (Gauss-Legendre)
 REFINED_STEPS = 512  # for a stay whose attributions miss its risk by more than TOLERANCE
-TOLERANCE = 0.01  # of risk
+TOLERANCE = 1e-3  # of risk
 BATCH = 64  # stays per Captum call
 INTERNAL_BATCH = STEPS * BATCH  # model inputs per forward pass: the refined integral's are split
 
@@ -40,6 +44,7 @@ class Explanation:
     delta: np.ndarray  # [n]: sum of attributions - (risk - risk of the empty stay)
     risk: np.ndarray  # [n]
     empty_risk: float
+    attention: np.ndarray | None  # [n, HOURS]: the weight the model gave each hour (attention models)
 
     @property
     def per_variable(self) -> np.ndarray:
@@ -104,11 +109,13 @@ def explain(model: MortalityLSTM, norm: Normalization, seqs: Sequences) -> Expla
     with torch.no_grad():
         risks = risk(x).double().numpy() if len(x) else np.empty(0)
         empty = float(risk(baseline).item())
+        weights = model.forward_with_attention(x)[1] if model.attention is not None and len(x) else None
     variables, grouping = _variable_of_each_feature(channels)
     by_hour = np.zeros((len(attributions), HOURS, len(variables)))
     for feature, variable in enumerate(grouping):
         by_hour[..., variable] += attributions[..., feature]
-    return Explanation(variables, by_hour, delta, risks, empty)
+    attention = None if weights is None else weights.double().numpy()
+    return Explanation(variables, by_hour, delta, risks, empty, attention)
 
 
 def _variable_of_each_feature(channels: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:

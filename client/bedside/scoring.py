@@ -59,18 +59,32 @@ class Scorer:
         return self.recalibration.apply(risks) if self.recalibration else risks
 
     def score(self, seqs: Sequences, top: int = TOP_VARIABLES) -> list[dict[str, Any]]:
-        """A row per stay: stay_id, risk, decision and (with `top` > 0) its top variables."""
+        """A row per stay: stay_id, risk, decision and (with `top` > 0) its top variables and,
+        for an attention model, the weight it gave each hour."""
         from fedicu.client.bedside.explain import explain  # Captum takes seconds to import: only explaining pays
 
         risks = self.risks(seqs)
-        tops = explain(self.model, self.norm, seqs).top_variables(top) if top > 0 else [[] for _ in risks]
-        return rows(seqs, risks, self.threshold, tops)
+        if top <= 0:
+            return rows(seqs, risks, self.threshold, [[] for _ in risks])
+        explained = explain(self.model, self.norm, seqs)
+        return rows(seqs, risks, self.threshold, explained.top_variables(top), explained.attention)
 
 
-def rows(seqs: Sequences, risks: np.ndarray, threshold: float, tops: list[list[tuple[str, float]]]) -> list[dict]:
-    """A row per stay: stay_id, risk, decision at `threshold`, and its top variables."""
-    return [
+def rows(
+    seqs: Sequences,
+    risks: np.ndarray,
+    threshold: float,
+    tops: list[list[tuple[str, float]]],
+    attention: np.ndarray | None = None,
+) -> list[dict]:
+    """A row per stay: stay_id, risk, decision at `threshold`, its top variables, and its
+    hourly attention when there is one."""
+    found = [
         {"stay_id": int(stay), "risk": float(risk), "decision": bool(risk >= threshold),
          "top_variables": [{"variable": name, "share": share} for name, share in shares]}
         for stay, risk, shares in zip(seqs.stay_ids, risks, tops, strict=True)
     ]  # fmt: skip
+    if attention is not None:
+        for row, weights in zip(found, attention, strict=True):
+            row["attention"] = [round(float(w), 6) for w in weights]
+    return found

@@ -2,11 +2,16 @@
 
 - `POST /predict`: a whole stay (descriptors and measurements) -> its risk, the decision at the
   threshold, the variables that drive it;
+- `POST /fhir/predict`: the same for a FHIR R4 Bundle of the stay's Encounter, Patient and
+  LOINC-coded Observations (`fhir`);
 - `POST /stays/{stay_id}/observations`: measurements of a stay as they arrive, kept in the
   service's own database (`StayStore`), and `GET /stays/{stay_id}/risk`: the risk as it stood at
   the end of every hour so far, and the first hour it crossed the threshold (early warning);
 - `GET /monitoring`: drift of what was scored against the training reference (`drift`);
 - `GET /health`, `GET /model` (the model card), `/docs` (OpenAPI).
+
+Routes are coroutines: the service computes on one core, where a thread per request would only
+add a hop and contend for the interpreter; requests are answered one after another.
 
 A request that breaks the schema gets a 422 naming the field (pydantic). No patient value, and
 no stay identifier, is written to the log: only the method, the route and the status. With a
@@ -19,11 +24,13 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fedicu.client.bedside import drift
+from fedicu.client.bedside import drift, fhir
 from fedicu.client.bedside.edge import OnnxScorer
 from fedicu.client.bedside.scoring import Scorer
 from fedicu.client.bedside.stays import Descriptors, Measurement, Stay, to_model_input
@@ -44,8 +51,15 @@ class Prediction(BaseModel):
     decision: bool = Field(description="risk >= threshold")
     threshold: float
     top_variables: list[Share]
+    attention: list[float] | None = Field(
+        default=None, description="Per hour since admission, the weight an attention model gave it (summing to 1)."
+    )
     values_ignored: int = Field(description="Physiologically impossible values left out, as in training.")
     model: str = Field(description="SHA-256 of the model's weights.")
+
+
+class FhirPrediction(Prediction):
+    observations_skipped: dict[str, int] = Field(description="Observations left out, by reason.")
 
 
 class Observations(BaseModel):
@@ -70,62 +84,110 @@ class Trajectory(BaseModel):
     crossed_at_hour: int | None = Field(description="The first hour whose risk reached the threshold.")
 
 
-def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None = None, top: int = 3) -> FastAPI:
+class RouteLog:
+    """One log line per request: method, route template (no stay identifier), status, time."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "?")  # set by the router on this very scope
+            log.info("%s %s %d %.1f ms", scope["method"], route, status[0], 1e3 * (time.perf_counter() - started))
+
+
+def create_app(
+    scorer: Scorer | OnnxScorer,
+    store: StayStore,
+    fhir_mapping: fhir.FhirMapping,
+    token: str | None = None,
+    top: int = 3,
+) -> FastAPI:
     """`scorer`: the run's PyTorch model, or an exported ONNX file (no top variables then)."""
     model_sha = scorer.sha256
     bearer = HTTPBearer(auto_error=False)
 
-    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if token is None:
             return
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="fedicu bedside", dependencies=[Depends(authorized)])
-
-    @app.middleware("http")
-    async def log_without_patient_data(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "?")  # the template: no stay identifier
-        log.info("%s %s %d %.1f ms", request.method, route, response.status_code, 1e3 * (time.perf_counter() - started))
-        return response
+    app.add_middleware(RouteLog)
 
     def monitor(stay_id: str, seqs: Sequences) -> None:
         """Count the stay's observed hours, as training counted its stays' (each stay once)."""
         store.record_scored(stay_id, reference_histogram(seqs))
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok", "model": model_sha}
 
     @app.get("/model")
-    def model_card() -> dict[str, Any]:
+    async def model_card() -> dict[str, Any]:
         return scorer.card | {"sha256": model_sha, "threshold_in_use": scorer.threshold,
                               "recalibration": scorer.recalibration.method if scorer.recalibration else None}  # fmt: skip
 
-    @app.post("/predict")
-    def predict(stay: Stay, explain: bool = True) -> Prediction:
-        """`explain=false` leaves the top variables out: the risk alone takes a few milliseconds,
-        integrated gradients some twenty more."""
+    def answer(stay: Stay, explain: bool) -> Prediction:
         seqs, ignored = to_model_input([(stay.static, stay.measurements)])
         (row,) = scorer.score(seqs, top if explain else 0)
         monitor(stay.stay_id, seqs)
         return Prediction(
             stay_id=stay.stay_id, risk=row["risk"], decision=row["decision"], threshold=scorer.threshold,
-            top_variables=row["top_variables"], values_ignored=ignored, model=model_sha,
+            top_variables=row["top_variables"], attention=row.get("attention"), values_ignored=ignored, model=model_sha,
         )  # fmt: skip
+
+    @app.post("/predict")
+    async def predict(stay: Stay, explain: bool = True) -> Prediction:
+        """`explain=false` leaves the top variables out: the risk alone takes a few milliseconds,
+        integrated gradients some twenty more."""
+        return answer(stay, explain)
+
+    @app.post("/fhir/predict")
+    async def fhir_predict(
+        bundle: Annotated[
+            dict[str, Any], Body(description="A FHIR R4 Bundle: the stay's Encounter, Patient, Observations.")
+        ],
+        explain: bool = True,
+    ) -> FhirPrediction:
+        """The stay a FHIR Bundle describes (see `fedicu.client.bedside.fhir`), answered as `/predict`."""
+        try:
+            read = fhir.read_bundle(bundle, fhir_mapping)
+        except ValidationError as error:  # not valid FHIR, or not a valid stay
+            raise RequestValidationError(
+                [
+                    e | {"loc": ("body", *e["loc"])}
+                    for e in error.errors(include_url=False, include_context=False, include_input=False)
+                ]
+            ) from None
+        except fhir.BundleError as error:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("body", *error.location), "msg": str(error)}]
+            ) from None
+        return FhirPrediction(**answer(read.stay, explain).model_dump(), observations_skipped=dict(read.skipped))
 
     StayId = Annotated[str, Path(min_length=1, max_length=200, description="The site's identifier of the stay.")]
 
     @app.post("/stays/{stay_id}/observations")
-    def observe(stay_id: StayId, observations: Observations) -> Followed:
+    async def observe(stay_id: StayId, observations: Observations) -> Followed:
         return Followed(
             stay_id=stay_id, measurements=store.append(stay_id, observations.static, observations.measurements)
         )
 
     @app.get("/stays/{stay_id}/risk")
-    def trajectory(stay_id: StayId) -> Trajectory:
+    async def trajectory(stay_id: StayId) -> Trajectory:
         followed = store.stay(stay_id)
         if followed is None:
             raise HTTPException(404, "no such stay: post its observations first")
@@ -144,7 +206,7 @@ def create_app(scorer: Scorer | OnnxScorer, store: StayStore, token: str | None 
         )  # fmt: skip
 
     @app.get("/monitoring")
-    def monitoring() -> dict[str, Any]:
+    async def monitoring() -> dict[str, Any]:
         counts, stays, measured = store.drift_counts()
         return drift.report(scorer.norm, counts, stays, measured, scorer.card.get("training", {}).get("dp", False))
 

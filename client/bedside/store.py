@@ -1,6 +1,8 @@
 """The service's own small database (SQLite, one file): the stays it follows in real time and
 the counts behind its monitoring. Everything is committed before a request is answered, so a
-restart of the service loses nothing it acknowledged."""
+crash or restart of the service loses nothing it acknowledged. The file is journalled ahead
+(WAL) and synced at checkpoints, not at every commit: a power cut may lose the last moments'
+writes, which the hospital's own systems still hold; a millisecond per request is saved."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class StayStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
             with self._db:
                 self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as error:

@@ -196,7 +196,7 @@ def allowed_units(variable: str) -> list[str]:
     return [target, *convertible]
 
 
-def _conversion(variable: str, unit: str) -> tuple[float, float] | None:
+def conversion(variable: str, unit: str) -> tuple[float, float] | None:
     """`(scale, offset)` with federation value = site value * scale + offset, or None if `unit` does not convert."""
     canonical = canonical_unit(unit)
     target = FEDERATION_UNITS[variable]
@@ -340,7 +340,7 @@ def _codes(path: str, content: dict[str, Any]) -> dict[str, CodeRule]:
         if variable not in FEDERATION_UNITS:
             raise _error(path, variable, f"[variables] {variable} is not a federation variable", FEDERATION_NAMES)
         codes, unit = _entry(path, variable, entry)
-        scale_offset = _conversion(variable, unit)
+        scale_offset = conversion(variable, unit)
         if scale_offset is None:
             allowed = allowed_units(variable)
             message = f"[variables] {variable}: unit {unit!r} does not convert to {FEDERATION_UNITS[variable]}"

@@ -105,6 +105,10 @@ def serve(
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="Variables named per prediction, by their share of its risk.")] = 3,
+    fhir_mapping: Annotated[
+        Path | None,
+        typer.Option(help="How /fhir/predict reads LOINC codes, UCUM units and ICU types (default: the shipped one)."),
+    ] = None,
 ) -> None:
     """Serve the model to the site's clinical systems over HTTP (REST; OpenAPI docs at /docs)."""
     import logging
@@ -112,6 +116,7 @@ def serve(
     import uvicorn
 
     from fedicu.client.bedside.edge import OnnxScorer
+    from fedicu.client.bedside.fhir import MAPPING_FILE, FhirMapping
     from fedicu.client.bedside.scoring import Scorer
     from fedicu.client.bedside.service import create_app
     from fedicu.client.bedside.store import StayStore
@@ -126,6 +131,10 @@ def serve(
         token = _token(token_file) if token_file else None
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
+    try:
+        mapping = FhirMapping.load(fhir_mapping or MAPPING_FILE)
+    except ValueError as error:
+        raise UserError(f"--fhir-mapping {error}") from error
     if not 1 <= port <= 65535:
         raise UserError(f"--port must lie in 1..65535, not {port}")
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -147,7 +156,9 @@ def serve(
                   highlight=False, soft_wrap=True)  # one line, as the request lines after it  # fmt: skip
     try:
         # Uvicorn's access log would write each stay's identifier (in the path): ours names the route.
-        uvicorn.run(create_app(scorer, stays, token, top), host=host, port=port, access_log=False, log_config=None)
+        uvicorn.run(
+            create_app(scorer, stays, mapping, token, top), host=host, port=port, access_log=False, log_config=None
+        )
     finally:
         stays.close()
 
