@@ -50,6 +50,10 @@ SLOW = {
     "test_contract.py": ["test_each_strategy_and_protection_runs_end_to_end_through_the_contract"],
     "test_data_cli.py": ["test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_them"],
     "test_tracking.py": ["test_the_simulation_engine_run_of_the_command_line_is_tracked_the_same"],
+    "test_report.py": [  # start a browser (apt-get installs it where it is absent)
+        "test_in_chromium_every_figure_renders_and_nothing_fails",
+        "test_the_browser_check_sees_errors_failed_images_and_requests",
+    ],
 }
 
 

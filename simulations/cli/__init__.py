@@ -16,7 +16,7 @@ from fedicu.shared import stopping
 from fedicu.shared.errors import DataError
 from fedicu.simulations.cli.common import RunFailed, RunInterrupted, UserError, console
 
-from . import bedside, data, deployment, evaluation, privacy, site, tools, training
+from . import bedside, data, deployment, evaluation, privacy, report, site, tools, training
 
 app = typer.Typer(
     help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",
@@ -52,6 +52,7 @@ app.command("cross-site")(evaluation.cross_site_)
 app.command()(bedside.predict)
 app.command()(bedside.serve)
 app.command()(bedside.export)
+app.command()(report.report)
 app.command()(privacy.audit)
 app.command()(privacy.sweep)
 app.command()(tools.bench)

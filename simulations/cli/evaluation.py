@@ -235,7 +235,7 @@ def _warn_about_stays_it_learnt_from(run_dir: Path, config: RunConfig, seqs: Seq
     if not (run_dir / STAYS_FILE).is_file():
         return  # a deployment: the server never knew the sites' stays
     trained_on = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
-    if not _same_data(trained_on, config):
+    if not same_data(trained_on, config):
         return
     used = json.loads((run_dir / STAYS_FILE).read_text())
     train, validation = (int(np.isin(seqs.stay_ids, used[part]).sum()) for part in ("train", "validation"))
@@ -247,7 +247,7 @@ def _warn_about_stays_it_learnt_from(run_dir: Path, config: RunConfig, seqs: Seq
         )
 
 
-def _same_data(trained_on: RunConfig, scored: RunConfig) -> bool:
+def same_data(trained_on: RunConfig, scored: RunConfig) -> bool:
     """Whether the same stay id names the same stay in both: PhysioNet's RecordIDs always do; a
     synthetic cohort's ids only for the same generation; other formats only in the same folder."""
     if trained_on.dataset != scored.dataset:
