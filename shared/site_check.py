@@ -257,6 +257,7 @@ def _check_set(folder: Path, name: str, task: str) -> tuple[SetSummary, Cohort |
     except DataError as error:  # the Outcomes file is missing
         summary = SetSummary(label, "", str(folder / f"Outcomes-{name}.txt"))
         return summary, None, [_error(f"{label} outcomes", error.message, error)]
+    assert source.outcomes is not None  # training needs them: `_locate` refuses a set without
     summary = SetSummary(label, str(source.records), str(source.outcomes))
     findings = []
 

@@ -280,3 +280,16 @@ def test_the_exported_onnx_model_scores_as_pytorch_does_and_can_be_served(run, c
     bad.write_text("not a model")
     refused = fedicu("serve", "--onnx", str(bad))
     assert refused.returncode == 2 and f"--onnx {bad}: not an ONNX model" in refused.stderr
+
+
+def test_predict_scores_physionet_stays_that_come_without_outcomes(run, tmp_path):
+    from tests.test_physionet2012 import copy_fixture
+
+    data_dir = copy_fixture(tmp_path)
+    with_outcomes = fedicu("predict", str(run), "--data-dir", str(data_dir), "--sets", "a", "--top", "0", "--json")
+    (data_dir / "Outcomes-a.txt").unlink()
+    without = fedicu("predict", str(run), "--data-dir", str(data_dir), "--sets", "a", "--top", "0", "--json")
+    assert with_outcomes.returncode == 0 and without.returncode == 0, without.stderr
+    assert json.loads(without.stdout)["stays"] == json.loads(with_outcomes.stdout)["stays"]
+    evaluated = fedicu("evaluate", str(run), "--data-dir", str(data_dir), "--sets", "a")
+    assert evaluated.returncode == 2 and "Outcomes-a.txt: outcomes file of set a is missing" in evaluated.stderr

@@ -755,3 +755,17 @@ def test_an_unlistable_set_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(physionet2012.os, "scandir", refuse)
     with pytest.raises(DataError, match=r"set-a: cannot list the folder: Permission denied"):
         physionet2012.load(data_dir, sets="a", cache=False)
+
+
+@pytest.mark.parametrize("task", ["in_hospital_death", "los_over_3d"])
+def test_stays_to_score_may_come_without_outcomes_and_read_as_with_them(tmp_path, task):
+    data_dir = copy_fixture(tmp_path)
+    with_outcomes = physionet2012.load(data_dir, sets="a", task=task)
+    (data_dir / "Outcomes-a.txt").unlink()
+    with pytest.raises(DataError, match="outcomes file of set a is missing"):
+        physionet2012.load(data_dir, sets="a", task=task)
+    to_score = physionet2012.load(data_dir, sets="a", task=task, to_score=True)
+    pd.testing.assert_frame_equal(to_score.measurements, with_outcomes.measurements)
+    columns = ["age", "gender", "height", "weight", "icu_type"]
+    pd.testing.assert_frame_equal(to_score.stays.loc[with_outcomes.stays.index, columns], with_outcomes.stays[columns])
+    assert (to_score.stays["label"] == -1).all() and len(to_score) >= len(with_outcomes)

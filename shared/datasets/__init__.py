@@ -32,6 +32,7 @@ class DataSource:
     mapping: str = ""  # tables, meds: a TOML mapping to the federation's variables
     task: str = DEFAULT_TASK
     strict: bool = False  # skipped rows become an error
+    to_score: bool = False  # stays to be scored, never trained or evaluated on: outcomes may be absent
     hospitals: int = 4  # synthetic
     stays: int = 2400  # synthetic
     seed: int = 0  # synthetic

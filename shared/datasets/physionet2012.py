@@ -116,7 +116,7 @@ class _Source:
 
     name: str  # "a"
     records: Path  # the set-X/ directory or the set-X.tar.gz archive
-    outcomes: Path
+    outcomes: Path | None  # None: stays to score, without outcomes
 
     @property
     def is_archive(self) -> bool:
@@ -145,11 +145,15 @@ class _Record:
 
 def from_source(source: DataSource) -> Cohort:
     """The dataset interface: the source's sets, labelled for its task."""
-    return load(source.data_dir, sets=source.sets.split(","), task=source.task)
+    return load(source.data_dir, sets=source.sets.split(","), task=source.task, to_score=source.to_score)
 
 
 def load(
-    data_dir: str | Path, sets: Iterable[str] | str = ("a", "b"), cache: bool = True, task: str = DEFAULT_TASK
+    data_dir: str | Path,
+    sets: Iterable[str] | str = ("a", "b"),
+    cache: bool = True,
+    task: str = DEFAULT_TASK,
+    to_score: bool = False,
 ) -> Cohort:
     """The stays of PhysioNet 2012 `sets` (any of a, b, c) found in `data_dir`.
 
@@ -159,7 +163,9 @@ def load(
     `DataError` for anything unusable in the input. Files skipped as non-records
     are logged (INFO, logger "fedicu"); rows skipped for an empty or unknown
     parameter are in `Cohort.skipped`. With `cache=True` each set's parsed
-    arrays are reused until one of its source files changes.
+    arrays are reused until one of its source files changes. With `to_score` (stays a site
+    scores, as new stays come without outcomes) a set may lack its Outcomes file: its labels
+    are then unknown (-1), for every task.
     """
     if task not in TASKS:
         raise DataError(f"PhysioNet 2012 has no task {task!r}; its tasks are {', '.join(TASKS)}")
@@ -169,7 +175,7 @@ def load(
         raise DataError("data directory does not exist", data_dir)
     if not data_dir.is_dir():
         raise DataError("not a directory; expected the folder holding set-X/ and Outcomes-X.txt", data_dir)
-    sources = [_locate(data_dir, name) for name in names]
+    sources = [_locate(data_dir, name, to_score) for name in names]
     cohorts = [_to_cohort(_set_arrays(source, cache), source.label, task) for source in sources]
     for i, first in enumerate(cohorts):
         for j in range(i + 1, len(cohorts)):
@@ -199,7 +205,7 @@ def _check_sets(sets: Iterable[str] | str) -> list[str]:
     return names
 
 
-def _locate(data_dir: Path, name: str) -> _Source:
+def _locate(data_dir: Path, name: str, outcomes_optional: bool = False) -> _Source:
     directory = data_dir / f"set-{name}"
     archive = data_dir / f"set-{name}.tar.gz"
     if directory.is_dir():
@@ -209,9 +215,12 @@ def _locate(data_dir: Path, name: str) -> _Source:
     else:
         raise DataError(f"neither set-{name}/ nor set-{name}.tar.gz is here", data_dir)
     outcomes = data_dir / f"Outcomes-{name}.txt"
-    if not outcomes.is_file():
+    if outcomes.is_file():
+        return _Source(name=name, records=records, outcomes=outcomes)
+    if not outcomes_optional:
         raise DataError(f"outcomes file of set {name} is missing", outcomes)
-    return _Source(name=name, records=records, outcomes=outcomes)
+    logger.info("%s: no %s: its stays are scored without outcomes", records, outcomes.name)
+    return _Source(name=name, records=records, outcomes=None)
 
 
 def _set_arrays(source: _Source, use_cache: bool) -> dict[str, np.ndarray]:
@@ -248,7 +257,8 @@ def _cache_key(source: _Source) -> str:
         with os.scandir(source.records) as entries:
             files = sorted(Path(e.path) for e in entries if e.is_file())
     salt = f"{FORMAT_VERSION}\0{source.label}\0{'archive' if source.is_archive else 'directory'}"
-    return _cache.fingerprint([source.outcomes, *files], salt=salt)
+    salt += "" if source.outcomes else "\0without outcomes"
+    return _cache.fingerprint([*([source.outcomes] if source.outcomes else []), *files], salt=salt)
 
 
 def _valid_cached(arrays: dict[str, np.ndarray], source: _Source) -> bool:
@@ -294,7 +304,7 @@ def _to_cohort(arrays: dict[str, np.ndarray], label: str, task: str) -> Cohort:
         }
     )
     cohort = Cohort(stays=stays, measurements=measurements, task=task, skipped=skipped_rows(arrays))
-    if task in LENGTH_OF_STAY_DAYS:
+    if task in LENGTH_OF_STAY_DAYS and (arrays["death"] >= 0).any():  # outcomes known
         cohort = _length_of_stay_task(cohort, arrays["length_of_stay"], task, label)
     return cohort
 
@@ -625,11 +635,28 @@ def _value_problem(value: str) -> str:
 
 
 def _parse_set(source: _Source) -> dict[str, np.ndarray]:
-    """Read and validate one set; the result is what the cache stores."""
-    outcomes = _read_outcomes(source.outcomes)
+    """Read and validate one set; the result is what the cache stores. Without an outcomes
+    file (stays to score) every outcome is unknown."""
+    outcomes = _read_outcomes(source.outcomes) if source.outcomes else None
     records, skipped = _read_records(source)
     if not records:
         raise DataError(f"no <RecordID>.txt record files in {source.label}", source.records)
+    if outcomes is not None:
+        _check_every_record_has_its_outcome(source, records, outcomes)
+    arrays = _parse_records(records)
+    n = len(arrays["stay_id"])
+    arrays.update(
+        outcome_arrays(outcomes, arrays["stay_id"]) if outcomes is not None
+        else {"death": np.full(n, -1, np.int8), "length_of_stay": np.full(n, np.nan)}
+    )  # fmt: skip
+    arrays["version"] = np.array(FORMAT_VERSION)
+    arrays["set"] = np.array(source.name)
+    arrays["skipped"] = np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1")
+    return arrays
+
+
+def _check_every_record_has_its_outcome(source: _Source, records: list[_Record], outcomes: dict[int, Outcome]) -> None:
+    """Every record needs its line in the outcomes file, and every line its record."""
     for record in records:
         if record.record_id not in outcomes:
             message = f"record {record.record_id} has no line in {source.outcomes}"
@@ -641,12 +668,6 @@ def _parse_set(source: _Source) -> dict[str, np.ndarray]:
         )
         message = f"RecordID {record_id} has no record file in {source.records}"
         raise DataError(message, source.outcomes, outcome.line)
-    arrays = _parse_records(records)
-    arrays.update(outcome_arrays(outcomes, arrays["stay_id"]))
-    arrays["version"] = np.array(FORMAT_VERSION)
-    arrays["set"] = np.array(source.name)
-    arrays["skipped"] = np.array(skipped, dtype=str) if skipped else np.zeros(0, dtype="<U1")
-    return arrays
 
 
 def outcome_arrays(outcomes: dict[int, Outcome], stay_ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ def predict(
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading the cohort"):
-        seqs, described, _ = given_cohort(config, "")
+        seqs, described, _ = given_cohort(config, "", to_score=True)
     with console.status(f"Scoring and explaining {len(seqs):,} stays"):
         rows = scorer.score(seqs, top)
     if out is not None:

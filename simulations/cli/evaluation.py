@@ -196,10 +196,11 @@ def _run_seed(run_dir: Path) -> int:
     return int(RunDirectory(run_dir).read_json(MODEL_CARD).get("training", {}).get("seed", RunConfig.seed))
 
 
-def given_cohort(config: RunConfig, per: str) -> tuple[Sequences, str, np.ndarray | None]:
-    """The cohort's stays, what they are, and with `per` the group of each stay."""
+def given_cohort(config: RunConfig, per: str, to_score: bool = False) -> tuple[Sequences, str, np.ndarray | None]:
+    """The cohort's stays, what they are, and with `per` the group of each stay. `to_score`:
+    the stays are only scored, so they may come without outcomes."""
     try:
-        loaded = load_cohort(config.data_source())
+        loaded = load_cohort(replace(config.data_source(), to_score=to_score))
     except ValueError as error:  # DataError included: it names the file and line
         raise UserError(str(error)) from error
     cohort = clean(loaded)[0]
