@@ -42,6 +42,7 @@ from fedicu.server.replies import Replies, exchange, receive, sort_replies
 from fedicu.server.round_metrics import round_metrics
 from fedicu.server.secure_aggregation import secure_train, unmask_threshold
 from fedicu.server.strategies import EQUAL_WEIGHT, make_strategy
+from fedicu.server.update_checks import update_problems
 from fedicu.shared import compat, cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import (
@@ -339,7 +340,12 @@ class FederatedRun:
             return self._secure_train(rnd)
         sent = self.next_training or send(self.grid, self._instructions(rnd, self.arrays), self.config.round_timeout)
         self.next_training = None
-        trained = receive(self.grid, sent, TrainReply, f"round {rnd} training", self.config.min_hospitals, self.names)
+        stage = f"round {rnd} training"
+        trained = receive(self.grid, sent, TrainReply, stage, self.config.min_hospitals, self.names)
+        updates = {hospital: reply.weights for hospital, reply in trained.replies.items()}
+        rejected = update_problems(updates, self.arrays, self.config.update_norm_factor)
+        if rejected:
+            trained = trained.without(rejected, stage, self.config.min_hospitals)
         if self.config.hospital_dp_noise:
             for msg in trained.messages.values():
                 msg.content.metric_records[METRICS][EQUAL_WEIGHT] = 1.0

@@ -1,8 +1,9 @@
 """One exchange with the hospitals: send, wait up to the round timeout, read the replies.
 
 Replies are read through the contract and sorted by hospital (a fixed order keeps aggregation
-reproducible). A hospital that sent an error, a reply that breaks the contract, or nothing in
-time is a failure with its reason; fewer than `minimum` good replies stop the run.
+reproducible). A hospital that sent an error, a reply that breaks the contract, nothing in
+time, or (`Replies.without`) weights the server rejects is a failure with its reason; fewer
+than `minimum` good replies stop the run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ class Replies(Generic[R]):
     messages: dict[str, Message]  # hospital -> its reply message, as Flower's strategies read it
     replies: dict[str, R]  # hospital -> the same reply, read through the contract
     failures: dict[str, str]  # hospital (or node) -> what went wrong
+
+    def without(self, rejected: dict[str, str], stage: str, minimum: int) -> Replies[R]:
+        """These replies but the `rejected` ones (hospital -> why), which become failures."""
+        for who, reason in rejected.items():
+            log(WARNING, "fedicu: %s: %s failed: %s", stage, who, reason)
+        kept = [h for h in self.replies if h not in rejected]
+        failures = {**self.failures, **rejected}
+        _enough(len(kept), minimum, stage, failures)
+        return Replies({h: self.messages[h] for h in kept}, {h: self.replies[h] for h in kept}, failures)
 
 
 def exchange(
@@ -80,10 +90,12 @@ def sort_replies(
             failures[names.get(node, f"node {node}")] = missing
     for who, reason in failures.items():
         log(WARNING, "fedicu: %s: %s failed: %s", stage, who, reason)
-    if len(replies) < minimum:
-        details = "; ".join(f"{who}: {reason}" for who, reason in failures.items())
-        raise TooFewReplies(
-            f"{stage}: only {len(replies)} hospital(s) replied, fewer than the minimum {minimum}. {details}"
-        )
+    _enough(len(replies), minimum, stage, failures)
     order = sorted(replies)
     return Replies({h: messages[h] for h in order}, {h: replies[h] for h in order}, failures)
+
+
+def _enough(replied: int, minimum: int, stage: str, failures: dict[str, str]) -> None:
+    if replied < minimum:
+        details = "; ".join(f"{who}: {reason}" for who, reason in failures.items())
+        raise TooFewReplies(f"{stage}: only {replied} hospital(s) replied, fewer than the minimum {minimum}. {details}")

@@ -17,7 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
 
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import ARRAYS, CONFIG, WEIGHT
@@ -27,10 +36,30 @@ from fedicu.shared.contract import ARRAYS, CONFIG, WEIGHT
 EQUAL_WEIGHT = "equal-weight"
 
 
+TRIMMED = 0.2  # trimmed-mean: the share of hospitals cut at each end, per weight
+
+
+def trimmed_share(hospitals: int) -> float:
+    """`TRIMMED`, raised so that one hospital is cut at each end once there are three."""
+    if hospitals < 3:
+        return 0.0
+    return max(TRIMMED, 1.0 / hospitals + 1e-9)
+
+
+def krum_tolerance(hospitals: int) -> int:
+    """The most malicious hospitals Krum's guarantee allows among `hospitals` (n >= 2f + 3)."""
+    return max(0, (hospitals - 3) // 2)
+
+
 def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
     """FedAvg weighted by training stays; FedProx adds a proximal term at the
     hospitals; FedAdam applies Adam on the server to the averaged update.
-    With `hospital_dp_noise`, FedAvg or FedProx inside Flower's central-DP wrapper."""
+    With `hospital_dp_noise`, FedAvg or FedProx inside Flower's central-DP wrapper.
+
+    Robust to a hospital that sends a harmful model, at some cost in accuracy when none does:
+    FedMedian takes each weight's median over hospitals; trimmed-mean averages each weight
+    after cutting the highest and lowest `trimmed_share(n)` of the values; Krum keeps the one hospital's model nearest to the others'
+    (tolerating `krum_tolerance(n)` bad ones)."""
     sampling: dict[str, Any] = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
@@ -56,4 +85,10 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
         return FedProx(**sampling, proximal_mu=config.proximal_mu)
     if config.strategy == "fedadam":
         return FedAdam(**sampling, eta=config.server_lr, eta_l=config.lr, beta_1=0.9, beta_2=0.99)
+    if config.strategy == "fedmedian":
+        return FedMedian(**sampling)
+    if config.strategy == "trimmed-mean":
+        return FedTrimmedAvg(**sampling, beta=trimmed_share(hospitals))
+    if config.strategy == "krum":
+        return Krum(**sampling, num_malicious_nodes=krum_tolerance(hospitals))
     raise ValueError(f"unknown --strategy {config.strategy!r}")

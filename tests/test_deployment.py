@@ -37,11 +37,15 @@ def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
 
 
 def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
+    """Run as a service manager would: by the venv's absolute path, the venv not activated and
+    PATH the system's, so every Flower process must be found beside the interpreter."""
     out = tmp_path / "demo"
     command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2", "--timeout", "600"]
-    demo = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}
-    )
+    environment = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     try:
         output, _ = demo.communicate(timeout=900)
     finally:  # the demo stops what it started on SIGTERM; whatever it could not stop, the test does
