@@ -5,7 +5,8 @@ temperature in degrees Fahrenheit."""
 import datetime as dt
 from collections import defaultdict
 
-from fedicu.client.bedside.fhir import LOINC, UCUM, FhirMapping
+from fedicu.client.bedside.fhir import LOINC, UCUM
+from fedicu.client.bedside.fhir_mapping import FhirMapping
 from fedicu.shared.datasets.mapping import FEDERATION_UNITS, canonical_unit
 
 ADMISSION = dt.datetime(2021, 3, 10, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))

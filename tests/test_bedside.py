@@ -196,6 +196,8 @@ def test_without_the_token_every_request_is_refused(service, cohort):
         ):
             answer = httpx.request(method, service.url + path, json=body, headers=headers)
             assert answer.status_code == 401, (headers, path)
+        malformed = httpx.post(service.url + "/predict", content=b"{not json", headers=headers)
+        assert malformed.status_code == 401  # refused before anything of the request is read
 
 
 def test_a_stay_followed_hour_by_hour_keeps_its_trajectory_across_a_restart(run, tmp_path, cohort):

@@ -136,15 +136,24 @@ def _without_model(run, tmp_path):
     return copy
 
 
+def _damaged_card(run, tmp_path):
+    copy = _copy(run, tmp_path / "damaged")
+    card = json.loads((copy / MODEL_CARD).read_text())
+    del card["metrics"]
+    (copy / MODEL_CARD).write_text(json.dumps(card))
+    return copy
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
         (lambda run, tmp: tmp / "nowhere", "no such directory"),
+        (_damaged_card, "a file of the run does not read as fedicu wrote it (KeyError"),
         (lambda run, tmp: tmp, f"not a run directory (no {RUN_FILE})"),
         (_unfinished, "the run is not complete (status: running)"),
         (_without_model, "no saved model here"),
     ],
-    ids=["missing", "not-a-run", "unfinished", "no-model"],
+    ids=["missing", "damaged", "not-a-run", "unfinished", "no-model"],
 )
 def test_a_run_it_cannot_report_exits_2_naming_the_directory_and_writes_nothing(run, tmp_path, make, expected):
     run_dir = make(run, tmp_path)
@@ -152,6 +161,12 @@ def test_a_run_it_cannot_report_exits_2_naming_the_directory_and_writes_nothing(
     assert code == 2
     assert str(run_dir) in printed and expected in printed and "Traceback" not in printed
     assert not (run_dir / REPORT_FILE).exists()
+
+
+def test_an_out_that_is_no_html_file_is_refused_and_the_run_kept(run, tmp_path):
+    card = (run / MODEL_CARD).read_bytes()
+    code, printed = fedicu_report(str(run), "--out", str(run / MODEL_CARD))
+    assert code == 2 and "give an .html file" in printed and (run / MODEL_CARD).read_bytes() == card
 
 
 def test_an_out_in_a_missing_folder_exits_2_naming_the_option(run, tmp_path):

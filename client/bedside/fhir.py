@@ -1,132 +1,134 @@
-"""FHIR input for the bedside service: a Bundle (R4; parsed and validated by fhir.resources) of a
-stay's Encounter, its Patient and its Observations becomes the `Stay` that `POST /predict` takes.
+"""FHIR input for the bedside service: a Bundle (R4; each resource parsed and validated by
+fhir.resources) of a stay's Encounter, its Patient and its Observations becomes the `Stay`
+that `POST /predict` takes. Codes and units are read through `FhirMapping`.
 
 - The Encounter (exactly one) gives the stay's identifier (its id, else its first identifier),
   the ICU admission (`period.start`: minutes count from it) and the ICU type (a coding of
-  `serviceType`, `type` or a location's `physicalType` listed in the mapping's `[icu_type]`).
+  `serviceType`, `type` or a location's `physicalType` the mapping lists; else none).
 - The Patient (at most one) gives Gender and Age (whole years from `birthDate` to admission).
 - Each Observation, and each component of a panel such as blood pressure, whose LOINC code the
-  mapping names is a measurement at its `effectiveDateTime` (or instant, or period start), its
-  value converted from its UCUM unit to the model's. Body height is the Height descriptor; body
-  weight at admission (minute 0) the Weight descriptor, later a measurement; a LOINC Age
-  observation the Age descriptor.
+  mapping names is a value at its `effectiveDateTime` (or instant, or the end of its period:
+  when the value was known), converted from its UCUM unit to the model's. Body height closest
+  to admission is the Height descriptor, a LOINC Age observation closest to it the Age when the
+  Patient gives no birth date; the body weight last measured in the day up to admission is the
+  Weight descriptor, later ones are measurements.
 
-Skipped, and counted by reason in the answer: observations whose code is not modelled,
-entered in error or cancelled, without a value or with a comparator (`<0.01`), with a date but
-no time of day, or outside the 48 hours the model reads. A value of a modelled code whose unit
-does not convert is refused (`BundleError`, naming where it lies in the Bundle): guessing would
-change the risk.
+Skipped, and counted by reason in the answer (once per resource): resources other than those
+three, duplicates of an entry (same type and id), Observations whose code is not modelled (or
+that carry a code the mapping rules out, such as pulse oximetry), entered in error or
+cancelled, without a value or with a comparator (`<0.01`), with a date but no time of day, or
+outside the 48 hours the model reads. A modelled value whose unit does not convert is refused
+(`BundleError`, naming where it lies in the Bundle): guessing would change the risk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
 
+from fedicu.client.bedside.fhir_mapping import FhirMapping
 from fedicu.client.bedside.stays import Descriptors, Measurement, Stay
 from fedicu.shared.cohort import MAX_MINUTE
 from fedicu.shared.datasets.mapping import FEDERATION_UNITS, canonical_unit, conversion
-from fedicu.shared.errors import DataError
-from fedicu.shared.variables import ICU_TYPES
 
-MAPPING_FILE = Path(__file__).with_name("fhir_mapping.toml")
 LOINC = "http://loinc.org"
+_LOINC_SYSTEMS = (LOINC, "urn:oid:2.16.840.1.113883.6.1")
 UCUM = "http://unitsofmeasure.org"
-_DESCRIPTORS = ("Age", "Height")  # Weight is both: see the module docstring
+MAX_ENTRIES = 50_000
+_READ = {"Encounter": Encounter, "Patient": Patient, "Observation": Observation}
 _NOT_MADE = {"entered-in-error", "cancelled"}
 _GENDER = {"female": 0, "male": 1}
-
-
-@dataclass(frozen=True)
-class FhirMapping:
-    """LOINC code -> variable, UCUM code -> fedicu's unit, "system|code" -> ICU type."""
-
-    loinc: dict[str, str]
-    ucum: dict[str, str]
-    unitless: frozenset[str]
-    icu_types: dict[str, int]
-
-    @staticmethod
-    def load(path: Path = MAPPING_FILE) -> FhirMapping:
-        """`DataError` naming the file and the key for a mapping that cannot be used."""
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-            raise DataError(f"not a readable TOML mapping: {error}", path) from None
-        mapping = FhirMapping(
-            loinc=document.get("loinc", {}), ucum=document.get("ucum", {}),
-            unitless=frozenset(document.get("unitless", {}).get("variables", [])),
-            icu_types=document.get("icu_type", {}),
-        )  # fmt: skip
-        mapping._check(path)
-        return mapping
-
-    def _check(self, path: Path) -> None:
-        for code, variable in self.loinc.items():
-            if variable not in FEDERATION_UNITS or variable in ("Gender", "ICUType"):
-                raise DataError(f"[loinc] {code!r} = {variable!r}: not a variable an Observation can give", path)
-        for code, unit in self.ucum.items():
-            if canonical_unit(str(unit)) is None:
-                raise DataError(f"[ucum] {code!r} = {unit!r}: not a unit fedicu converts", path)
-        for key, unit_type in self.icu_types.items():
-            if "|" not in key or unit_type not in ICU_TYPES:
-                raise DataError(f'[icu_type] {key!r} = {unit_type!r}: give "system|code" = one of 1-4', path)
-        if unknown := self.unitless - set(FEDERATION_UNITS):
-            raise DataError(f"[unitless] variables: unknown {sorted(unknown)}", path)
+_DAY = 24 * 60
+Location = tuple[str | int, ...]
 
 
 class BundleError(ValueError):
-    """A Bundle that validates as FHIR but cannot be scored; `location` points into it."""
+    """A Bundle that cannot be scored; `errors` say where (a location in the Bundle) and why,
+    as pydantic's errors do."""
 
-    def __init__(self, location: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.location = location
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{list(e['loc'])}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+    @staticmethod
+    def at(location: Location, message: str) -> BundleError:
+        return BundleError([{"type": "value_error", "loc": location, "msg": message}])
 
 
 @dataclass(frozen=True)
 class ReadBundle:
     stay: Stay
-    skipped: Counter[str]  # observations left out, by reason
+    skipped: Counter[str]  # resources left out, by reason
 
 
-def read_bundle(document: dict[str, Any], mapping: FhirMapping) -> ReadBundle:
-    """The stay a Bundle describes. pydantic's `ValidationError` for what is not valid FHIR,
-    `BundleError` for a valid Bundle that cannot be scored."""
-    bundle = Bundle.model_validate(document)
-    entries = [(i, entry.resource) for i, entry in enumerate(bundle.entry or []) if entry.resource is not None]
+def read_bundle(document: Any, mapping: FhirMapping) -> ReadBundle:
+    """The stay a Bundle describes, or `BundleError`."""
+    entries, skipped = _resources(document)
     encounter_at, encounter = _one(entries, Encounter, required=True)
-    patient = _one(entries, Patient, required=False)[1]
+    patient_at, patient = _one(entries, Patient, required=False)
     admission = _admission(encounter, encounter_at)
-    stay_id = encounter.id or next((i.value for i in encounter.identifier or [] if i.value), None)
-    if not stay_id:
-        raise BundleError(("entry", encounter_at, "resource", "id"), "the Encounter needs an id or an identifier")
     static: dict[str, Any] = {"ICUType": _icu_type(encounter, mapping)}
     if patient is not None:
-        static |= {"Gender": _GENDER.get(patient.gender or ""), "Age": _age(patient.birthDate, admission)}
-    values, skipped = _observations(entries, admission, mapping)
-    measurements: list[Measurement] = []
-    observed: dict[str, float] = {}
-    for minute, variable, value in sorted(values, key=lambda v: v[0]):
-        if variable in _DESCRIPTORS:
-            observed.setdefault(variable, value)  # the first; an Observation wins over the birth date
-        elif variable == "Weight" and minute == 0 and "Weight" not in static:
-            static["Weight"] = value
-        elif minute > MAX_MINUTE:
-            skipped["after the 48 hours the model reads"] += 1
+        static |= {"Gender": _GENDER.get(patient.gender or ""), "Age": _age(patient, patient_at, admission)}
+    values = _observations(entries, admission, mapping, skipped)
+    measurements, descriptors = _placed(values, static)
+    if len(measurements) > 100_000:
+        raise BundleError.at(("entry",), f"{len(measurements)} values: more than a stay's 48 hours can hold (100,000)")
+    try:
+        stay = Stay(
+            stay_id=_stay_id(encounter, encounter_at), static=Descriptors(**descriptors), measurements=measurements
+        )
+    except ValidationError as error:  # every field is checked above: a last guard, never a 500
+        raise BundleError.at(("entry",), f"not a stay fedicu can score: {error}") from None
+    return ReadBundle(stay, skipped)
+
+
+def _resources(document: Any) -> tuple[list[tuple[int, Any]], Counter[str]]:
+    """(entry index, resource) of the Encounters, Patients and Observations, each validated."""
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        raise BundleError.at((), 'a FHIR Bundle is expected: a JSON object with "resourceType": "Bundle"')
+    entries = document.get("entry") or []
+    _validated(Bundle, {k: v for k, v in document.items() if k != "entry"}, ())
+    if not isinstance(entries, list):
+        raise BundleError.at(("entry",), "must be a list of entries")
+    if len(entries) > MAX_ENTRIES:
+        raise BundleError.at(("entry",), f"{len(entries)} entries: a stay's Bundle holds at most {MAX_ENTRIES:,}")
+    found, skipped, seen = [], Counter[str](), set()
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else "?"
+        if resource is None:  # a response or a deletion: nothing to read
+            skipped["an entry without a resource"] += 1
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise BundleError.at(("entry", i, "resource"), "each entry holds a resource: an object with resourceType")
+        kind, key = resource["resourceType"], (resource["resourceType"], resource.get("id"))
+        if kind not in _READ:
+            skipped["a resource other than Encounter, Patient and Observation"] += 1
+        elif key[1] is not None and key in seen:
+            skipped["a duplicate entry (same type and id)"] += 1
         else:
-            measurements.append(Measurement(minute=minute, variable=variable, value=value))
-    descriptors = Descriptors(**{k: v for k, v in (static | observed).items() if v is not None})
-    return ReadBundle(Stay(stay_id=stay_id, static=descriptors, measurements=measurements), skipped)
+            seen.add(key)
+            found.append((i, _validated(_READ[kind], resource, ("entry", i, "resource"))))
+    return found, skipped
+
+
+def _validated(kind: Any, resource: dict, location: Location) -> Any:
+    try:
+        return kind.model_validate(resource)
+    except ValidationError as error:
+        details = error.errors(include_url=False, include_context=False, include_input=False)
+        raise BundleError([{**e, "loc": (*location, *e["loc"])} for e in details]) from None
+    except (RecursionError, KeyError, TypeError, AttributeError) as error:  # fhir.resources' own
+        raise BundleError.at(location, f"not a FHIR R4 {kind.__name__} it can read ({type(error).__name__})") from None
 
 
 def _one(entries: list[tuple[int, Any]], kind: type, required: bool) -> tuple[int, Any]:
@@ -134,14 +136,24 @@ def _one(entries: list[tuple[int, Any]], kind: type, required: bool) -> tuple[in
     name = kind.__name__
     if len(found) > 1 or (required and not found):
         many = f"{len(found)} ({', '.join(f'entry {i}' for i, _ in found)})" if found else "none"
-        raise BundleError(("entry",), f"a Bundle describes one stay: one {name} is needed, found {many}")
+        raise BundleError.at(("entry",), f"a Bundle describes one stay: one {name} is needed, found {many}")
     return found[0] if found else (-1, None)
+
+
+def _stay_id(encounter: Encounter, at: int) -> str:
+    stay_id = encounter.id or next((i.value for i in encounter.identifier or [] if i.value), None)
+    where: Location = ("entry", at, "resource", "id" if encounter.id else "identifier")
+    if not stay_id:
+        raise BundleError.at(where, "the Encounter needs an id or an identifier")
+    if len(stay_id) > 200:
+        raise BundleError.at(where, f"the stay's identifier has {len(stay_id)} characters; at most 200")
+    return stay_id
 
 
 def _admission(encounter: Encounter, at: int) -> dt.datetime:
     start = encounter.period.start if encounter.period else None
     if not isinstance(start, dt.datetime):
-        raise BundleError(
+        raise BundleError.at(
             ("entry", at, "resource", "period", "start"),
             "the Encounter's period.start, with its time of day, is the ICU admission that minutes count from",
         )
@@ -155,79 +167,137 @@ def _icu_type(encounter: Encounter, mapping: FhirMapping) -> int | None:
     return next((mapping.icu_types[code] for code in codes if code in mapping.icu_types), None)
 
 
-def _age(birth: dt.date | str | None, admission: dt.datetime) -> float | None:
+def _age(patient: Patient, at: int, admission: dt.datetime) -> float | None:
     """Whole years at admission; a birth date given as a year (or year and month) counts from
     its middle."""
+    birth = patient.birthDate
     if birth is None:
         return None
     if isinstance(birth, str):
         parts = [int(p) for p in birth.split("-")]
         birth = dt.date(parts[0], parts[1], 15) if len(parts) == 2 else dt.date(parts[0], 7, 1)
     day = admission.date()
+    if birth > day:
+        raise BundleError.at(("entry", at, "resource", "birthDate"), "the Patient is born after the ICU admission")
     return float(day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day)))
 
 
+Value = tuple[float, str, float]  # minutes since admission, variable, value in the model's unit
+
+
 def _observations(
-    entries: list[tuple[int, Any]], admission: dt.datetime, mapping: FhirMapping
-) -> tuple[list[tuple[int, str, float]], Counter[str]]:
-    """(minute, variable, value) of every modelled value, and what was skipped and why."""
-    values: list[tuple[int, str, float]] = []
-    skipped: Counter[str] = Counter()
+    entries: list[tuple[int, Any]], admission: dt.datetime, mapping: FhirMapping, skipped: Counter[str]
+) -> list[Value]:
+    """Every modelled value of the Observations; what is left out is counted in `skipped`."""
+    values: list[Value] = []
     for at, observation in entries:
         if not isinstance(observation, Observation):
             continue
         items = [((), observation)] + [(("component", j), c) for j, c in enumerate(observation.component or [])]
         modelled = [(where, item, v) for where, item in items if (v := _variable(item.code, mapping))]
-        reason, when = _unusable(observation, modelled), _when(observation)
+        when = _when(observation)
+        descriptor = all(v in ("Age", "Height") for _, _, v in modelled)
+        if not isinstance(when, dt.datetime) and descriptor and isinstance(when, dt.date):
+            when = dt.datetime.combine(when, dt.time(12), admission.tzinfo)  # a date places a height well enough
+        reason = _unusable(observation, modelled, mapping, when)
         if reason or not isinstance(when, dt.datetime):
-            skipped[reason or "no time of day"] += 1
+            skipped[reason or "an Observation with no time of day"] += 1
             continue
-        minute = math.floor((when - admission).total_seconds() / 60)
-        kept = 0
-        for where, item, variable in modelled:
-            if item.valueQuantity is None or item.valueQuantity.value is None or item.valueQuantity.comparator:
-                continue
-            value = _converted(item.valueQuantity, variable, mapping, ("entry", at, "resource", *where))
-            if minute >= 0 or variable in _DESCRIPTORS:
-                values.append((minute, variable, value))
-                kept += 1
+        minutes = (when - admission).total_seconds() / 60
+        kept = [
+            (minutes, variable, _converted(item, variable, mapping, ("entry", at, "resource", *where)))
+            for where, item, variable in modelled
+            if _has_value(item, variable, mapping) and _in_window(variable, minutes)
+        ]
+        values += kept
         if not kept:
-            skipped["before the ICU admission" if minute < 0 else "no value, or one with a comparator"] += 1
-    return values, skipped
+            skipped[_outside(minutes) or "an Observation without a value, or with a comparator"] += 1
+    return values
 
 
 def _variable(code: Any, mapping: FhirMapping) -> str | None:
-    codes = [c.code for c in (code.coding if code else None) or [] if c.system == LOINC]
+    codes = [c.code for c in (code.coding if code else None) or [] if c.system in _LOINC_SYSTEMS]
+    if any(c in mapping.skip for c in codes):
+        return None
     return next((mapping.loinc[c] for c in codes if c in mapping.loinc), None)
 
 
-def _unusable(observation: Observation, modelled: list) -> str | None:
-    if not modelled:
-        return "a code the model does not read"
+def _unusable(observation: Observation, modelled: list, mapping: FhirMapping, when: Any) -> str | None:
+    codes = [c.code for c in (observation.code.coding or []) if c.system in _LOINC_SYSTEMS]
+    if not modelled or any(c in mapping.skip for c in codes):
+        return "an Observation whose code the model does not read"
     if observation.status in _NOT_MADE:
-        return f"status {observation.status}"
+        return f"an Observation {observation.status}"
+    if not isinstance(when, dt.datetime):
+        return "an Observation with no time of day"
     return None
+
+
+def _in_window(variable: str, minutes: float) -> bool:
+    """Age and Height whenever measured; a weight from the day before admission on (the Weight
+    at admission); every other value in the 48 hours the model reads."""
+    if variable in ("Age", "Height"):
+        return True
+    return (-_DAY if variable == "Weight" else 0) <= minutes <= MAX_MINUTE
+
+
+def _outside(minutes: float) -> str | None:
+    if minutes < 0:
+        return "an Observation before the ICU admission"
+    return "an Observation after the 48 hours the model reads" if minutes > MAX_MINUTE else None
 
 
 def _when(observation: Observation) -> dt.datetime | dt.date | None:
     period = observation.effectivePeriod
-    return observation.effectiveDateTime or observation.effectiveInstant or (period.start if period else None)
+    known = (period.end or period.start) if period else None
+    return observation.effectiveDateTime or observation.effectiveInstant or known
 
 
-def _converted(quantity: Any, variable: str, mapping: FhirMapping, where: tuple[str | int, ...]) -> float:
+def _has_value(item: Any, variable: str, mapping: FhirMapping) -> bool:
+    quantity = item.valueQuantity
+    if quantity is not None:
+        return quantity.value is not None and not quantity.comparator
+    return item.valueInteger is not None and variable in mapping.unitless
+
+
+def _converted(item: Any, variable: str, mapping: FhirMapping, where: Location) -> float:
     """The value in the model's unit; `BundleError` when its unit does not convert."""
-    ucum = quantity.code if quantity.system in (UCUM, None) else None
-    unit = mapping.ucum.get(ucum) if ucum else None
+    quantity = item.valueQuantity
+    if quantity is None:  # an integer: only for unitless variables
+        return float(item.valueInteger)
+    code = quantity.code if quantity.system in (UCUM, None) else None
+    unit = (mapping.ucum.get(code) or canonical_unit(code)) if code else None
     unit = unit or (canonical_unit(quantity.unit) if quantity.unit else None)
-    if unit is None and not (ucum or quantity.unit) and variable in mapping.unitless:
-        unit = FEDERATION_UNITS[variable]
+    if variable in mapping.unitless and (code == "1" or not (code or quantity.unit)):
+        unit = FEDERATION_UNITS[variable]  # a dimensionless value: in the model's own unit
     scale_offset = conversion(variable, unit) if unit else None
+    given = code or quantity.unit
     if scale_offset is None:
-        given = ucum or quantity.unit
-        raise BundleError(
+        raise BundleError.at(
             (*where, "valueQuantity", "code"),
             f"{variable}: unit {given!r} does not convert to {FEDERATION_UNITS[variable]}"
             if given else f"{variable}: the value needs its unit (UCUM code in valueQuantity.code)",
         )  # fmt: skip
-    scale, offset = scale_offset
-    return float(quantity.value) * scale + offset
+    value = float(quantity.value) * scale_offset[0] + scale_offset[1]
+    if not math.isfinite(value) or abs(value) > 3e38:  # beyond what the model's float32 holds
+        raise BundleError.at(
+            (*where, "valueQuantity", "value"), f"{variable}: {quantity.value:.3g} {given} is out of range"
+        )
+    return value
+
+
+def _placed(values: list[Value], static: dict[str, Any]) -> tuple[list[Measurement], dict[str, Any]]:
+    """Measurements by minute, and the descriptors: the Patient's, then those the Observations
+    give closest to admission (the Weight: last measured in the day up to it)."""
+    closest: dict[str, tuple[float, float]] = {}  # descriptor -> (distance from admission, value)
+    measurements = []
+    for minutes, variable, value in sorted(values, key=lambda v: v[0]):
+        if variable == "Weight" and minutes < 1:
+            closest["Weight"] = (-minutes, value)  # in time order: the last one up to admission wins
+        elif variable in ("Age", "Height"):
+            if variable not in closest or abs(minutes) < closest[variable][0]:
+                closest[variable] = (abs(minutes), value)
+        else:
+            measurements.append(Measurement(minute=math.floor(minutes), variable=variable, value=value))
+    observed = {name: value for name, (_, value) in closest.items() if not (name == "Age" and static.get("Age"))}
+    return measurements, {k: v for k, v in (static | observed).items() if v is not None}

@@ -107,7 +107,9 @@ def serve(
     top: Annotated[int, typer.Option(help="Variables named per prediction, by their share of its risk.")] = 3,
     fhir_mapping: Annotated[
         Path | None,
-        typer.Option(help="How /fhir/predict reads LOINC codes, UCUM units and ICU types (default: the shipped one)."),
+        typer.Option(
+            help="A site's own LOINC codes, UCUM units and ICU-type codings for /fhir/predict, added to the shipped ones."
+        ),
     ] = None,
 ) -> None:
     """Serve the model to the site's clinical systems over HTTP (REST; OpenAPI docs at /docs)."""
@@ -116,7 +118,7 @@ def serve(
     import uvicorn
 
     from fedicu.client.bedside.edge import OnnxScorer
-    from fedicu.client.bedside.fhir import MAPPING_FILE, FhirMapping
+    from fedicu.client.bedside.fhir_mapping import FhirMapping
     from fedicu.client.bedside.scoring import Scorer
     from fedicu.client.bedside.service import create_app
     from fedicu.client.bedside.store import StayStore
@@ -132,7 +134,7 @@ def serve(
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     try:
-        mapping = FhirMapping.load(fhir_mapping or MAPPING_FILE)
+        mapping = FhirMapping.load(fhir_mapping)
     except ValueError as error:
         raise UserError(f"--fhir-mapping {error}") from error
     if not 1 <= port <= 65535:
