@@ -68,10 +68,12 @@ def clean(cohort: Cohort) -> tuple[Cohort, dict[str, int]]:
     stays = cohort.stays.copy()
     for column in STATIC_NUMERIC:
         low, high = PHYSIOLOGICAL_LIMITS[column.capitalize()]
-        col = stays[column]
-        out = col.notna() & ~col.between(low, high)
+        values = stays[column].to_numpy(dtype=np.float64, copy=True)
+        out = ~np.isnan(values) & ~((values >= low) & (values <= high))
         removed[column] = int(out.sum())
-        stays.loc[out, column] = np.nan
+        if out.any():
+            values[out] = np.nan
+            stays[column] = values
     measurements = m[~bad].reset_index(drop=True)
     return replace(cohort, stays=stays, measurements=measurements), {k: v for k, v in removed.items() if v}
 
