@@ -113,6 +113,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model to the site's clinical systems over HTTP (REST; OpenAPI docs at /docs)."""
+    import gc
     import logging
 
     import uvicorn
@@ -156,6 +157,7 @@ def serve(
     requests.propagate = False  # one line per request, not one more from a handler the libraries set up
     console.print(f"Serving {run_dir or onnx} (model {sha[:12]}) on http://{host}:{port} (docs: /docs); stays in {database}",
                   highlight=False, soft_wrap=True)  # one line, as the request lines after it  # fmt: skip
+    gc.freeze()  # what is loaded now lives as long as the service: no collection walks it again
     try:
         # Uvicorn's access log would write each stay's identifier (in the path): ours names the route.
         uvicorn.run(
