@@ -343,7 +343,7 @@ class FederatedRun:
         stage = f"round {rnd} training"
         trained = receive(self.grid, sent, TrainReply, stage, self.config.min_hospitals, self.names)
         updates = {hospital: reply.weights for hospital, reply in trained.replies.items()}
-        rejected = update_problems(updates, self.arrays, self.config.update_norm_factor)
+        rejected = update_problems(updates, self.arrays, self.config.max_update_ratio)
         if rejected:
             trained = trained.without(rejected, stage, self.config.min_hospitals)
         if self.config.hospital_dp_noise:

@@ -53,7 +53,7 @@ class RunConfig:
     server_lr: float = 0.01
     round_timeout: float = 600.0
     min_hospitals: int = 1
-    update_norm_factor: float = 10.0  # reject an update this many times the others' median norm; 0: no bound
+    max_update_ratio: float = 10.0  # reject an update this many times the others' median norm; 0: no bound
     # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
     dp: bool = False
     target_epsilon: float = 0.0  # per hospital, for the whole run; 0: none (give a noise multiplier)
@@ -92,8 +92,8 @@ class RunConfig:
             (self.round_timeout > 0, "--round-timeout must be positive"),
             (self.min_hospitals >= 1, "--min-hospitals must be at least 1"),
             (
-                self.update_norm_factor == 0 or self.update_norm_factor >= 1,
-                "--update-norm-factor must be 0 or at least 1",
+                self.max_update_ratio == 0 or self.max_update_ratio >= 1,
+                "--max-update-ratio must be 0 or at least 1",
             ),
             (self.target_epsilon >= 0, "--target-epsilon must be positive"),
             (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
@@ -213,7 +213,7 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
     ("delta", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("accountant", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("hospital_dp_clip", lambda c: c.hospital_dp_noise > 0, lambda c: "without --hospital-dp-noise"),
-    ("update_norm_factor", lambda c: not c.secagg, lambda c: "with --secagg: the server never sees one hospital's update"),
+    ("max_update_ratio", lambda c: not c.secagg, lambda c: "with --secagg: the server never sees one hospital's update"),
 )  # fmt: skip
 # Options that act in every configuration.
 ALWAYS_EFFECTIVE = frozenset({

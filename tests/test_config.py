@@ -60,7 +60,7 @@ NO_EFFECT: list[tuple[dict[str, Any], tuple[str, str]]] = [  # (options, the two
     (dict(proximal_mu=0.1), ("--proximal-mu", "--strategy fedavg")),
     (dict(strategy="fedprox", server_lr=0.1), ("--server-lr", "--strategy fedprox")),
     (dict(hospital_dp_clip=2.0), ("--hospital-dp-clip", "--hospital-dp-noise")),
-    (dict(secagg=True, update_norm_factor=5.0), ("--update-norm-factor", "--secagg")),
+    (dict(secagg=True, max_update_ratio=5.0), ("--max-update-ratio", "--secagg")),
 ]  # fmt: skip
 
 

@@ -109,13 +109,13 @@ def test_a_hospital_sending_nan_is_rejected_every_round_and_the_model_stays_whol
 def test_a_flipped_update_scaled_x100_ruins_fedavg_unchecked_and_harms_no_guarded_model(tmp_path, clean_five):
     """Guarded: within 0.03 AUROC of the clean FedAvg run (measured: 0.000-0.007 below it)."""
     flipped = attacking(1, "flip")
-    ruined = _final(run(tmp_path / "fedavg", flipped, update_norm_factor=0.0, **FIVE))
+    ruined = _final(run(tmp_path / "fedavg", flipped, max_update_ratio=0.0, **FIVE))
     assert ruined["test_auroc"] < 0.6 < clean_five["test_auroc"] - 0.2
     checked = run(tmp_path / "checked", flipped, **FIVE)  # the default norm bound rejects it
     assert all(r["hospitals_failed"] == 1 for r in checked.read_json("metrics.json"))
     guarded = {"fedavg, norm bound": _final(checked)}
     for strategy in ("fedmedian", "trimmed-mean", "krum"):  # no norm bound: the aggregation alone
-        guarded[strategy] = _final(run(tmp_path / strategy, flipped, strategy=strategy, update_norm_factor=0.0, **FIVE))
+        guarded[strategy] = _final(run(tmp_path / strategy, flipped, strategy=strategy, max_update_ratio=0.0, **FIVE))
     for name, final in guarded.items():
         assert final["test_auroc"] > clean_five["test_auroc"] - 0.03, (name, final["test_auroc"], clean_five)
 
