@@ -25,6 +25,7 @@ metrics and the round completes with the others, as long as at least
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ from fedicu.server.messaging import Sent, send
 from fedicu.server.replies import Replies, exchange, receive, sort_replies
 from fedicu.server.round_metrics import round_metrics
 from fedicu.server.secure_aggregation import secure_train, unmask_threshold
-from fedicu.server.strategies import EQUAL_WEIGHT, make_strategy
+from fedicu.server.strategies import EQUAL_WEIGHT, fit_to_replies, make_strategy
 from fedicu.server.update_checks import update_problems
 from fedicu.shared import compat, cross_site
 from fedicu.shared.config import RunConfig
@@ -320,6 +321,7 @@ class FederatedRun:
         return cast(Grid, _AllHospitals(self.grid, self.names))
 
     def _aggregate(self, rnd: int, replies: list[Message]) -> ArrayRecord:
+        fit_to_replies(self.strategy, len(replies))
         arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if arrays is None:  # only without replies, which `min_hospitals` >= 1 rules out
             raise RuntimeError(f"round {rnd}: the strategy aggregated no model")
@@ -343,7 +345,8 @@ class FederatedRun:
         stage = f"round {rnd} training"
         trained = receive(self.grid, sent, TrainReply, stage, self.config.min_hospitals, self.names)
         updates = {hospital: reply.weights for hospital, reply in trained.replies.items()}
-        rejected = update_problems(updates, self.arrays, self.config.max_update_ratio)
+        steps = {h: self.config.local_epochs * math.ceil(self.train_stays[h] / self.config.batch_size) for h in updates}
+        rejected = update_problems(updates, self.arrays, self.config.max_update_ratio, steps)
         if rejected:
             trained = trained.without(rejected, stage, self.config.min_hospitals)
         if self.config.hospital_dp_noise:
@@ -413,7 +416,7 @@ class FederatedRun:
 
     def _record_privacy(self, row: dict, hospital_rows: list[dict], trained: Replies[TrainReply]) -> None:
         state = self.state
-        for name, reply in trained.replies.items():
+        for name, reply in {**trained.rejected, **trained.replies}.items():  # a refused update spent privacy too
             if reply.ledger is not None:
                 state.privacy[name] = json.loads(reply.ledger)
         if self.config.hospital_dp_noise:

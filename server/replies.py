@@ -9,7 +9,7 @@ than `minimum` good replies stop the run.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Generic, TypeVar
 
@@ -32,6 +32,7 @@ class Replies(Generic[R]):
     messages: dict[str, Message]  # hospital -> its reply message, as Flower's strategies read it
     replies: dict[str, R]  # hospital -> the same reply, read through the contract
     failures: dict[str, str]  # hospital (or node) -> what went wrong
+    rejected: dict[str, R] = field(default_factory=dict)  # replies that came but were refused: DP-SGD spent
 
     def without(self, rejected: dict[str, str], stage: str, minimum: int) -> Replies[R]:
         """These replies but the `rejected` ones (hospital -> why), which become failures."""
@@ -40,7 +41,9 @@ class Replies(Generic[R]):
         kept = [h for h in self.replies if h not in rejected]
         failures = {**self.failures, **rejected}
         _enough(len(kept), minimum, stage, failures)
-        return Replies({h: self.messages[h] for h in kept}, {h: self.replies[h] for h in kept}, failures)
+        refused = {h: self.replies[h] for h in rejected if h in self.replies}
+        return Replies({h: self.messages[h] for h in kept}, {h: self.replies[h] for h in kept}, failures,
+                       {**self.rejected, **refused})  # fmt: skip
 
 
 def exchange(

@@ -36,6 +36,7 @@ from fedicu.shared.contract import ARRAYS, CONFIG, WEIGHT
 EQUAL_WEIGHT = "equal-weight"
 
 
+ROBUST = ("fedmedian", "trimmed-mean", "krum")
 TRIMMED = 0.2  # trimmed-mean: the share of hospitals cut at each end, per weight
 
 
@@ -44,6 +45,13 @@ def trimmed_share(hospitals: int) -> float:
     if hospitals < 3:
         return 0.0
     return max(TRIMMED, 1.0 / hospitals + 1e-9)
+
+
+def fit_to_replies(strategy: Strategy, replies: int) -> None:
+    """Trim by the hospitals that replied this round, not by those planned: with one missing,
+    the planned share would cut none of them."""
+    if isinstance(strategy, FedTrimmedAvg):
+        strategy.beta = trimmed_share(replies)
 
 
 def krum_tolerance(hospitals: int) -> int:
@@ -59,7 +67,7 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
     Robust to a hospital that sends a harmful model, at some cost in accuracy when none does:
     FedMedian takes each weight's median over hospitals; trimmed-mean averages each weight
     after cutting the highest and lowest `trimmed_share(n)` of the values; Krum keeps the one hospital's model nearest to the others'
-    (tolerating `krum_tolerance(n)` bad ones)."""
+    (tolerating `krum_tolerance(n)` bad ones). They weigh every hospital alike, not by stays."""
     sampling: dict[str, Any] = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
@@ -85,6 +93,10 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
         return FedProx(**sampling, proximal_mu=config.proximal_mu)
     if config.strategy == "fedadam":
         return FedAdam(**sampling, eta=config.server_lr, eta_l=config.lr, beta_1=0.9, beta_2=0.99)
+    if config.strategy in ROBUST and hospitals < 3:
+        raise ValueError(
+            f"--strategy {config.strategy} needs at least 3 hospitals to outvote one; this run has {hospitals}"
+        )
     if config.strategy == "fedmedian":
         return FedMedian(**sampling)
     if config.strategy == "trimmed-mean":

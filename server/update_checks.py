@@ -3,10 +3,11 @@
 A reply whose weights break the model's layout (a missing or extra tensor, another shape, not
 floating point), hold a NaN or an infinity, or move the model much further than the other hospitals'
 do is rejected, and the hospital counts as failed for the round, with the reason. The bound on
-the move is relative: the update (trained weights minus the global model sent) may be at most
-`factor` times as long (L2 norm over all weights) as the median of the other hospitals'
-updates that round, so it follows the round's learning rate, epochs and data with no scale to
-set; with one hospital there is no such bound. Under secure aggregation the server sees only
+the move is relative: the update (trained weights minus the global model sent), per local
+optimizer step (a larger hospital takes more steps, and moves further), may be at most `factor`
+times as long (L2 norm over all weights) as the median of the other hospitals' that round. It
+follows the round's learning rate, epochs and data with no scale to set; with one hospital, or
+when the others did not move at all, there is nothing to compare with and no bound. Under secure aggregation the server sees only
 the sum of the hospitals' weights, never one hospital's: nothing here applies.
 
 This keeps out broken and crudely scaled updates; it is no defence against a hospital that
@@ -19,25 +20,30 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-def update_problems(trained: dict[str, ArrayRecord], sent: ArrayRecord, factor: float) -> dict[str, str]:
-    """Hospital -> why its trained weights must not be aggregated (`factor` 0: no norm bound)."""
+
+def update_problems(
+    trained: dict[str, ArrayRecord], sent: ArrayRecord, factor: float, steps: dict[str, int] | None = None
+) -> dict[str, str]:
+    """Hospital -> why its trained weights must not be aggregated (`factor` 0: no norm bound).
+    `steps`: each hospital's local optimizer steps; the norm bound compares updates per step."""
     reference = {name: array.numpy() for name, array in sent.items()}
     problems: dict[str, str] = {}
-    norms: dict[str, float] = {}
+    moves: dict[str, float] = {}
     for hospital, weights in trained.items():
         arrays = {name: array.numpy() for name, array in weights.items()}
         problem = _malformed(arrays, reference)
         if problem:
             problems[hospital] = problem
         else:
-            norms[hospital] = _update_norm(arrays, reference)
-    for hospital, norm in norms.items():
-        others = [n for other, n in norms.items() if other != hospital]
-        if factor and others and norm > factor * float(np.median(others)):
+            moves[hospital] = _update_norm(arrays, reference) / max(1, (steps or {}).get(hospital, 1))
+    for hospital, move in moves.items():
+        others = float(np.median([m for other, m in moves.items() if other != hospital] or [0.0]))
+        if factor and others > 0 and move > factor * others:  # others that did not move: nothing to compare with
             problems[hospital] = (
-                f"update rejected: its norm {norm:.3g} is more than {factor:g} x the median of the other "
-                f"hospitals' updates ({float(np.median(others)):.3g})"
+                f"update rejected: {move / others:.0f} x as long per local step as the median of the other "
+                f"hospitals' (the bound is {factor:g} x)"
             )
     return problems
 
@@ -56,6 +62,8 @@ def _malformed(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) 
             )
         if not np.isfinite(array).all():
             return f"update rejected: {name} holds NaN or infinite values"
+        if np.abs(array).max(initial=0.0) > _FLOAT32_MAX:
+            return f"update rejected: {name} holds values beyond what the model's float32 weights hold"
     return None
 
 

@@ -100,3 +100,20 @@ def test_an_attention_model_says_how_much_weight_it_gave_each_hour(trained):
     np.testing.assert_allclose(explained.risk, torch.sigmoid(logits).double().numpy(), atol=1e-7)
     plain, plain_norm = trained
     assert explain(plain, plain_norm, seqs.take(np.arange(5))).attention is None  # no attention, no weights
+
+
+def test_a_stay_the_first_integral_misses_is_integrated_again_until_it_adds_up(trained, monkeypatch):
+    import fedicu.client.bedside.explain as explaining
+
+    model, norm = trained
+    seqs = _cohort(40, seed=5)
+    monkeypatch.setattr(explaining, "STEPS", 1)  # one point: far off for most stays
+    rough = explain(model, norm, seqs)
+    monkeypatch.setattr(explaining, "REFINED_STEPS", ())
+    unrefined = explain(model, norm, seqs)
+    missed = np.abs(unrefined.delta) > TOLERANCE
+    assert missed.sum() > 10
+    assert (np.abs(rough.delta) <= np.abs(unrefined.delta)).all()  # never worse, and mostly within
+    assert (np.abs(rough.delta[missed]) <= TOLERANCE).mean() > 0.9 and np.abs(rough.delta).max() < 10 * TOLERANCE
+    total = rough.by_hour.sum(axis=(1, 2))
+    np.testing.assert_allclose(total - (rough.risk - rough.empty_risk), rough.delta, atol=1e-9)  # as reported

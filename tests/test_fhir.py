@@ -76,7 +76,7 @@ def test_what_cannot_be_read_honestly_is_skipped_and_counted_by_reason():
     assert [(m.minute, m.variable, m.value) for m in read.stay.measurements] == [(30, "HR", 88.0), (40, "HR", 90.0)]
     assert read.skipped == {
         "an Observation entered-in-error": 1, "an Observation with no time of day": 1,
-        "an Observation whose code the model does not read": 1, "an Observation without a value, or with a comparator": 1,
+        "an Observation whose code the model does not read": 1, "an Observation without a value it can read (none, a comparator, no unit)": 1,
         "an Observation before the ICU admission": 1, "an Observation after the 48 hours the model reads": 2,
         "a resource other than Encounter, Patient and Observation": 1, "a duplicate entry (same type and id)": 1,
     }  # fmt: skip
@@ -138,7 +138,9 @@ def test_a_bundle_that_is_not_valid_fhir_names_the_field():
         (lambda d: d["entry"].append({"resource": d["entry"][1]["resource"] | {"id": "other"}}), ("entry",), "one Patient is needed, found 2"),
         (lambda d: d["entry"][0]["resource"]["period"].update(start="2021-03-10"), ("entry", 0, "resource", "period", "start"), "time of day"),
         (lambda d: d["entry"][0]["resource"].pop("id"), ("entry", 0, "resource", "identifier"), "an id or an identifier"),
-        (lambda d: d["entry"][1]["resource"].update(birthDate="2022-01-01"), ("entry", 1, "resource", "birthDate"), "born after"),
+        (lambda d: d["entry"][1]["resource"].update(birthDate="2022-01-01"), ("entry", 1, "resource", "birthDate"), "150 years before"),
+        (lambda d: d["entry"][1]["resource"].update(birthDate="1850-01-01"), ("entry", 1, "resource", "birthDate"), "150 years before"),
+        (lambda d: d["entry"].append({"resource": observation("HR", 10, 80.0) | {"id": ["x"]}}), ("entry", 3, "resource", "id"), "string"),
         (lambda d: d["entry"].append({"resource": "Observation"}), ("entry", 3, "resource"), "each entry holds a resource"),
         (lambda d: d["entry"].append({"resource": observation("HR", 10, 80.0) | {"status": 5}}), ("entry", 3, "resource", "status"), "string"),
         (lambda d: d.update(resourceType="Observation"), (), "a FHIR Bundle is expected"),

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedTrimmedAvg
 
 from fedicu.client.client_app import app as hospital_app
+from fedicu.server.strategies import fit_to_replies, make_strategy
 from fedicu.server.update_checks import update_problems
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import ARRAYS
@@ -34,9 +36,29 @@ def test_honest_updates_pass_and_broken_or_outsized_ones_are_rejected_with_the_r
     assert set(problems) == {"nan", "shape", "scaled"}
     assert "b holds NaN or infinite values" in problems["nan"]
     assert "w is float32[3, 2], the model's is float[2, 3]" in problems["shape"]
-    assert "more than 10 x the median of the other hospitals' updates" in problems["scaled"]
+    assert "x as long per local step as the median of the other hospitals'" in problems["scaled"]
     assert set(update_problems(trained, SENT, factor=0.0)) == {"nan", "shape"}  # no norm bound
     assert update_problems({"alone": _moved(50.0)}, SENT, factor=10.0) == {}  # nobody to compare with
+
+
+def test_the_norm_bound_compares_steps_and_needs_others_that_moved():
+    big, small = _moved(1.0), _moved(0.05)  # 20 x as far, in 20 x the steps: the same per step
+    assert (
+        update_problems({"big": big, "small": small, "mid": _moved(0.1)}, SENT, 10.0, {"big": 40, "small": 2, "mid": 4})
+        == {}
+    )
+    assert update_problems({"a": _moved(0.1), "idle": _moved(0.0)}, SENT, 10.0) == {}  # idle: no scale to judge by
+    wide = ArrayRecord({"w": Array(np.zeros((2, 3))), "b": Array(np.array([1e39, 0.0, 0.0]))})  # float64
+    beyond = update_problems({"a": _moved(0.1), "b": wide}, SENT, 0.0)
+    assert "beyond what the model's float32 weights hold" in beyond["b"] and "a" not in beyond
+
+
+def test_trimmed_mean_trims_by_the_hospitals_that_replied():
+    strategy = make_strategy(RunConfig(strategy="trimmed-mean", hospitals=5, synthetic_stays=1500), 5)
+    fit_to_replies(strategy, 4)  # one hospital missing: still one cut at each end
+    assert isinstance(strategy, FedTrimmedAvg) and int(strategy.beta * 4) == 1
+    with pytest.raises(ValueError, match="needs at least 3 hospitals"):
+        make_strategy(RunConfig(strategy="krum", hospitals=2), 2)
 
 
 def test_missing_and_unknown_tensors_are_rejected():
@@ -104,6 +126,14 @@ def test_a_hospital_sending_nan_is_rejected_every_round_and_the_model_stays_whol
     rejected = [r for r in run_dir.read_json("hospital_metrics.json") if r["status"] != "ok"]
     assert len(rejected) == 2 and all("holds NaN or infinite values" in r["status"] for r in rejected)
     assert math.isfinite(rows[-1]["test_loss"]) and rows[-1]["test_auroc"] > clean["test_auroc"] - 0.05
+
+
+def test_a_rejected_hospital_s_dp_sgd_spending_is_still_accounted(tmp_path):
+    run_dir = run(tmp_path, attacking(1, "nan"), dp=True, noise_multiplier=1.0)
+    ledgers = {row["hospital"]: row for row in run_dir.read_json("privacy.json")}
+    assert len(ledgers) == 3 and all(row["epsilon"] > 0 for row in ledgers.values())
+    rejected = [r for r in run_dir.read_json("hospital_metrics.json") if r["status"] != "ok"]
+    assert len(rejected) == 2 and all(r["epsilon"] > 0 for r in rejected)
 
 
 def test_a_flipped_update_scaled_x100_ruins_fedavg_unchecked_and_harms_no_guarded_model(tmp_path, clean_five):

@@ -4,7 +4,7 @@ An attribution is a share of the stay's risk (the model's probability, before an
 recalibration) relative to the risk of an empty stay: the same model input for a stay with no
 measurement and no descriptor (`empty_stay`). Integrated gradients are complete: a stay's
 attributions add up to risk(stay) - risk(empty stay), up to the error of the path integral,
-which Captum reports per stay (`Explanation.delta`). A recurrent model can turn sharply
+reported per stay (`Explanation.delta`, Captum's convergence delta). A recurrent model can turn sharply
 somewhere on the path from the empty stay to the stay; a stay whose error exceeds `TOLERANCE`
 is integrated again with more steps (`REFINED_STEPS`, in turn), and the smaller error is kept.
 On PhysioNet 2012 set B no stay needed more than the first 16 points (largest error 9e-4,

@@ -5,7 +5,7 @@ that `POST /predict` takes. Codes and units are read through `FhirMapping`.
 - The Encounter (exactly one) gives the stay's identifier (its id, else its first identifier),
   the ICU admission (`period.start`: minutes count from it) and the ICU type (a coding of
   `serviceType`, `type` or a location's `physicalType` the mapping lists; else none).
-- The Patient (at most one) gives Gender and Age (whole years from `birthDate` to admission).
+- The Patient (none, or one) gives Gender and Age (whole years from `birthDate` to admission).
 - Each Observation, and each component of a panel such as blood pressure, whose LOINC code the
   mapping names is a value at its `effectiveDateTime` (or instant, or the end of its period:
   when the value was known), converted from its UCUM unit to the model's. Body height closest
@@ -16,8 +16,9 @@ that `POST /predict` takes. Codes and units are read through `FhirMapping`.
 Skipped, and counted by reason in the answer (once per resource): resources other than those
 three, duplicates of an entry (same type and id), Observations whose code is not modelled (or
 that carry a code the mapping rules out, such as pulse oximetry), entered in error or
-cancelled, without a value or with a comparator (`<0.01`), with a date but no time of day, or
-outside the 48 hours the model reads. A modelled value whose unit does not convert is refused
+cancelled, without a value or with a comparator (`<0.01`), with a date but no time of day
+(except a height or age: a date places them well enough), or outside the 48 hours the model
+reads. A modelled value whose unit does not convert is refused
 (`BundleError`, naming where it lies in the Bundle): guessing would change the risk.
 """
 
@@ -110,7 +111,8 @@ def _resources(document: Any) -> tuple[list[tuple[int, Any]], Counter[str]]:
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise BundleError.at(("entry", i, "resource"), "each entry holds a resource: an object with resourceType")
-        kind, key = resource["resourceType"], (resource["resourceType"], resource.get("id"))
+        kind, identity = resource["resourceType"], resource.get("id")
+        key = (kind, identity if isinstance(identity, str) else None)  # another id: validation says so
         if kind not in _READ:
             skipped["a resource other than Encounter, Patient and Observation"] += 1
         elif key[1] is not None and key in seen:
@@ -177,8 +179,10 @@ def _age(patient: Patient, at: int, admission: dt.datetime) -> float | None:
         parts = [int(p) for p in birth.split("-")]
         birth = dt.date(parts[0], parts[1], 15) if len(parts) == 2 else dt.date(parts[0], 7, 1)
     day = admission.date()
-    if birth > day:
-        raise BundleError.at(("entry", at, "resource", "birthDate"), "the Patient is born after the ICU admission")
+    if not day.year - 150 < birth.year or birth > day:
+        raise BundleError.at(
+            ("entry", at, "resource", "birthDate"), "the birth date must lie in the 150 years before the ICU admission"
+        )
     return float(day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day)))
 
 
@@ -200,7 +204,7 @@ def _observations(
         if not isinstance(when, dt.datetime) and descriptor and isinstance(when, dt.date):
             when = dt.datetime.combine(when, dt.time(12), admission.tzinfo)  # a date places a height well enough
         reason = _unusable(observation, modelled, mapping, when)
-        if reason or not isinstance(when, dt.datetime):
+        if reason or not isinstance(when, dt.datetime):  # `_unusable` says why: the check is for the types
             skipped[reason or "an Observation with no time of day"] += 1
             continue
         minutes = (when - admission).total_seconds() / 60
@@ -211,7 +215,9 @@ def _observations(
         ]
         values += kept
         if not kept:
-            skipped[_outside(minutes) or "an Observation without a value, or with a comparator"] += 1
+            skipped[
+                _outside(minutes) or "an Observation without a value it can read (none, a comparator, no unit)"
+            ] += 1
     return values
 
 

@@ -1,6 +1,6 @@
 """How `POST /fhir/predict` reads FHIR codes: the shipped `fhir_mapping.toml`, and a site's own
 additions (`fedicu serve --fhir-mapping FILE`, the same layout; its entries add to the shipped
-ones and win where both name a code)."""
+ones and win where both map a code; `[skip]` lists only grow)."""
 
 from __future__ import annotations
 

@@ -113,12 +113,13 @@ class BearerToken:
     before anything of it is read."""
 
     def __init__(self, app: ASGIApp, token: str):
-        self.app, self.expected = app, f"Bearer {token}".encode()
+        self.app, self.expected = app, token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self.expected):
                 refusal = JSONResponse(
                     {"detail": "a valid bearer token is needed"}, 401, {"WWW-Authenticate": "Bearer"}
                 )

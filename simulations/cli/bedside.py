@@ -155,7 +155,7 @@ def serve(
     requests.addHandler(handler)
     requests.setLevel(logging.INFO)
     requests.propagate = False  # one line per request, not one more from a handler the libraries set up
-    console.print(f"Serving {run_dir or onnx} (model {sha[:12]}) on http://{host}:{port} (docs: /docs); stays in {database}",
+    console.print(f"Serving {run_dir or onnx} (model {sha[:12]}) on http://{host}:{port} (docs: /docs{', with the token' if token else ''}); stays in {database}",
                   highlight=False, soft_wrap=True)  # one line, as the request lines after it  # fmt: skip
     gc.freeze()  # what is loaded now lives as long as the service: no collection walks it again
     try:
