@@ -45,6 +45,12 @@ def _prepare(config: RunConfig) -> Federation:
         raise UserError(str(error)) from error
     if config.min_hospitals > len(federation.hospitals):
         raise UserError(f"--min-hospitals {config.min_hospitals} exceeds the {len(federation.hospitals)} hospitals")
+    from fedicu.server.strategies import make_strategy  # Flower's strategies are slow to import
+
+    try:
+        make_strategy(config, len(federation.hospitals))  # a strategy the hospitals cannot run is refused now
+    except ValueError as error:
+        raise UserError(str(error)) from error
     if config.dp:
         _check_privacy_settings(config, federation)
     report_skipped(federation.skipped)
