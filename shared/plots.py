@@ -46,6 +46,16 @@ class Curves:
 
 FEDERATED_CURVES = Curves("federated round", 1, train="mean over hospitals", val="pooled over hospitals")
 
+
+def centralized_curves(epochs: int) -> Curves:
+    return Curves("epoch", epochs, train="pooled stays", val="pooled over hospitals")
+
+
+def local_curves(epochs: int, whose: str) -> Curves:
+    """A local-only model's: `whose` stays, e.g. "coronary-care's"."""
+    return Curves("epoch", epochs, train=f"{whose} stays", val=f"{whose} stays")
+
+
 # One look per split, the same in both panels.
 SPLIT_STYLE = {
     "train": {"color": "tab:green", "marker": "^"},
@@ -55,6 +65,11 @@ SPLIT_STYLE = {
 
 
 def plot_learning_curves(rows: list[dict], path: Path, curves: Curves, best_round: int) -> None:
+    """`learning_curves_figure`, written to `path`."""
+    save_figure(learning_curves_figure(rows, curves, best_round), path)
+
+
+def learning_curves_figure(rows: list[dict], curves: Curves, best_round: int) -> Figure:
     """AUROC and loss per row, with the best round (the row whose "round" is `best_round`) marked.
 
     A series without a single value (the training loss under DP-SGD, test metrics of a
@@ -83,7 +98,7 @@ def plot_learning_curves(rows: list[dict], path: Path, curves: Curves, best_roun
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: never over a curve
         ax.xaxis.get_major_locator().set_params(integer=True)
-    save_figure(fig, path)
+    return fig
 
 
 def plot_cross_site(rows: list[dict], path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -17,7 +15,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from fedicu.shared.plots import DPI, Curves, plot_learning_curves, plt
+from fedicu.shared.plots import DPI, Curves, learning_curves_figure, plt
 
 Groups = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (labels 0/1, predicted risks)
 POOLED_STYLE = {"color": "black", "linewidth": 2.2}
@@ -36,12 +34,9 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def learning_curves_png(rows: list[dict], curves: Curves, best_round: int) -> bytes:
-    """`shared.plots.plot_learning_curves` of rows read back from JSON (null: not a number)."""
+    """`shared.plots.learning_curves_figure` of rows read back from JSON (null: not a number)."""
     numeric = [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "curves.png"
-        plot_learning_curves(numeric, path, curves, best_round)
-        return path.read_bytes()
+    return png_bytes(learning_curves_figure(numeric, curves, best_round))
 
 
 def both_classes(labels: np.ndarray) -> bool:

@@ -34,7 +34,7 @@ from fedicu.shared.metrics import (
     mean_bootstrap_intervals,
 )
 from fedicu.shared.model import MortalityLSTM, model_config_of
-from fedicu.shared.plots import Curves, plot_learning_curves
+from fedicu.shared.plots import Curves, centralized_curves, local_curves, plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from fedicu.shared.run_dir import (
     BEST_MODEL,
@@ -100,7 +100,7 @@ def fit(
 
 def centralized(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_round=None) -> dict:
     """Pool every hospital's stays and train one model; writes a full run directory."""
-    curves = Curves("epoch", config.local_epochs, train="pooled stays", val="pooled over hospitals")
+    curves = centralized_curves(config.local_epochs)
     best, _, _ = _complete_run(config, federation, run_dir, "centralized", curves, on_round)
     return {**best, "best_round": best["round"]}
 
@@ -152,7 +152,7 @@ def local(config: RunConfig, federation: Federation, run_dir: RunDirectory, on_h
         results, test_scores = [], []
         for h, folder in zip(federation.hospitals, _folders([h.name for h in federation.hospitals]), strict=True):
             alone = RunDirectory(run_dir.path / folder).create()
-            curves = Curves("epoch", config.local_epochs, train=f"{h.name}'s stays", val=f"{h.name}'s stays")
+            curves = local_curves(config.local_epochs, f"{h.name}'s")
             best, model, norm = _complete_run(config, replace(federation, hospitals=[h]), alone, "local", curves)
             results.append({"hospital": h.name, "run_dir": folder, "train_stays": len(h.train), **best})
             test_scores.append(predict(model, to_features(federation.test, norm, config.model_variables)))

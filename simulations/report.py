@@ -25,7 +25,7 @@ from fedicu.shared.calibration import ECE_BINNING, RECALIBRATION_METHODS
 from fedicu.shared.datasets import DATASETS
 from fedicu.shared.metrics import CI_CAPTION
 from fedicu.shared.model import MortalityLSTM
-from fedicu.shared.plots import FEDERATED_CURVES, Curves
+from fedicu.shared.plots import FEDERATED_CURVES, Curves, centralized_curves, local_curves
 from fedicu.shared.preprocessing import Normalization, Sequences
 from fedicu.shared.privacy.audit import AUDIT_JSON, AUDIT_PNG
 from fedicu.shared.report_plots import (
@@ -250,9 +250,9 @@ def curves_of(run: dict, config: dict) -> Curves:
     """What the metric rows count: federated rounds, or a baseline's epochs."""
     epochs = int(config.get("local-epochs", 1))
     if run.get("setting") == "centralized":
-        return Curves("epoch", epochs, train="pooled stays", val="pooled over hospitals")
+        return centralized_curves(epochs)
     if run.get("setting") == "local":
-        return Curves("epoch", epochs, train="the hospital's stays", val="the hospital's stays")
+        return local_curves(epochs, "the hospital's")
     return FEDERATED_CURVES
 
 
