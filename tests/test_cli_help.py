@@ -1,11 +1,16 @@
-"""Every command, option and argument of `fedicu` explains itself in `--help`."""
+"""Every command, option and argument of `fedicu` explains itself in `--help`, and `fedicu --help`
+lists them without importing what the commands need."""
+
+import subprocess
+import sys
 
 import click
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedicu.simulations.cli import app
+from fedicu.simulations.cli import COMMANDS as COMMAND_MODULES
+from fedicu.simulations.cli import app, load_command
 
 
 def _commands(command: click.Command, path: tuple[str, ...] = ()):
@@ -16,7 +21,13 @@ def _commands(command: click.Command, path: tuple[str, ...] = ()):
             yield from _commands(sub, (*path, name))
 
 
-COMMANDS = list(_commands(typer.main.get_command(app)))
+def _tree():
+    yield (), typer.main.get_command(app)
+    for name in COMMAND_MODULES:
+        yield from _commands(load_command(name), (name,))
+
+
+COMMANDS = list(_tree())
 IDS = [" ".join(path) or "fedicu" for path, _ in COMMANDS]
 
 
@@ -36,3 +47,30 @@ def test_help_of_every_command_runs(path, command):
     result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_the_list_shows_each_command_s_own_help():
+    group = typer.main.get_command(app)
+    with click.Context(group) as ctx:
+        for name in group.list_commands(ctx):
+            listed = group.get_command(ctx, name)
+            assert listed is not None and listed.help == load_command(name).help, name
+
+
+def test_the_command_list_imports_no_heavy_library():
+    heavy = ("torch", "flwr", "sklearn", "pandas", "numpy", "opacus", "ray")
+    code = (
+        "import sys\n"
+        "from fedicu.simulations.cli import app\n"
+        "app(['--help'], standalone_mode=False)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "Commands" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_misspelt_command_is_refused_with_the_closest_name():
+    result = CliRunner().invoke(app, ["simulat"])
+    assert result.exit_code == 2
+    assert "Did you mean 'simulate'?" in result.output

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fedicu.shared.run_dir import SITES_DIR
 from fedicu.simulations import simulate as simulation_engine
 from fedicu.simulations.cli import app, main
-from fedicu.simulations.cli.common import RunFailed
+from fedicu.simulations.cli.terminal import RunFailed
 from fedicu.simulations.inprocess import run_in_process
 from fedicu.simulations.tracking import EXPERIMENT, STAY_LEVEL
 

@@ -2,23 +2,109 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.metadata
+import importlib.util
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
+import typer.core
 from rich.markup import escape
 
 from fedicu.shared import stopping
 from fedicu.shared.errors import DataError
-from fedicu.simulations.cli.common import RunFailed, RunInterrupted, UserError, console
+from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
 
-from . import bedside, data, deployment, evaluation, privacy, report, site, tools, training
+# name -> (module of `fedicu.simulations.cli`, its command function or sub-app), in the order
+# `fedicu --help` lists them
+COMMANDS = {
+    "simulate": ("training", "simulate"),
+    "centralized": ("training", "centralized"),
+    "local": ("training", "local_"),
+    "compare": ("training", "compare"),
+    "validate": ("training", "validate"),
+    "evaluate": ("evaluation", "evaluate"),
+    "cross-site": ("evaluation", "cross_site_"),
+    "predict": ("bedside", "predict"),
+    "serve": ("bedside", "serve"),
+    "export": ("bedside", "export"),
+    "report": ("report", "report"),
+    "audit": ("privacy", "audit"),
+    "sweep": ("privacy", "sweep"),
+    "bench": ("tools", "bench"),
+    "certs": ("deployment", "certs"),
+    "deploy-demo": ("deployment", "deploy_demo"),
+    "export-synthetic": ("tools", "export_synthetic"),
+    "site": ("site", "site_app"),
+    "data": ("data", "data_app"),
+}
+
+
+def _summary(module: str, name: str) -> str:
+    """The help of command function or sub-app `name`, read from its module's source.
+
+    Importing the command modules costs seconds (torch, Flower, scikit-learn); their source
+    holds the same text: a function's docstring, or a sub-app's `typer.Typer(help=...)`.
+    """
+    spec = importlib.util.find_spec(f"{__name__}.{module}")
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_docstring(node) or ""
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            call = node.value
+            assert isinstance(call, ast.Call)
+            return next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "help")
+    raise LookupError(f"{module}.py defines no command {name}")
+
+
+def load_command(name: str) -> click.Command:
+    """The click command `name`, its module imported."""
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyCommands(typer.core.TyperGroup):
+    """The command group that imports a command's module only when that command is run or asked
+    for its own help; the list in `fedicu --help` comes from the sources (`_summary`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        return click.Command(cmd_name, help=_summary(*COMMANDS[cmd_name]))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            name, _, rest = super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            matches = difflib.get_close_matches(args[0], COMMANDS) if args else []
+            if matches:
+                error.message = f"{error.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+            raise
+        assert name is not None
+        return name, load_command(name), rest
+
 
 app = typer.Typer(
+    cls=LazyCommands,
     help="Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models.",
     no_args_is_help=True,
     add_completion=False,
@@ -39,28 +125,6 @@ def _options(
     ] = False,
 ) -> None:
     """Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models."""
-
-
-# In the order `fedicu --help` lists them.
-app.command()(training.simulate)
-app.command()(training.centralized)
-app.command("local")(training.local_)
-app.command()(training.compare)
-app.command()(training.validate)
-app.command()(evaluation.evaluate)
-app.command("cross-site")(evaluation.cross_site_)
-app.command()(bedside.predict)
-app.command()(bedside.serve)
-app.command()(bedside.export)
-app.command()(report.report)
-app.command()(privacy.audit)
-app.command()(privacy.sweep)
-app.command()(tools.bench)
-app.command()(deployment.certs)
-app.command("deploy-demo")(deployment.deploy_demo)
-app.command("export-synthetic")(tools.export_synthetic)
-app.add_typer(site.site_app, name="site")
-app.add_typer(data.data_app, name="data")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -13,17 +13,9 @@ import typer
 from fedicu.shared.config import RunConfig
 from fedicu.shared.files import atomic_write_bytes
 from fedicu.shared.run_dir import trained_task
-from fedicu.simulations.cli.common import (
-    OPTION_HELP,
-    DataDir,
-    DataFormat,
-    Labels,
-    MappingFile,
-    Strict,
-    UserError,
-    console,
-)
+from fedicu.simulations.cli.common import OPTION_HELP, DataDir, DataFormat, Labels, MappingFile, Strict
 from fedicu.simulations.cli.evaluation import default_sets, given_cohort
+from fedicu.simulations.cli.terminal import UserError, console
 
 RecalibrationFile = Annotated[
     Path | None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -22,8 +22,7 @@ from fedicu.shared.config import RunConfig
 from fedicu.shared.metrics import CI_CAPTION, interval_text
 from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, MODEL_CARD
 from fedicu.shared.tasks import BUILT_IN
-
-console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
+from fedicu.simulations.cli.terminal import UserError, console
 
 OPTION_HELP = {
     "dataset": "Data format: synthetic (built in), physionet2012, tables (stays and events as CSV or Parquet) or meds.",
@@ -93,18 +92,6 @@ def report_skipped(skipped: tuple[SkippedRows, ...]) -> None:
     """The one line a command prints about rows its reader skipped."""
     if skipped:
         console.print(f"[yellow]{skipped_summary(skipped)}[/] (--strict refuses them)", highlight=False)
-
-
-class UserError(Exception):
-    """A mistake in the command's input: reported in one line, exit code 2."""
-
-
-class RunFailed(Exception):
-    """A run that started but could not finish (e.g. too few hospitals replied): exit code 1."""
-
-
-class RunInterrupted(Exception):
-    """A run stopped by Ctrl-C or SIGTERM, its directory marked `interrupted`: exit code 130 or 143."""
 
 
 def run_options(command=None, *, dp_per_cell: bool = False):

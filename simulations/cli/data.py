@@ -10,17 +10,8 @@ import typer
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.errors import DataError
-from fedicu.simulations.cli.common import (
-    OPTION_HELP,
-    DataDir,
-    DataFormat,
-    Labels,
-    MappingFile,
-    Strict,
-    UserError,
-    console,
-    report_skipped,
-)
+from fedicu.simulations.cli.common import OPTION_HELP, DataDir, DataFormat, Labels, MappingFile, Strict, report_skipped
+from fedicu.simulations.cli.terminal import UserError, console
 
 data_app = typer.Typer(help="Data conversion and task labels.", no_args_is_help=True)
 

@@ -15,15 +15,8 @@ from fedicu.server.server_app import default_run_dir
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
 from fedicu.shared.run_dir import CONFIG_FILE, CROSS_SITE_JSON, METRICS_JSON, RunDirectory
-from fedicu.simulations.cli.common import (
-    OPTION_HELP,
-    RunFailed,
-    UserError,
-    best_round_tables,
-    console,
-    cross_site_table,
-    rounds_table,
-)
+from fedicu.simulations.cli.common import OPTION_HELP, best_round_tables, cross_site_table, rounds_table
+from fedicu.simulations.cli.terminal import RunFailed, UserError, console
 
 
 def certs(

@@ -41,15 +41,14 @@ from fedicu.simulations.cli.common import (
     Labels,
     MappingFile,
     Strict,
-    UserError,
     ci_caption,
-    console,
     cross_site_table,
     fmt_ci,
     report_skipped,
     split_tables,
     titled,
 )
+from fedicu.simulations.cli.terminal import UserError, console
 
 SPLITS = ("test",)
 GROUPING_COLUMNS = {"icu-type": "icu_type", "hospital": "hospital", "set": "source"}  # of the stays table

@@ -15,16 +15,8 @@ from rich.text import Text
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.stopping import StopRequested
-from fedicu.simulations.cli.common import (
-    RunFailed,
-    RunInterrupted,
-    UserError,
-    ci_caption,
-    console,
-    fmt_ci,
-    run_options,
-    titled,
-)
+from fedicu.simulations.cli.common import ci_caption, fmt_ci, run_options, titled
+from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
 
 
 def audit(

@@ -12,16 +12,9 @@ import typer
 from fedicu.shared.config import RunConfig
 from fedicu.shared.files import atomic_write_bytes
 from fedicu.shared.run_dir import CONFIG_FILE, STAYS_FILE, load_trained, trained_task
-from fedicu.simulations.cli.common import (
-    OPTION_NAMES,
-    DataDir,
-    Labels,
-    MappingFile,
-    Strict,
-    UserError,
-    console,
-)
+from fedicu.simulations.cli.common import OPTION_NAMES, DataDir, Labels, MappingFile, Strict
 from fedicu.simulations.cli.evaluation import default_sets, given_cohort, same_data
+from fedicu.simulations.cli.terminal import UserError, console
 
 if TYPE_CHECKING:
     from fedicu.shared.preprocessing import Sequences

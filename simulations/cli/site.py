@@ -14,16 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedicu.shared.config import RunConfig
-from fedicu.simulations.cli.common import (
-    OPTION_HELP,
-    DataFormat,
-    Labels,
-    MappingFile,
-    Strict,
-    UserError,
-    console,
-    titled,
-)
+from fedicu.simulations.cli.common import OPTION_HELP, DataFormat, Labels, MappingFile, Strict, titled
+from fedicu.simulations.cli.terminal import UserError, console
 
 site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedicu.simulations.cli.common import OPTION_HELP, UserError, console, fmt
+from fedicu.simulations.cli.common import OPTION_HELP, fmt
+from fedicu.simulations.cli.terminal import UserError, console
 
 
 def bench(
@@ -66,7 +67,7 @@ def bench(
 def _bench_serve(run_dir: Path, as_json: bool) -> None:
     from fedicu.shared.run_dir import load_trained
     from fedicu.simulations.bench_serve import measure
-    from fedicu.simulations.cli.common import RunFailed
+    from fedicu.simulations.cli.terminal import RunFailed
 
     try:
         load_trained(run_dir)

@@ -19,11 +19,7 @@ from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
-    RunFailed,
-    RunInterrupted,
-    UserError,
     best_round_tables,
-    console,
     cross_site_table,
     leave_out_table,
     report_skipped,
@@ -31,6 +27,7 @@ from fedicu.simulations.cli.common import (
     rounds_table,
     run_options,
 )
+from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
 from fedicu.simulations.cross_site import matrix
 from fedicu.simulations.tracking import NO_TRACKING, Backend, Track, Tracking, TrackingUri
 
