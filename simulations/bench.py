@@ -14,7 +14,9 @@
    at least 20 training stays per hospital): time per round and the peak resident memory of
    the whole process tree (this process, Ray and its workers), sampled every 0.2 s.
 
-Every timing is the median of `repeats` runs (simulations: once each, they take minutes).
+Every timing is the median of `repeats` runs. Every ratio is the median of `repeats` per-pair
+ratios, its two sides run alternately (A B A B ...: the machine's drift lands on both alike), with
+the range of the pairs beside it (`<ratio>_min_max`); `--quick` runs one simulation per cohort.
 `--quick` shrinks everything for a CI-sized check.
 """
 
@@ -51,16 +53,17 @@ def machine() -> dict:
     }
 
 
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def _median_time(work: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
     """Median wall time of `work` over `repeats` runs, after one untimed run (first-call costs)."""
     if warm_up:
         work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(_seconds(work) for _ in range(repeats))
 
 
 def loader(data_dir: str, repeats: int) -> dict:
@@ -82,6 +85,22 @@ def loader(data_dir: str, repeats: int) -> dict:
     return {"parse_and_cache_s": statistics.median(cold), "cached_reload_s": statistics.median(warm)}
 
 
+def _ratio(name: str, numerators: list[float], denominators: list[float]) -> dict:
+    """Median of the per-pair ratios under `name`, and their range under `name_min_max`."""
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    return {name: statistics.median(ratios), f"{name}_min_max": [min(ratios), max(ratios)]}
+
+
+def _alternate(first: Callable[[], float], second: Callable[[], float], pairs: int) -> tuple[list, list]:
+    """`pairs` results of each, run as first, second, first, second, ...: the machine's speed
+    drifts (other load, clock), and alternating puts the drift on both sides of a ratio alike."""
+    results: tuple[list, list] = ([], [])
+    for _ in range(pairs):
+        results[0].append(first())
+        results[1].append(second())
+    return results
+
+
 def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
     from opacus.accountants import RDPAccountant
 
@@ -93,20 +112,23 @@ def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
     set_torch_threads(os.cpu_count() or 1)
     model_config = model_config_of(config)
     args: dict[str, Any] = dict(epochs=1, lr=config.lr, batch_size=config.batch_size, seed=0)
-    plain = _median_time(lambda: train_epochs(MortalityLSTM(model_config), x, y, **args), repeats)
-    private = _median_time(
-        lambda: train_epochs_dp(
-            make_dp_model(model_config),
-            x,
-            y,
-            **args,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            accountant=RDPAccountant(),
-        ),
-        repeats,
-    )
-    return {"stays": len(x), "plain_epoch_s": plain, "dp_epoch_s": private, "dp_over_plain": private / plain}
+
+    def plain() -> float:
+        model = MortalityLSTM(model_config)
+        return _seconds(lambda: train_epochs(model, x, y, **args))
+
+    def private() -> float:
+        model, dp = make_dp_model(model_config), dict(noise_multiplier=1.0, max_grad_norm=1.0)
+        return _seconds(lambda: train_epochs_dp(model, x, y, **args, **dp, accountant=RDPAccountant()))
+
+    plain(), private()  # first-call costs
+    plain_s, dp_s = _alternate(plain, private, repeats)
+    return {
+        "stays": len(x),
+        "plain_epoch_s": statistics.median(plain_s),
+        "dp_epoch_s": statistics.median(dp_s),
+        **_ratio("dp_over_plain", dp_s, plain_s),
+    }
 
 
 class _PeakMemory:
@@ -158,7 +180,7 @@ def _simulate(config: RunConfig, federation: Federation) -> tuple[float, float, 
         return wall, progress.first_contact or 0.0, run_dir.read_json(METRICS_JSON), memory.peak
 
 
-def round_compute(federation: Federation, config: RunConfig) -> float:
+def round_compute(federation: Federation, config: RunConfig, repeats: int = 3) -> float:
     """The pure compute of one round, without the framework: every hospital's local epoch and
     its two validation scorings (local model, then global model), and the server's scoring
     of the test split, each timed alone on one thread, all spread perfectly over the cores
@@ -176,28 +198,32 @@ def round_compute(federation: Federation, config: RunConfig) -> float:
             predict(model, x_val)
 
         with torch_threads(1):
-            hospitals += _median_time(work, 3)
+            hospitals += _median_time(work, repeats)
     x_test, model = to_features(federation.test, norm), MortalityLSTM(model_config_of(config))
     with torch_threads(1):
-        server = _median_time(lambda: predict(model, x_test), 3)
+        server = _median_time(lambda: predict(model, x_test), repeats)
     return (hospitals + server) / min(os.cpu_count() or 1, len(federation.hospitals))
 
 
-def overhead(config: RunConfig) -> dict:
+def overhead(config: RunConfig, pairs: int = 1) -> dict:
+    """A simulation against the pure compute of its rounds, in `pairs` alternating pairs."""
     federation = prepare(config)
-    compute_per_round = round_compute(federation, config)
-    wall, first_contact, rows, _ = _simulate(config, federation)
-    round_s = statistics.median(r["seconds"] for r in rows)
+    compute, simulations = _alternate(
+        lambda: round_compute(federation, config, repeats=1), lambda: _simulate(config, federation), pairs
+    )
+    round_s = [statistics.median(r["seconds"] for r in rows) for _, _, rows, _ in simulations]
+    wall = [wall for wall, _, _, _ in simulations]
     return {
         "cohort": config.dataset,
         "hospitals": len(federation.hospitals),
         "rounds": config.rounds,
-        "compute_per_round_s": compute_per_round,
-        "federated_round_s": round_s,
-        "federated_over_local_compute_ratio": round_s / compute_per_round,
-        "simulation_wall_s": wall,
-        "start_up_to_first_contact_s": first_contact,
-        "wall_over_local_compute_ratio": wall / (config.rounds * compute_per_round),
+        "pairs": pairs,
+        "compute_per_round_s": statistics.median(compute),
+        "federated_round_s": statistics.median(round_s),
+        **_ratio("federated_over_local_compute_ratio", round_s, compute),
+        "simulation_wall_s": statistics.median(wall),
+        "start_up_to_first_contact_s": statistics.median(first for _, first, _, _ in simulations),
+        **_ratio("wall_over_local_compute_ratio", wall, [config.rounds * c for c in compute]),
     }
 
 
@@ -249,14 +275,17 @@ def run(data_dir: str, quick: bool, repeats: int, on_step: Callable[[str, dict],
         cohorts.insert(0, RunConfig(dataset="physionet2012", data_dir=data_dir, rounds=rounds))
     report["overhead"] = []
     for config in cohorts:
-        report["overhead"].append(overhead(config))
+        report["overhead"].append(overhead(config, pairs=1 if quick else repeats))
         on_step("overhead", report["overhead"][-1])
     report["trivial"] = trivial_round(3 if quick else 5)
     on_step("overhead", report["trivial"])
     counts = [8] if quick else [4, 64, 256, 1000]
     report["scale"] = scale(counts, lambda r: on_step("scale", r))
     report["dp_over_plain_epoch_ratio"] = report["epoch"]["dp_over_plain"]
-    report["federated_over_local_compute_ratio"] = report["overhead"][0]["federated_over_local_compute_ratio"]
+    report["dp_over_plain_epoch_ratio_min_max"] = report["epoch"]["dp_over_plain_min_max"]
+    for ratio in ("federated_over_local_compute_ratio", "wall_over_local_compute_ratio"):
+        for key in (ratio, f"{ratio}_min_max"):  # the first cohort's: PhysioNet when given
+            report[key] = report["overhead"][0][key]
     report["max_virtual_hospitals_completed"] = max(
         (r["hospitals"] for r in report["scale"] if r["completed"]), default=0
     )

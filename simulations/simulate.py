@@ -69,6 +69,13 @@ def _unless_stopping(record: logging.LogRecord) -> bool:
     return not stopping.stop_requested()
 
 
+def _ray_cluster() -> dict[str, Any]:
+    """Where the simulated hospitals run: the Ray cluster at `RAY_ADDRESS` (Ray's own variable,
+    which `--ray-address` sets), its size its own; otherwise a local Ray on every core."""
+    address = os.environ.get("RAY_ADDRESS")
+    return {"address": address} if address else {"num_cpus": os.cpu_count() or 1}
+
+
 def simulate(
     config: RunConfig,
     federation: Federation,
@@ -99,10 +106,9 @@ def simulate(
         finally:
             server_done.set()
 
-    cores = os.cpu_count() or 1
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "logging_level": "error", "log_to_driver": False},
+        "init_args": {**_ray_cluster(), "logging_level": "error", "log_to_driver": False},
     }
     with quiet_flower(), dispatch.installed(), ray_keeps_sigterm_handler():
         try:

@@ -17,6 +17,15 @@ def test_peak_memory_counts_child_processes():
     assert with_child.peak - alone.peak > 250 * 2**20
 
 
+def test_the_two_sides_of_a_ratio_alternate_and_the_ratio_is_the_median_of_the_pairs():
+    calls = []
+    first, second = bench._alternate(lambda: calls.append("a") or len(calls), lambda: calls.append("b") or 1.0, 3)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and first == [1, 3, 5] and second == [1.0, 1.0, 1.0]
+    # pairs (1, 2), (10, 2), (100, 400): ratios 0.5, 5, 0.25; the ratio of the medians would be 5
+    ratio = bench._ratio("r", [1.0, 10.0, 100.0], [2.0, 2.0, 400.0])
+    assert ratio == {"r": 0.5, "r_min_max": [0.25, 5.0]}
+
+
 @requires_physionet
 def test_loader_times_a_cold_parse_and_a_cached_reload_without_touching_the_users_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDICU_CACHE_DIR", str(tmp_path / "users-cache"))
@@ -34,6 +43,7 @@ def test_quick_bench_ends_with_one_json_object_holding_the_goal_figures():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["quick"] and report["loader"] == {"skipped": "no --data-dir (PhysioNet 2012 A+B)"}
     assert report["dp_over_plain_epoch_ratio"] == report["epoch"]["dp_epoch_s"] / report["epoch"]["plain_epoch_s"] > 0
+    assert report["dp_over_plain_epoch_ratio_min_max"] == [report["dp_over_plain_epoch_ratio"]] * 2  # one pair
     (synthetic,) = report["overhead"]
     assert synthetic["cohort"] == "synthetic" and synthetic["hospitals"] == 4
     assert (
@@ -41,6 +51,9 @@ def test_quick_bench_ends_with_one_json_object_holding_the_goal_figures():
         == synthetic["federated_round_s"] / synthetic["compute_per_round_s"]
     )
     assert 0 < synthetic["federated_round_s"] < synthetic["simulation_wall_s"]
+    assert report["wall_over_local_compute_ratio"] == synthetic["simulation_wall_s"] / (
+        synthetic["rounds"] * synthetic["compute_per_round_s"]
+    )
     assert 0 < report["trivial"]["trivial_round_s"] < synthetic["simulation_wall_s"]
     assert report["max_virtual_hospitals_completed"] == 8
     (scale,) = report["scale"]  # virtual hospitals with about twenty training stays each

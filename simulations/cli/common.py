@@ -6,6 +6,8 @@ import functools
 import inspect
 import json
 import math
+import os
+import socket
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -86,6 +88,33 @@ DataDir = Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])]
 Labels = Annotated[str, typer.Option(help=OPTION_HELP["labels"])]
 MappingFile = Annotated[str, typer.Option("--mapping", help=OPTION_HELP["mapping"])]
 Strict = Annotated[bool, typer.Option(help=OPTION_HELP["strict"])]
+RayAddress = Annotated[
+    str,
+    typer.Option(
+        help="Run the simulated hospitals on this existing Ray cluster, HOST:PORT of its head (what `ray start "
+        "--head` prints), instead of a local Ray on this machine's cores; its nodes need this fedicu and must "
+        "see the run directory."
+    ),
+]
+
+
+def use_ray_cluster(address: str) -> None:
+    """Simulations of this command attach to the Ray cluster whose head is at `address` (none: a
+    local Ray). Ray reads the address from its own variable, RAY_ADDRESS; a head that does not
+    answer is reported now, not after Ray's own minute of retries."""
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected HOST:PORT of the Ray head, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_HEAD_TIMEOUT_S).close()
+    except OSError as error:
+        raise UserError(f"--ray-address {address}: no Ray head answers there ({error})") from error
+    os.environ["RAY_ADDRESS"] = address
+
+
+RAY_HEAD_TIMEOUT_S = 5
 
 
 def report_skipped(skipped: tuple[SkippedRows, ...]) -> None:
@@ -138,6 +167,8 @@ def fmt(value) -> str:
         return "–"
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}"
+    if isinstance(value, list):  # a range: [min, max]
+        return " to ".join(map(fmt, value))
     return str(value)
 
 

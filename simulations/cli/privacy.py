@@ -15,7 +15,7 @@ from rich.text import Text
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared.config import RunConfig
 from fedicu.shared.stopping import StopRequested
-from fedicu.simulations.cli.common import ci_caption, fmt_ci, run_options, titled
+from fedicu.simulations.cli.common import RayAddress, ci_caption, fmt_ci, run_options, titled, use_ray_cluster
 from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
 
 
@@ -116,12 +116,14 @@ def sweep(
         int,
         typer.Option(help="At most this many training stays attacked per audit, against as many held-out test stays."),
     ] = 1000,
+    ray_address: RayAddress = "",
 ) -> None:
     """The privacy-accuracy study: federated DP-SGD over epsilons x seeds, baselines, audits; resumable."""
     from rich.progress import TimeRemainingColumn
 
     from fedicu.simulations import sweep as study
 
+    use_ray_cluster(ray_address)
     try:
         cells = study.grid(study.parse_epsilons(epsilons), _parse_seeds(seeds), baselines)
     except ValueError as error:

@@ -24,7 +24,12 @@ def bench(
     quick: Annotated[
         bool, typer.Option(help="A small version for CI-sized checks: fewer stays, rounds and hospitals.")
     ] = False,
-    repeats: Annotated[int, typer.Option(help="Runs of each timing; the median is reported (at least 1).")] = 3,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Runs of each timing, or alternating pairs of each ratio; the median is reported (at least 1)."
+        ),
+    ] = 5,
     as_json: Annotated[
         bool, typer.Option("--json", help="End with the whole report as one JSON object on stdout.")
     ] = False,

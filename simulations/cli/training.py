@@ -19,6 +19,7 @@ from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
+    RayAddress,
     best_round_tables,
     cross_site_table,
     leave_out_table,
@@ -26,6 +27,7 @@ from fedicu.simulations.cli.common import (
     results_table,
     rounds_table,
     run_options,
+    use_ray_cluster,
 )
 from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
 from fedicu.simulations.cross_site import matrix
@@ -204,8 +206,10 @@ def simulate(
     ] = None,
     track: Track = None,
     tracking_uri: TrackingUri = "",
+    ray_address: RayAddress = "",
 ) -> None:
     """Train the LSTM across simulated hospitals with Flower (the main job)."""
+    use_ray_cluster(ray_address)
     tracking = _tracking(track, tracking_uri)
     state = None
     if resume is not None:
@@ -269,8 +273,11 @@ def local_(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "
 
 
 @run_options
-def compare(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "") -> None:
+def compare(
+    config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "", ray_address: RayAddress = ""
+) -> None:
     """Federated vs centralized vs local-only, on one test split, in one table."""
+    use_ray_cluster(ray_address)
     tracking = _tracking(track, tracking_uri)
     federation = _prepare(config)
     root = _run_dir(config, "-compare").path
@@ -304,10 +311,12 @@ def validate(
         typer.Option(help="The hospital the federation trains without and is then scored at, or all (each in turn)."),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="End with the report as one JSON object on stdout.")] = False,
+    ray_address: RayAddress = "",
 ) -> None:
     """Leave-one-hospital-out: train without a hospital, score the model at it, beside its score when included."""
     from fedicu.simulations import validate as study
 
+    use_ray_cluster(ray_address)
     federation = _prepare(config)
     try:
         names = study.held_out_names(federation, leave_out)
