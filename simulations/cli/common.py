@@ -93,7 +93,7 @@ RayAddress = Annotated[
     typer.Option(
         help="Run the simulated hospitals on this existing Ray cluster, HOST:PORT of its head (what `ray start "
         "--head` prints), instead of a local Ray on this machine's cores; its nodes need this fedicu and must "
-        "see the run directory."
+        "see the run directory and TMPDIR (README: On a Ray cluster)."
     ),
 ]
 
