@@ -158,7 +158,7 @@ def main() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)
     try:
-        app(standalone_mode=False)
+        exit_code = app(standalone_mode=False)  # typer returns an exit code rather than raise it
     except RunInterrupted as error:
         _exit_interrupted(f": {escape(str(error))}")
     except (UserError, DataError) as error:
@@ -170,7 +170,9 @@ def main() -> None:
     except click.ClickException as error:  # unknown option, bad value: click's own message
         error.show()
         sys.exit(error.exit_code)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:  # click's name for the KeyboardInterrupt it caught
+    except typer.Abort:  # end of input at a prompt
         _exit_interrupted("")
+    if stopping.stop_requested():  # the signal's KeyboardInterrupt, which typer turned into exit code 130
+        _exit_interrupted("")
+    if isinstance(exit_code, int) and exit_code:
+        sys.exit(exit_code)

@@ -1,4 +1,4 @@
-"""`fedicu site check`: what a hospital runs on its own data before joining a federation."""
+"""`fedicu site check` and `fedicu site start`: a hospital checks its own data, then joins a federation."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from rich.text import Text
 
 from fedicu.shared.config import RunConfig
 from fedicu.simulations.cli.common import OPTION_HELP, DataFormat, Labels, MappingFile, Strict, titled
-from fedicu.simulations.cli.terminal import UserError, console
+from fedicu.simulations.cli.terminal import RunFailed, UserError, console
 
-site_app = typer.Typer(help="Checks a hospital runs on its own data before joining a federation.", no_args_is_help=True)
+site_app = typer.Typer(help="A hospital's site: check its own data, then join a federation.", no_args_is_help=True)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
 
@@ -55,11 +55,97 @@ def check_site(
         print(json.dumps(report.to_dict()))
     else:
         console.print(site_tables(report))
+    _usable(report, data_dir, "the JSON report" if as_json else "the table above")
+
+
+def _usable(report, data_dir: Path, shown_in: str) -> None:
+    """Refuse an unusable site (exit code 2); otherwise say so in one line."""
     if not report.usable:
-        where = "the JSON report" if as_json else "the table above"
-        raise UserError(f"{report.first_error} ({report.error_count} problem(s) in all; see {where})")
+        raise UserError(f"{report.first_error} ({report.error_count} problem(s) in all; see {shown_in})")
     warnings = sum(f.severity == "warning" for f in report.findings)
     console.print(f"[green]{escape(str(data_dir))} can be used[/] ({warnings} warning(s))", highlight=False)
+
+
+@site_app.command("start")
+def start_site(
+    data_dir: Annotated[Path, typer.Option(help=OPTION_HELP["data_dir"])],
+    superlink: Annotated[str, typer.Option(help="The federation's SuperLink, HOST:PORT of its Fleet API.")],
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate the SuperLink's TLS certificate is signed with (`fedicu certs`: ca.crt)."),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The site's private authentication key (`fedicu certs`: sites/<site>.key); the SuperLink must "
+            "have its public key registered."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="No TLS and no node authentication: a rehearsal on a trusted network only."),
+    ] = False,
+    hospital: Annotated[
+        str,
+        typer.Option(
+            help="The site's name in the federation's results (default: the key's file name, else the folder's)."
+        ),
+    ] = "",
+    state_dir: Annotated[
+        Path, typer.Option(help="The site's state: Flower's, its privacy ledgers, and logs/supernode.log.")
+    ] = Path("fedicu-site"),
+    runtime_port: Annotated[
+        int,
+        typer.Option(help="Loopback port of the SuperNode's runtime API; another site on this machine needs another."),
+    ] = 9094,
+    dataset: DataFormat = "physionet2012",
+    labels: Labels = "",
+    mapping: MappingFile = "",
+    strict: Strict = False,
+    task: Annotated[str, typer.Option(help=f"{OPTION_HELP['task']} The federation's, for the check.")] = RunConfig.task,
+) -> None:
+    """Join a federation: check the site's data, then run its SuperNode until stopped (Ctrl-C, SIGTERM)."""
+    from fedicu.shared.site_check import check
+    from fedicu.simulations.deployment import site
+
+    credentials = _credentials(ca, key, insecure)
+    host, _, port = superlink.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--superlink {superlink}: expected HOST:PORT, e.g. fl.example.org:9092")
+    if not 0 < runtime_port < 65536:
+        raise UserError(f"--runtime-port must be a port number (1 to 65535), not {runtime_port}")
+    if dataset == "synthetic":
+        raise UserError("--data-format synthetic has no folder; give the site's data format")
+    try:
+        config = RunConfig(dataset=dataset, data_dir=str(data_dir), labels=labels, mapping=mapping, task=task,
+                           strict=strict)  # fmt: skip
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    with console.status(f"Checking {escape(str(data_dir))}"):
+        report = check(config.data_source(), config.val_fraction, config.model_variables, config.test_fraction)
+    if not report.usable:
+        console.print(site_tables(report))
+    _usable(report, data_dir, "the table above")
+    name = hospital or (key.stem if key is not None else data_dir.resolve().name)
+    joining = site.Site(name, config.data_source(), superlink, state_dir, *credentials, runtime_port)
+    try:
+        site.run(joining, lambda line: console.print(escape(line), highlight=False))
+    except site.SiteStopped as error:
+        raise RunFailed(str(error)) from error
+
+
+def _credentials(ca: Path | None, key: Path | None, insecure: bool) -> tuple[Path | None, Path | None]:
+    """(CA certificate, site key), both files that exist; (None, None) with --insecure."""
+    if insecure:
+        if ca is not None or key is not None:
+            raise UserError("--insecure takes no --ca or --key: it turns TLS and node authentication off")
+        return None, None
+    for option, path in (("--ca", ca), ("--key", key)):
+        if path is None:
+            raise UserError(f"{option} is required (or --insecure, for a rehearsal on a trusted network only)")
+        if not path.is_file():
+            raise UserError(f"{option} {path}: no such file")
+    return ca, key
 
 
 # One row per count and one column per set (a, b, c at most): a column per count did not fit 80 columns.

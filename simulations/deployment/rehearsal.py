@@ -16,14 +16,11 @@ happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,16 +31,13 @@ from fedicu.shared.datasets import physionet2012, synthetic
 from fedicu.shared.partition import stratified_pick
 from fedicu.shared.run_dir import RUN_FILE
 from fedicu.simulations.deployment import certs
-from fedicu.simulations.deployment.processes import descendants, running, with_environment
+from fedicu.simulations.deployment.processes import BIN, ProcessGroup, flower_config
 
 CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
 PROJECT = Path(__file__).resolve().parents[2]  # the app `flwr run` submits
-BIN = Path(sys.executable).parent  # Flower's commands, from this environment
 STAYS_PER_SITE = 400
 TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
-STOP_GRACE = 10.0
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class DeploymentError(RuntimeError):
@@ -76,52 +70,16 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _toml(values: dict) -> str:
-    """Flower's --run-config syntax: JSON scalars are valid TOML values."""
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
-
-
-class LocalDeployment:
+class LocalDeployment(ProcessGroup):
     """A SuperLink and SuperNodes as processes on this machine; `stop` (or leaving the
     `with` block) ends every process they started, children included."""
 
     def __init__(self, out: Path, sites: list[str], insecure: bool = False):
-        self.out, self.certs, self.logs = out, out / "certs", out / "logs"
+        super().__init__(out / "flwr-home", out / "logs", out)
+        self.out, self.certs = out, out / "certs"
         self.insecure = insecure
         self.port, *node_ports = _free_ports(1 + len(sites))
         self.node_ports = dict(zip(sites, node_ports, strict=True))
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.env = {
-            **os.environ,
-            "FLWR_HOME": str(out / "flwr-home"),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            # Flower's processes start each other by name (flower-superexec, flwr-clientapp):
-            # found beside this interpreter, also when the venv is not activated.
-            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-        }
-
-    def __enter__(self) -> LocalDeployment:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def log(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-    def tail(self, name: str, lines: int = 15) -> str:
-        text = self.log(name).read_text(errors="replace") if self.log(name).exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.log(name), "ab") as log:
-            process = subprocess.Popen(
-                [str(BIN / args[0]), *args[1:]],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out, start_new_session=True,
-            )  # fmt: skip
-        self.processes[name] = process
-        return process
 
     def flwr(self, *args: str) -> dict:
         """Run a Flower CLI command against this SuperLink; its JSON answer."""
@@ -144,7 +102,7 @@ class LocalDeployment:
             "--ssl-keyfile", str(self.certs / certs.SUPERLINK_KEY),
             "--enable-supernode-auth",
         ]  # fmt: skip
-        self._start(
+        self.start(
             "superlink",
             ["flower-superlink", *security, "--disable-runtime-dependency-installation",
              "--host", "127.0.0.1", "--port", str(self.port)],
@@ -191,7 +149,7 @@ class LocalDeployment:
             "flower-supernode",
             "--superlink", f"127.0.0.1:{self.port}",
             "--port", str(self.node_ports[site]),
-            "--node-config", _toml(node_config),
+            "--node-config", flower_config(node_config),
         ]  # fmt: skip
         if self.insecure:
             args += ["--insecure"]
@@ -201,11 +159,11 @@ class LocalDeployment:
             args += ["--root-certificates", str(self.certs / certs.CA_CERT)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
-        return self._start(site, args)
+        return self.start(site, args)
 
     def submit(self, run_config: dict, extra_run_config: str = "") -> int:
         """`flwr run` the app on this SuperLink; the run's id."""
-        args = ["run", str(PROJECT), CONNECTION, "--run-config", _toml(run_config)]
+        args = ["run", str(PROJECT), CONNECTION, "--run-config", flower_config(run_config)]
         if extra_run_config:
             args += ["--run-config", extra_run_config]
         return int(self.flwr(*args)["run-id"])
@@ -247,67 +205,6 @@ class LocalDeployment:
         )  # fmt: skip
         return "\n".join(done.stdout.splitlines()[-20:])
 
-    def kill(self, name: str) -> None:
-        """SIGKILL one process and its children, as a crash or a pulled cable would end them."""
-        process = self.processes.pop(name)
-        for pid in (process.pid, *descendants(process.pid)):
-            _signal(pid, signal.SIGKILL)
-        process.wait()
-
-    def stop(self) -> int:
-        """End every process started here and all their children; how many there were.
-
-        Processes are found again on each pass, by their parentage and by the FLWR_HOME they
-        inherited: a child started late or orphaned is caught, a reused process ID is not."""
-        with _signals_held():
-            for process in self.processes.values():
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGTERM)
-            seen = {process.pid for process in self.processes.values()}
-            deadline = time.monotonic() + STOP_GRACE
-            while (left := self._ours()) and time.monotonic() < deadline:
-                for pid in left - seen:  # once each: a second SIGTERM cuts a clean shutdown short
-                    _signal(pid, signal.SIGTERM)
-                seen |= left
-                for process in self.processes.values():
-                    process.poll()  # reap our own children
-                time.sleep(0.1)
-            for _ in range(50):
-                if not (left := self._ours()):
-                    break
-                seen |= left
-                for pid in left:
-                    _signal(pid, signal.SIGKILL)
-                time.sleep(0.1)
-            for process in self.processes.values():
-                process.wait()
-            return len(seen)
-
-    def _ours(self) -> set[int]:
-        roots = [p.pid for p in self.processes.values() if p.poll() is None]
-        below = {d for r in roots for d in descendants(r) if running(d)}
-        return {*roots, *below, *with_environment("FLWR_HOME", self.env["FLWR_HOME"])}
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Let a second Ctrl-C or SIGTERM wait until the processes are stopped, not cut that short."""
-    caught = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # a terminated rehearsal still stops what it started
@@ -337,7 +234,9 @@ def rehearse(
     if not insecure:
         certs.create(out / "certs", ["127.0.0.1", "localhost"], list(folders))
         on_step(f"created the CA, the SuperLink certificate and site keys in {out / 'certs'}")
-    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS[1:]}  # SIGINT already interrupts
+    previous = {
+        sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
+    }  # SIGINT already interrupts
     try:
         with LocalDeployment(out, list(folders), insecure) as deployment:
             deployment.start_superlink()

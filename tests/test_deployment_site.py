@@ -1,0 +1,108 @@
+"""`fedicu site start`: a hospital joins a real SuperLink over TLS with its key, trains in a
+federated run, and stops everything it started when its service manager stops it."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from fedicu.simulations.deployment import certs
+from fedicu.simulations.deployment.processes import with_environment
+from fedicu.simulations.deployment.rehearsal import LocalDeployment, write_sites
+from tests.deployments import FEDICU
+
+
+def _site_processes(state_dir) -> list[int]:
+    return with_environment("FLWR_HOME", str(state_dir / "flwr-home"))
+
+
+def test_a_site_started_in_one_command_trains_and_stops_with_everything_it_started(tmp_path):
+    folders, test_dir = write_sites(tmp_path, 1, seed=0)
+    ((site, folder),) = folders.items()
+    certs.create(tmp_path / "certs", ["127.0.0.1"], [site])
+    state = tmp_path / "site-state"
+    with LocalDeployment(tmp_path, [site]) as deployment:
+        deployment.start_superlink()
+        deployment.register(site)
+        command = [str(FEDICU), "site", "start", "--data-dir", str(folder),
+                   "--superlink", f"127.0.0.1:{deployment.port}", "--ca", str(tmp_path / "certs" / certs.CA_CERT),
+                   "--key", str(tmp_path / "certs" / certs.SITES_DIR / f"{site}.key"), "--state-dir", str(state),
+                   "--runtime-port", str(deployment.node_ports[site])]  # fmt: skip
+        started = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}
+        )
+        try:
+            run_dir = tmp_path / "run"
+            run_id = deployment.submit({"sites": 1, "rounds": 1, "test-dir": str(test_dir), "out": str(run_dir)})
+            deployment.wait(run_id, run_dir, 600, lambda done: None)
+            assert started.poll() is None  # still serving the federation
+        finally:
+            started.send_signal(signal.SIGTERM)  # as systemd stops a service
+            output, _ = started.communicate(timeout=120)
+    assert started.returncode == 128 + signal.SIGTERM, output
+    assert f"{folder} can be used" in output
+    assert f"SuperNode of {site} started" in output and "interrupted (SIGTERM)" in output
+    assert _site_processes(state) == []
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    assert len(rows) == 1
+    hospitals = json.loads((run_dir / "hospital_metrics.json").read_text())
+    assert {row["hospital"] for row in hospitals} == {site}  # named after its key
+
+
+def test_a_site_whose_supernode_is_refused_ends_with_its_log(tmp_path):
+    """A key the SuperLink never registered: the SuperNode gives up; so does the command, with
+    exit code 1 and the end of the SuperNode's log, and nothing left running."""
+    folders, _ = write_sites(tmp_path, 1, seed=0)
+    ((site, folder),) = folders.items()
+    certs.create(tmp_path / "certs", ["127.0.0.1"], [site])
+    state = tmp_path / "site-state"
+    with LocalDeployment(tmp_path, [site]) as deployment:
+        deployment.start_superlink()  # the site's key is not registered
+        done = subprocess.run(
+            [str(FEDICU), "site", "start", "--data-dir", str(folder), "--superlink", f"127.0.0.1:{deployment.port}",
+             "--ca", str(tmp_path / "certs" / certs.CA_CERT),
+             "--key", str(tmp_path / "certs" / certs.SITES_DIR / f"{site}.key"), "--state-dir", str(state),
+             "--runtime-port", str(deployment.node_ports[site])],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "run failed: the SuperNode ended with exit code" in done.stderr
+    assert "Failed to activate SuperNode" in done.stderr  # the end of its log
+    assert _site_processes(state) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--superlink", "127.0.0.1:9092"], "--ca is required (or --insecure"),
+        (
+            ["--superlink", "127.0.0.1:9092", "--ca", "missing.crt", "--key", "missing.key"],
+            "--ca missing.crt: no such file",
+        ),
+        (["--superlink", "127.0.0.1:9092", "--insecure", "--key", "site.key"], "--insecure takes no --ca or --key"),
+        (["--superlink", "fl.example.org", "--insecure"], "--superlink fl.example.org: expected HOST:PORT"),
+        (["--superlink", "127.0.0.1:9092", "--insecure", "--runtime-port", "0"], "--runtime-port must be a port"),
+    ],
+)
+def test_a_site_start_with_a_mistake_is_refused_before_anything_starts(tmp_path, arguments, message):
+    done = subprocess.run(
+        [str(FEDICU), "site", "start", "--data-dir", str(tmp_path), "--state-dir", str(tmp_path / "state"), *arguments],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_site_whose_data_fails_the_check_never_joins(tmp_path):
+    (tmp_path / "set-a").mkdir()  # no records, no Outcomes file
+    done = subprocess.run(
+        [str(FEDICU), "site", "start", "--data-dir", str(tmp_path), "--superlink", "127.0.0.1:9092", "--insecure",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "problem(s) in all; see the table above" in done.stderr
+    assert not (tmp_path / "state").exists()
