@@ -94,10 +94,15 @@ def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarra
     return _features[key]
 
 
-def _ledger_file(context: Context, hospital: str) -> Path:
-    """Where a deployed site keeps its privacy ledger for this run (node config `state-dir`)."""
-    folder = Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
-    return folder / f"privacy-{hospital}-run{context.run_id}.json"
+def _state_dir(context: Context) -> Path:
+    """Where a deployed site keeps what outlives a message (node config `state-dir`)."""
+    return Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
+
+
+def _ledger_file(context: Context, request: Request, hospital: str) -> Path:
+    """The site's privacy ledger for this run, kept across the run's resumes (its `study`)."""
+    run = f"study-{request.study}" if request.study else f"run{context.run_id}"
+    return _state_dir(context) / f"privacy-{safe_name(hospital)}-{run}.json"
 
 
 def _recalibration_file(request: CrossSiteRequest, context: Context, hospital: str) -> Path:
@@ -105,7 +110,7 @@ def _recalibration_file(request: CrossSiteRequest, context: Context, hospital: s
     folder of the run's `sites/` in a simulation."""
     if request.site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
         return Path(request.site_dir) / safe_name(hospital) / "recalibration.json"
-    return _ledger_file(context, hospital).with_name(f"recalibration-{safe_name(hospital)}-run{context.run_id}.json")
+    return _state_dir(context) / f"recalibration-{safe_name(hospital)}-run{context.run_id}.json"
 
 
 def _after_recalibration(
@@ -185,7 +190,7 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
                 hospital.train.labels,
                 seed,
                 secure_rng=deployed,
-                state_file=_ledger_file(context, hospital.name) if deployed else None,
+                state_file=_ledger_file(context, request, hospital.name) if deployed else None,
             )
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
@@ -223,7 +228,10 @@ def restore_privacy(msg: Message, request: RestorePrivacyRequest, context: Conte
     from fedicu.client import private_training
 
     hospital = _hospital(request, context)
-    private_training.restore(context, request.ledger)
+    deployed = "data-dir" in context.node_config
+    private_training.restore(
+        context, request.ledger, _ledger_file(context, request, hospital.name) if deployed else None
+    )
     return RestorePrivacyReply(hospital=hospital.name, train_stays=len(hospital.train)).reply_to(msg)
 
 

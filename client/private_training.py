@@ -82,7 +82,15 @@ def train_round(
     return model, record
 
 
-def restore(context: Context, ledger: str) -> None:
-    """Put back the ledger a resumed run had reached (rejecting anything malformed)."""
-    PrivacyLedger.from_json(json.loads(ledger))
+def restore(context: Context, ledger: str, state_file: Path | None) -> None:
+    """Put back the ledger a resumed run had reached (rejecting anything malformed).
+
+    A deployed site's own ledger (`state_file`) wins when it holds at least as many rounds:
+    the server's copy is from its last checkpoint, and a round the site trained after it
+    (its reply lost with the coordinator) has spent privacy all the same."""
+    restored = PrivacyLedger.from_json(json.loads(ledger))
+    if state_file is not None and state_file.is_file():
+        own = PrivacyLedger.from_json(json.loads(state_file.read_text()))
+        if len(own.history) >= len(restored.history):
+            ledger = json.dumps(own.to_json())
     context.state[LEDGER_STATE] = ConfigRecord({"ledger": ledger})

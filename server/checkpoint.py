@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from fedicu.shared.config import RunConfig
 from fedicu.shared.preprocessing import Normalization
+from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, RunDirectory
 
 
 @dataclass
@@ -51,3 +54,18 @@ class RunState:
             json.loads(c["privacy"]),
             json.loads(c["hospital_privacy"]),
         )
+
+
+def interrupted_run(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
+    """The configuration, directory and last checkpoint of the interrupted run in `path` (no
+    checkpoint: it stopped before its first round completed). Raises ValueError if `path` holds
+    no run or a complete one."""
+    run_dir = RunDirectory(path)
+    if not (run_dir.path / CONFIG_FILE).is_file():
+        raise ValueError(f"{path}: not a run directory (no {CONFIG_FILE})")
+    if run_dir.status == "complete":
+        raise ValueError(f"{path}: the run is already complete")
+    config = RunConfig.from_flower(run_dir.read_json(CONFIG_FILE))
+    checkpoint = run_dir.path / CHECKPOINT
+    state = RunState.from_checkpoint(run_dir.load_model(CHECKPOINT)) if checkpoint.is_file() else None
+    return config, run_dir, state

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from logging import INFO
@@ -75,6 +76,7 @@ from fedicu.shared.run_dir import (
     METRICS_CSV,
     METRICS_JSON,
     PRIVACY_FILE,
+    RUN_FILE,
     SITES_DIR,
     TEST_PREDICTIONS,
     RunDirectory,
@@ -186,6 +188,15 @@ def run_federated(
     return run.finish()
 
 
+def _study(run_dir: RunDirectory) -> str:
+    """The run's identity: new with its directory, kept in run.json through every resume."""
+    current = run_dir.read_json(RUN_FILE) if (run_dir.path / RUN_FILE).is_file() else {}
+    if not (study := current.get("study", "")):
+        study = uuid.uuid4().hex
+        run_dir.write_json(RUN_FILE, {**current, "study": study})
+    return study
+
+
 class FederatedRun:
     """The steps of one run: `start` (hospitals join, normalization, a resumed run's state),
     then per round `train`, `evaluate`, `record`, and at the end `finish`."""
@@ -208,6 +219,7 @@ class FederatedRun:
             delta=config.delta,
             accountant=config.accountant,
             prepared_data=data.prepared_data,
+            study=_study(run_dir),
         )
         self.next_training: Sent | None = None
         self.started = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedicu.server.checkpoint import interrupted_run
 from fedicu.server.federated_run import LogProgress, Progress, RunState, ServerData, run_federated
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, load_folder, prepare, save
@@ -60,9 +61,19 @@ def serve(
         raise
 
 
+# Run-config key of `flwr run` alone: the run directory of an interrupted run to continue after
+# its last completed round, with its own configuration (the other keys are ignored then).
+RESUME = "resume"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = RunConfig.from_flower(dict(context.run_config))
-    run_dir = RunDirectory(Path(config.out).resolve() if config.out else default_run_dir().resolve())
+    run_config = dict(context.run_config)
+    state = None
+    if resume := str(run_config.pop(RESUME, "")):
+        config, run_dir, state = interrupted_run(Path(resume).resolve())
+    else:
+        config = RunConfig.from_flower(run_config)
+        run_dir = RunDirectory(Path(config.out).resolve() if config.out else default_run_dir().resolve()).create()
     federation = prepare(config) if config.sites == 0 else None
-    serve(grid, config, federation, run_dir.create(), LogProgress())
+    serve(grid, config, federation, run_dir, LogProgress(), state)

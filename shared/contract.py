@@ -201,6 +201,9 @@ class Request(Payload):
     delta: float
     accountant: str
     prepared_data: str = ""  # simulation: the file holding every virtual hospital's part; "" when deployed
+    # The run's identity across resumes (a new `flwr run` continues it): a deployed site keeps
+    # its privacy ledger under it, so what it spent in a round the coordinator lost still counts.
+    study: str = ""
 
     def message(self, node_id: int, model: ArrayRecord | None = None) -> Message:
         """The request to `node_id`, with a model's weights in `ARRAYS` if given."""

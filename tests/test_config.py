@@ -5,12 +5,13 @@ from typing import Any
 
 import pytest
 
+from fedicu.server import server_app
 from fedicu.shared.config import ALWAYS_EFFECTIVE, EFFECTIVE_ONLY, RunConfig
 
 
 def test_flower_app_defaults_are_the_run_config_defaults():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flower()
+    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_flower() | {server_app.RESUME: ""}
 
 
 def test_from_flower_converts_and_validates():

@@ -9,14 +9,14 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedicu.server.federated_run import RunState
+from fedicu.server.checkpoint import RunState, interrupted_run
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
-from fedicu.shared.run_dir import CHECKPOINT, CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.run_dir import METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.simulations.cli.common import (
     RayAddress,
@@ -181,14 +181,10 @@ def _interrupted(run_dir: RunDirectory, rounds: int, resumable: bool) -> RunInte
 
 def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
     """The configuration and last checkpoint of an interrupted run."""
-    run_dir = RunDirectory(path)
-    if not (run_dir.path / CONFIG_FILE).is_file():
-        raise UserError(f"--resume {path}: not a run directory (no {CONFIG_FILE})")
-    if run_dir.status == "complete":
-        raise UserError(f"--resume {path}: the run is already complete")
-    config = RunConfig.from_flower(run_dir.read_json(CONFIG_FILE))
-    checkpoint = run_dir.path / CHECKPOINT
-    state = RunState.from_checkpoint(run_dir.load_model(CHECKPOINT)) if checkpoint.is_file() else None
+    try:
+        config, run_dir, state = interrupted_run(path)
+    except ValueError as error:
+        raise UserError(f"--resume {error}") from error
     done = state.completed if state else 0
     console.print(f"Resuming {path} after round {done} of {config.rounds} (its own configuration applies)")
     return config, run_dir, state

@@ -38,6 +38,7 @@ PROJECT = Path(__file__).resolve().parents[2]  # the app `flwr run` submits
 STAYS_PER_SITE = 400
 TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
+SUPERLINK_DATABASE = "superlink.db"
 
 
 class DeploymentError(RuntimeError):
@@ -95,7 +96,10 @@ class LocalDeployment(ProcessGroup):
         return answer
 
     def start_superlink(self) -> None:
-        """Start the SuperLink (TLS and SuperNode authentication unless insecure); return once it answers."""
+        """Start the SuperLink (TLS and SuperNode authentication unless insecure); return once it answers.
+
+        Its state (runs, registered sites) lives in OUT/superlink.db: a SuperLink started again
+        after a crash knows them still."""
         security = ["--insecure"] if self.insecure else [
             "--ssl-ca-certfile", str(self.certs / certs.CA_CERT),
             "--ssl-certfile", str(self.certs / certs.SUPERLINK_CERT),
@@ -105,7 +109,7 @@ class LocalDeployment(ProcessGroup):
         self.start(
             "superlink",
             ["flower-superlink", *security, "--disable-runtime-dependency-installation",
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--database", str(self.out / SUPERLINK_DATABASE), "--host", "127.0.0.1", "--port", str(self.port)],
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while True:
