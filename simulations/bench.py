@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, 
 from fedicu.shared.run_dir import METRICS_JSON, RunDirectory
 from fedicu.shared.training import predict, set_torch_threads, torch_threads, train_epochs
 from fedicu.simulations.deployment.processes import tree_rss
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 def machine() -> dict:
@@ -91,10 +94,10 @@ def _ratio(name: str, numerators: list[float], denominators: list[float]) -> dic
     return {name: statistics.median(ratios), f"{name}_min_max": [min(ratios), max(ratios)]}
 
 
-def _alternate(first: Callable[[], float], second: Callable[[], float], pairs: int) -> tuple[list, list]:
+def _alternate(first: Callable[[], A], second: Callable[[], B], pairs: int) -> tuple[list[A], list[B]]:
     """`pairs` results of each, run as first, second, first, second, ...: the machine's speed
     drifts (other load, clock), and alternating puts the drift on both sides of a ratio alike."""
-    results: tuple[list, list] = ([], [])
+    results: tuple[list[A], list[B]] = ([], [])
     for _ in range(pairs):
         results[0].append(first())
         results[1].append(second())
@@ -118,8 +121,12 @@ def epoch(federation: Federation, config: RunConfig, repeats: int) -> dict:
         return _seconds(lambda: train_epochs(model, x, y, **args))
 
     def private() -> float:
-        model, dp = make_dp_model(model_config), dict(noise_multiplier=1.0, max_grad_norm=1.0)
-        return _seconds(lambda: train_epochs_dp(model, x, y, **args, **dp, accountant=RDPAccountant()))
+        model = make_dp_model(model_config)
+        return _seconds(
+            lambda: train_epochs_dp(
+                model, x, y, **args, noise_multiplier=1.0, max_grad_norm=1.0, accountant=RDPAccountant()
+            )
+        )
 
     plain(), private()  # first-call costs
     plain_s, dp_s = _alternate(plain, private, repeats)

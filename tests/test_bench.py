@@ -18,8 +18,13 @@ def test_peak_memory_counts_child_processes():
 
 
 def test_the_two_sides_of_a_ratio_alternate_and_the_ratio_is_the_median_of_the_pairs():
-    calls = []
-    first, second = bench._alternate(lambda: calls.append("a") or len(calls), lambda: calls.append("b") or 1.0, 3)
+    calls: list[str] = []
+
+    def side(name: str, result):
+        calls.append(name)
+        return result() if callable(result) else result
+
+    first, second = bench._alternate(lambda: side("a", lambda: len(calls)), lambda: side("b", 1.0), 3)
     assert calls == ["a", "b", "a", "b", "a", "b"] and first == [1, 3, 5] and second == [1.0, 1.0, 1.0]
     # pairs (1, 2), (10, 2), (100, 400): ratios 0.5, 5, 0.25; the ratio of the medians would be 5
     ratio = bench._ratio("r", [1.0, 10.0, 100.0], [2.0, 2.0, 400.0])

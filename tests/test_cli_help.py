@@ -51,6 +51,7 @@ def test_help_of_every_command_runs(path, command):
 
 def test_the_list_shows_each_command_s_own_help():
     group = typer.main.get_command(app)
+    assert isinstance(group, click.Group)
     with click.Context(group) as ctx:
         for name in group.list_commands(ctx):
             listed = group.get_command(ctx, name)

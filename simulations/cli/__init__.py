@@ -69,6 +69,7 @@ def load_command(name: str) -> click.Command:
     """The click command `name`, its module imported."""
     module, attribute = COMMANDS[name]
     target = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    command: click.Command
     if isinstance(target, typer.Typer):
         command = typer.main.get_group(target)
     else:
@@ -97,7 +98,8 @@ class LazyCommands(typer.core.TyperGroup):
         except click.UsageError as error:
             matches = difflib.get_close_matches(args[0], COMMANDS) if args else []
             if matches:
-                error.message = f"{error.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+                suggestion = f"{error.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+                raise click.UsageError(suggestion, error.ctx) from None
             raise
         assert name is not None
         return name, load_command(name), rest
