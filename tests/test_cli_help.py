@@ -71,7 +71,8 @@ def test_the_command_list_imports_no_heavy_library():
     assert result.stdout.splitlines()[-1] == "[]"
 
 
-def test_a_misspelt_command_is_refused_with_the_closest_name():
-    result = CliRunner().invoke(app, ["simulat"])
+@pytest.mark.parametrize(("command", "closest"), [(["simulat"], "simulate"), (["site", "chek"], "check")])
+def test_a_misspelt_command_is_refused_with_the_closest_name_once(command, closest):
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 2
-    assert "Did you mean 'simulate'?" in result.output
+    assert f"Did you mean '{closest}'?" in result.output and result.output.count("Did you mean") == 1

@@ -36,11 +36,13 @@ def test_processes_are_found_by_their_environment_even_when_orphaned(tmp_path):
     wait_until(lambda: with_environment("FEDICU_TEST", marker) == [], 10, "the killed orphan no longer counts")
 
 
+@pytest.mark.timeout(900)  # the rehearsal, then the same sites simulated (--json)
 def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_path):
     """Run as a service manager would: by the venv's absolute path, the venv not activated and
     PATH the system's, so every Flower process must be found beside the interpreter."""
     out = tmp_path / "demo"
-    command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2", "--timeout", "600"]
+    command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", "3", "--rounds", "2", "--timeout", "600",
+               "--json"]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {
         "PATH": "/usr/bin:/bin",
         "COLUMNS": "200",
@@ -84,6 +86,12 @@ def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_pa
     assert not list((out / "run").rglob("recalibration*"))
     assert "Cross-site AUROC" in output and "recalibrated there" in output
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
+    # --json: the deployed round against the same sites through the Simulation Engine
+    report = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
+    twin = json.loads((out / "simulated" / "metrics.json").read_text())
+    assert [r["round"] for r in twin] == [1, 2]
+    assert report["deployed_round_s"] == rows[1]["seconds"] and report["simulated_round_s"] == twin[1]["seconds"]
+    assert report["deployed_over_simulated"] == report["deployed_round_s"] / report["simulated_round_s"]
 
 
 def test_only_registered_sites_holding_the_ca_certificate_can_join(deployment):

@@ -4,6 +4,7 @@ federated run, and stops everything it started when its service manager stops it
 import json
 import os
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -106,3 +107,39 @@ def test_a_site_whose_data_fails_the_check_never_joins(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "problem(s) in all; see the table above" in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_closed_terminal_stops_the_site_and_its_supernode(tmp_path):
+    """SIGHUP (the terminal or ssh session went away) stops the command like SIGTERM does: the
+    SuperNode, in a session of its own, would not get it otherwise. No SuperLink answers here:
+    the SuperNode keeps dialing until stopped."""
+    folders, _ = write_sites(tmp_path, 1, seed=0)
+    (folder,) = folders.values()
+    state = tmp_path / "site-state"
+    started = subprocess.Popen(
+        [str(FEDICU), "site", "start", "--data-dir", str(folder), "--superlink", "127.0.0.1:9", "--insecure",
+         "--state-dir", str(state.relative_to(tmp_path)), "--runtime-port", str(_free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    try:
+        assert started.stdout is not None
+        for line in started.stdout:  # the status line comes once the SuperNode is started
+            if "SuperNode of" in line:
+                break
+        assert _site_processes(state)  # found by its FLWR_HOME: absolute, from a relative --state-dir
+        started.send_signal(signal.SIGHUP)
+        rest, _ = started.communicate(timeout=120)
+    finally:
+        if started.poll() is None:
+            started.kill()
+    assert started.returncode == 128 + signal.SIGHUP, rest
+    assert "interrupted (SIGHUP)" in rest
+    assert _site_processes(state) == []
+    assert (state / "logs" / "supernode.log").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -39,20 +39,25 @@ def ray_head():
     `ray stop`: that would stop every Ray on the machine, other tests' included."""
     port = _free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    log = temp / "head.log"
+    with open(log, "wb") as output:
+        head = subprocess.Popen(
+            [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     try:
-        for _ in range(600):  # up to a minute at 0.1 s: the head is ready when its port answers
+        for _ in range(600):  # up to a minute at 0.1 s for its port to answer
             if _answers(port) or head.poll() is not None:
                 break
             try:
                 head.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
-        assert head.poll() is None and _answers(port), head.stderr.read().decode() if head.stderr else ""
+        # then ready once `ray status` reads the cluster: its node is up, not just the port
+        status = [RAY, "status", f"--address=127.0.0.1:{port}"]
+        ready = subprocess.run(status, capture_output=True, text=True, timeout=120)
+        assert head.poll() is None and ready.returncode == 0, log.read_text() + ready.stderr
         yield f"127.0.0.1:{port}", temp
     finally:
         started = [head.pid, *descendants(head.pid)]
@@ -89,23 +94,22 @@ def test_a_simulation_attaches_to_a_running_ray_head_and_leaves_it_running(ray_h
     assert _answers(int(address.rpartition(":")[2]))  # the cluster outlives the run
 
 
-def test_an_address_where_no_ray_head_answers_is_refused_before_anything_runs(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+CLOSED = f"127.0.0.1:{_free_port()}"  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("command", "address", "message"),
+    [
+        ("simulate", CLOSED, "no Ray head answers there"),
+        *[("sweep", a, "expected HOST:PORT of the Ray head") for a in ("localhost", "10.0.0.5:port", ":6379")],
+        ("compare", "ray://10.0.0.5:10001", "expected HOST:PORT of the Ray head"),
+    ],
+)
+def test_a_ray_address_without_a_head_is_refused_before_anything_runs(command, address, message, tmp_path):
     done = subprocess.run(
-        [*FEDICU, "simulate", "--ray-address", address, "--out", str(tmp_path / "run")],
+        [*FEDICU, command, "--ray-address", address, "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
-    assert f"--ray-address {address}: no Ray head answers there" in done.stderr
+    assert f"--ray-address {address}: {message}" in done.stderr
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("address", ["localhost", "10.0.0.5:port", ":6379"])
-def test_an_address_without_host_and_port_is_refused(address, tmp_path):
-    done = subprocess.run(
-        [*FEDICU, "sweep", "--ray-address", address, "--out", str(tmp_path / "sweep")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert f"--ray-address {address}: expected HOST:PORT of the Ray head" in done.stderr
-    assert not (tmp_path / "sweep").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import difflib
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -46,6 +46,7 @@ COMMANDS = {
 }
 
 
+@functools.cache
 def _summary(module: str, name: str) -> str:
     """The help of command function or sub-app `name`, read from its module's source.
 
@@ -61,7 +62,7 @@ def _summary(module: str, name: str) -> str:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
             call = node.value
             assert isinstance(call, ast.Call)
-            return next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "help")
+            return next((ast.literal_eval(k.value) for k in call.keywords if k.arg == "help"), "")
     raise LookupError(f"{module}.py defines no command {name}")
 
 
@@ -95,12 +96,8 @@ class LazyCommands(typer.core.TyperGroup):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         try:
             name, _, rest = super().resolve_command(ctx, args)
-        except click.UsageError as error:
-            matches = difflib.get_close_matches(args[0], COMMANDS) if args else []
-            if matches:
-                suggestion = f"{error.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
-                raise click.UsageError(suggestion, error.ctx) from None
-            raise
+        except click.exceptions.NoSuchCommand as error:  # suggest from every command, loaded or not
+            raise click.exceptions.NoSuchCommand(error.command_name, possibilities=COMMANDS, ctx=ctx) from None
         assert name is not None
         return name, load_command(name), rest
 
@@ -129,7 +126,7 @@ def _options(
     """Federated ICU mortality prediction: simulate hospitals, compare baselines, evaluate models."""
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a service manager, a closed terminal
 _received: list[int] = []  # the signal that asked this process to stop
 
 
@@ -155,8 +152,8 @@ def _exit_interrupted(message: str) -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one clear line and exit code 2; Ctrl-C (SIGINT) and
-    SIGTERM stop the command cleanly with exit code 130 or 143."""
+    """Entry point: user mistakes become one clear line and exit code 2; Ctrl-C (SIGINT),
+    SIGTERM and SIGHUP stop the command cleanly with exit code 130, 143 or 129."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)
     try:

@@ -88,33 +88,31 @@ DataDir = Annotated[str, typer.Option(help=OPTION_HELP["data_dir"])]
 Labels = Annotated[str, typer.Option(help=OPTION_HELP["labels"])]
 MappingFile = Annotated[str, typer.Option("--mapping", help=OPTION_HELP["mapping"])]
 Strict = Annotated[bool, typer.Option(help=OPTION_HELP["strict"])]
+RAY_HEAD_TIMEOUT_S = 5
 RayAddress = Annotated[
     str,
     typer.Option(
-        help="Run the simulated hospitals on this existing Ray cluster, HOST:PORT of its head (what `ray start "
-        "--head` prints), instead of a local Ray on this machine's cores; its nodes need this fedicu and must "
-        "see the run directory and TMPDIR (README: On a Ray cluster)."
+        help="HOST:PORT of an existing Ray cluster's head to run the hospitals on, instead of a local Ray "
+        "(README: On a Ray cluster)."
     ),
 ]
 
 
 def use_ray_cluster(address: str) -> None:
     """Simulations of this command attach to the Ray cluster whose head is at `address` (none: a
-    local Ray). Ray reads the address from its own variable, RAY_ADDRESS; a head that does not
-    answer is reported now, not after Ray's own minute of retries."""
+    local Ray). Ray reads the address from its own variable, RAY_ADDRESS, which this sets for
+    the rest of the process; a head that does not answer is reported now, not after Ray's own
+    minute of retries."""
     if not address:
         return
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if "://" in address or not host or not port.isdigit():
         raise UserError(f"--ray-address {address}: expected HOST:PORT of the Ray head, e.g. 10.0.0.5:6379")
     try:
-        socket.create_connection((host, int(port)), timeout=RAY_HEAD_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_HEAD_TIMEOUT_S).close()
     except OSError as error:
         raise UserError(f"--ray-address {address}: no Ray head answers there ({error})") from error
     os.environ["RAY_ADDRESS"] = address
-
-
-RAY_HEAD_TIMEOUT_S = 5
 
 
 def report_skipped(skipped: tuple[SkippedRows, ...]) -> None:

@@ -13,7 +13,11 @@ from fedicu.shared.errors import DataError
 from fedicu.simulations.cli.common import OPTION_HELP, DataDir, DataFormat, Labels, MappingFile, Strict, report_skipped
 from fedicu.simulations.cli.terminal import UserError, console
 
-data_app = typer.Typer(help="Data conversion and task labels.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data conversion and task labels.",
+    no_args_is_help=True,
+    suggest_commands=False,  # click suggests the closest name itself
+)
 
 
 @data_app.command("to-meds")

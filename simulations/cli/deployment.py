@@ -60,9 +60,17 @@ def deploy_demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds the run may take once `flwr run` submitted it, before the rehearsal fails.")
     ] = 1800.0,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Then run the same sites through the Simulation Engine and end with one JSON object: "
+            "deployed_round_s, simulated_round_s (medians after the first round).",
+        ),
+    ] = False,
 ) -> None:
     """Rehearse a deployment here: a SuperLink and one SuperNode per site as processes, TLS, node keys, `flwr run`."""
-    from fedicu.simulations.deployment.rehearsal import DeploymentError, rehearse
+    from fedicu.simulations.deployment.rehearsal import DeploymentError, rehearse, round_times
 
     out = (out or default_run_dir().with_name(f"deploy-demo-{default_run_dir().name}")).absolute()
     if out.exists():
@@ -105,3 +113,7 @@ def deploy_demo(
     console.print(best_round_tables(run_dir, seed))
     console.print(cross_site_table(RunDirectory(run_dir).read_json(CROSS_SITE_JSON)))
     console.print(f"Run directory: {run_dir}", highlight=False)
+    if as_json:
+        with console.status("The same sites through the Simulation Engine"):
+            times = round_times(out, run_dir)
+        print(json.dumps({"sites": sites, "rounds": rounds, "run_dir": str(run_dir), **times}))

@@ -17,7 +17,11 @@ from fedicu.shared.config import RunConfig
 from fedicu.simulations.cli.common import OPTION_HELP, DataFormat, Labels, MappingFile, Strict, titled
 from fedicu.simulations.cli.terminal import RunFailed, UserError, console
 
-site_app = typer.Typer(help="A hospital's site: check its own data, then join a federation.", no_args_is_help=True)
+site_app = typer.Typer(
+    help="A hospital's site: check its own data, then join a federation.",
+    no_args_is_help=True,
+    suggest_commands=False,  # click suggests the closest name itself
+)
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
 
@@ -69,35 +73,24 @@ def _usable(report, data_dir: Path, shown_in: str) -> None:
 @site_app.command("start")
 def start_site(
     data_dir: Annotated[Path, typer.Option(help=OPTION_HELP["data_dir"])],
-    superlink: Annotated[str, typer.Option(help="The federation's SuperLink, HOST:PORT of its Fleet API.")],
+    superlink: Annotated[str, typer.Option(help="The SuperLink's Fleet API, HOST:PORT.")],
     ca: Annotated[
-        Path | None,
-        typer.Option(help="CA certificate the SuperLink's TLS certificate is signed with (`fedicu certs`: ca.crt)."),
+        Path | None, typer.Option(help="CA certificate of the SuperLink's TLS (`fedicu certs`: ca.crt).")
     ] = None,
     key: Annotated[
         Path | None,
         typer.Option(
-            help="The site's private authentication key (`fedicu certs`: sites/<site>.key); the SuperLink must "
-            "have its public key registered."
+            help="The site's private key (`fedicu certs`: sites/<site>.key); the SuperLink registered its .pub."
         ),
     ] = None,
     insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="No TLS and no node authentication: a rehearsal on a trusted network only."),
+        bool, typer.Option("--insecure", help="No TLS, no node authentication: rehearsals only.")
     ] = False,
-    hospital: Annotated[
-        str,
-        typer.Option(
-            help="The site's name in the federation's results (default: the key's file name, else the folder's)."
-        ),
-    ] = "",
-    state_dir: Annotated[
-        Path, typer.Option(help="The site's state: Flower's, its privacy ledgers, and logs/supernode.log.")
-    ] = Path("fedicu-site"),
-    runtime_port: Annotated[
-        int,
-        typer.Option(help="Loopback port of the SuperNode's runtime API; another site on this machine needs another."),
-    ] = 9094,
+    hospital: Annotated[str, typer.Option(help="Name in the results (default: the key's file name).")] = "",
+    state_dir: Annotated[Path, typer.Option(help="Flower's state, privacy ledgers, logs/supernode.log.")] = Path(
+        "fedicu-site"
+    ),
+    runtime_port: Annotated[int, typer.Option(help="The SuperNode's loopback port; one per site on a machine.")] = 9094,
     dataset: DataFormat = "physionet2012",
     labels: Labels = "",
     mapping: MappingFile = "",

@@ -27,7 +27,8 @@ def bench(
     repeats: Annotated[
         int,
         typer.Option(
-            help="Runs of each timing, or alternating pairs of each ratio; the median is reported (at least 1)."
+            help="Runs of each timing, or alternating pairs of each ratio (--quick: one simulation per cohort); "
+            "the median is reported (at least 1)."
         ),
     ] = 5,
     as_json: Annotated[

@@ -93,7 +93,8 @@ class ProcessGroup:
     ones (SuperExec, ClientApps) that inherit it, which finds them even once orphaned."""
 
     def __init__(self, flwr_home: Path, logs: Path, cwd: Path):
-        self.logs, self.cwd = logs, cwd
+        # absolute: the processes run in `cwd` and resolve a relative FLWR_HOME from there
+        flwr_home, self.logs, self.cwd = flwr_home.resolve(), logs.resolve(), cwd.resolve()
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {
             **os.environ,

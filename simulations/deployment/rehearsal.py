@@ -17,19 +17,23 @@ happened.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import physionet2012, synthetic
+from fedicu.shared.federation import Federation, load_site, site_source
 from fedicu.shared.partition import stratified_pick
-from fedicu.shared.run_dir import RUN_FILE
+from fedicu.shared.preprocessing import Sequences
+from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import BIN, ProcessGroup, flower_config
 
@@ -210,10 +214,6 @@ class LocalDeployment(ProcessGroup):
         return "\n".join(done.stdout.splitlines()[-20:])
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # a terminated rehearsal still stops what it started
-
-
 def rehearse(
     out: Path,
     sites: int,
@@ -238,31 +238,61 @@ def rehearse(
     if not insecure:
         certs.create(out / "certs", ["127.0.0.1", "localhost"], list(folders))
         on_step(f"created the CA, the SuperLink certificate and site keys in {out / 'certs'}")
-    previous = {
-        sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
-    }  # SIGINT already interrupts
-    try:
-        with LocalDeployment(out, list(folders), insecure) as deployment:
-            deployment.start_superlink()
-            security = "INSECURE: no TLS, any node may join" if insecure else "TLS, SuperNode authentication"
-            on_step(f"SuperLink on 127.0.0.1:{deployment.port}: {security}")
-            for site, folder in folders.items():
-                if not insecure:
-                    deployment.register(site)
-                deployment.start_supernode(site, folder)
-            on_step(f"{'' if insecure else 'registered the site keys; '}{len(folders)} SuperNodes started")
-            run_config = {
-                "sites": len(folders),
-                "rounds": rounds,
-                "secagg": secagg,
-                "test-dir": str(test_dir),
-                "out": str(out / "run"),
-            }
-            run_id = deployment.submit(run_config, extra_run_config)
-            on_step(f"run {run_id} submitted with `flwr run`")
-            deployment.wait(run_id, out / "run", timeout, on_round)
-        on_step(f"stopped all {len(deployment.processes)} processes started and their children")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # A stop signal (the command line's handler raises KeyboardInterrupt) leaves the `with`
+    # block, which stops every process started.
+    with LocalDeployment(out, list(folders), insecure) as deployment:
+        deployment.start_superlink()
+        security = "INSECURE: no TLS, any node may join" if insecure else "TLS, SuperNode authentication"
+        on_step(f"SuperLink on 127.0.0.1:{deployment.port}: {security}")
+        for site, folder in folders.items():
+            if not insecure:
+                deployment.register(site)
+            deployment.start_supernode(site, folder)
+        on_step(f"{'' if insecure else 'registered the site keys; '}{len(folders)} SuperNodes started")
+        run_config = {
+            "sites": len(folders),
+            "rounds": rounds,
+            "secagg": secagg,
+            "test-dir": str(test_dir),
+            "out": str(out / "run"),
+        }
+        run_id = deployment.submit(run_config, extra_run_config)
+        on_step(f"run {run_id} submitted with `flwr run`")
+        deployment.wait(run_id, out / "run", timeout, on_round)
+    on_step(f"stopped all {len(deployment.processes)} processes started and their children")
     return out / "run"
+
+
+def round_times(out: Path, run_dir: Path) -> dict:
+    """The deployed run's time per round against the same work through Flower's Simulation
+    Engine: the same site folders, split as each site splits its own (`load_site`), and the same
+    configuration, in OUT/simulated. Its server scores the sites' own test splits pooled, as
+    simulations do, instead of the separate server test set (of about the same size). Each the
+    median over the rounds after the first (the first also holds start-up), or the one round."""
+    from fedicu.server.federated_run import LogProgress
+    from fedicu.simulations.simulate import simulate
+
+    config = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
+    folders = sorted(p for p in (out / "sites").iterdir() if p.is_dir())
+    hospitals = [
+        load_site(site_source({"data-dir": str(f)}, config.task), f.name, config.test_fraction,
+                  config.val_fraction, config.seed)
+        for f in folders
+    ]  # fmt: skip
+    test = Sequences.concat([h.test for h in hospitals])
+    twin = RunDirectory(out / "simulated").create()
+    twin_config = replace(config, sites=0, test_dir="", out=str(twin.path))
+    simulate(twin_config, Federation(hospitals, test, {}, config.task, ()), twin, LogProgress())
+
+    def per_round(rows: list[dict]) -> float:
+        return statistics.median(r["seconds"] for r in (rows[1:] or rows))
+
+    deployed, simulated = (
+        per_round(json.loads((run_dir / METRICS_JSON).read_text())),
+        per_round(twin.read_json(METRICS_JSON)),
+    )
+    return {
+        "deployed_round_s": deployed,
+        "simulated_round_s": simulated,
+        "deployed_over_simulated": deployed / simulated,
+    }
