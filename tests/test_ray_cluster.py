@@ -55,7 +55,7 @@ def ray_head():
             except subprocess.TimeoutExpired:
                 pass
         # then ready once `ray status` reads the cluster: its node is up, not just the port
-        status = [RAY, "status", f"--address=127.0.0.1:{port}"]
+        status = [str(RAY), "status", f"--address=127.0.0.1:{port}"]
         ready = subprocess.run(status, capture_output=True, text=True, timeout=120)
         assert head.poll() is None and ready.returncode == 0, log.read_text() + ready.stderr
         yield f"127.0.0.1:{port}", temp
