@@ -94,18 +94,16 @@ def test_a_simulation_attaches_to_a_running_ray_head_and_leaves_it_running(ray_h
     assert _answers(int(address.rpartition(":")[2]))  # the cluster outlives the run
 
 
-CLOSED = f"127.0.0.1:{_free_port()}"  # nothing listens there
-
-
 @pytest.mark.parametrize(
     ("command", "address", "message"),
     [
-        ("simulate", CLOSED, "no Ray head answers there"),
+        ("simulate", None, "no Ray head answers there"),  # None: a free port, where nothing listens
         *[("sweep", a, "expected HOST:PORT of the Ray head") for a in ("localhost", "10.0.0.5:port", ":6379")],
         ("compare", "ray://10.0.0.5:10001", "expected HOST:PORT of the Ray head"),
     ],
 )
 def test_a_ray_address_without_a_head_is_refused_before_anything_runs(command, address, message, tmp_path):
+    address = address or f"127.0.0.1:{_free_port()}"
     done = subprocess.run(
         [*FEDICU, command, "--ray-address", address, "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120,

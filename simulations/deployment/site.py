@@ -4,8 +4,9 @@ The SuperNode dials the federation's SuperLink over TLS, authenticates with the 
 key, and runs the fedicu ClientApp on the site's data folder for every message the server
 sends (Flower starts those processes itself). Everything lives under the site's state folder:
 Flower's FLWR_HOME, the privacy ledgers the ClientApp keeps, and `logs/supernode.log`.
-Stopping the command (Ctrl-C, SIGTERM from a service manager) stops the SuperNode and every
-process below it; a SuperNode that ends on its own ends the command with its exit code.
+Stopping the command (Ctrl-C, SIGTERM from a service manager, SIGHUP from a closed terminal)
+stops the SuperNode and every process below it; a SuperNode that ends on its own ends the
+command with exit code 1, its own exit code and the end of its log in the message.
 """
 
 from __future__ import annotations
