@@ -1,7 +1,9 @@
+import signal
 from pathlib import Path
 
 import pytest
 
+from fedicu.shared import stopping
 from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.rehearsal import LocalDeployment
 from tests.deployments import SITES, live_processes
@@ -67,6 +69,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if any("PhysioNet" in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.realdata)
+
+
+@pytest.fixture(autouse=True)
+def _one_command_per_test():
+    """A test that runs the command line in this process leaves the process as it found it: the
+    signal handlers `main` installs and the stop flag are per process (a process runs one
+    command), and a flag left set would end the next command at once, this worker with it."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    left_set = stopping.stop_requested()
+    stopping._requested.clear()
+    assert not left_set, "the test left the process's stop flag set"
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """What the interruption tests share: an uninterrupted reference run, starting the command line
 in a session of its own, stopping it, and checking that a resumed run ends as the reference."""
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +28,21 @@ RESUMABLE = [
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The run that the interrupted ones, once resumed, must reproduce."""
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    done = subprocess.run(
-        fedicu_command("simulate", *RESUMABLE, "--out", str(out)), capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr
+def uninterrupted(tmp_path_factory, worker_id):
+    """The run that the interrupted ones, once resumed, must reproduce: made once per test
+    session, by the first worker that needs it, while the others wait on its lock."""
+    session = tmp_path_factory.getbasetemp()
+    session = session if worker_id == "master" else session.parent  # the workers' common folder
+    out = session / "uninterrupted" / "run"
+    with (session / "uninterrupted.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if RunDirectory(out).status != "complete":
+            shutil.rmtree(out.parent, ignore_errors=True)
+            out.parent.mkdir()
+            done = subprocess.run(
+                fedicu_command("simulate", *RESUMABLE, "--out", str(out)), capture_output=True, text=True, timeout=900
+            )
+            assert done.returncode == 0, done.stderr
     return RunDirectory(out)
 
 
