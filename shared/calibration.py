@@ -121,7 +121,8 @@ class RecalibrationMap:
     def apply(self, risks: np.ndarray) -> np.ndarray:
         p = self.parameters
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(p["slope"][0] * _logit(risks)[:, 0] + p["intercept"][0])))
+            logits = p["slope"][0] * _logit(risks)[:, 0] + p["intercept"][0]
+            return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the logistic function, without exp's overflow
         # Linear between the step points and constant beyond them, as scikit-learn predicts.
         return np.interp(np.asarray(risks, dtype=np.float64), p["x"], p["y"])
 
