@@ -22,6 +22,10 @@ What leaves the hospital, per message:
 - `cross_site`: one model's metrics on the hospital's own test stays (the same numbers).
   For the model the run selected, the hospital also keeps its recalibration maps on its
   own disk (`recalibration-<hospital>-run<id>.json` in the state-dir), for later scoring.
+- `personalize` (`--personalization`): the hospital adapts the selected model to its own
+  stays (client/personalization.py) and keeps it on its own disk; it sends how many epochs it
+  chose, the validation AUROC before and after, and the personal model's test metrics. The
+  personal model's weights are never sent.
 No stay, measurement or individual prediction is ever sent.
 
 A deployed site (node config `data-dir`) draws DP-SGD's noise and batches from the
@@ -42,6 +46,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from fedicu.client.personalization import finetune
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
@@ -54,6 +59,8 @@ from fedicu.shared.contract import (
     EvaluateRequest,
     FeatureStatsReply,
     FeatureStatsRequest,
+    PersonalizeReply,
+    PersonalizeRequest,
     Request,
     RestorePrivacyReply,
     RestorePrivacyRequest,
@@ -63,9 +70,10 @@ from fedicu.shared.contract import (
 )
 from fedicu.shared.federation import HospitalData, load_hospital, load_site, site_source
 from fedicu.shared.files import safe_name
-from fedicu.shared.metrics import ScoreHistogram, auroc, binary_metrics, event1
+from fedicu.shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
 from fedicu.shared.model import MortalityLSTM, fingerprint
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
+from fedicu.shared.run_dir import save_model_file
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 app = ClientApp()
@@ -105,12 +113,14 @@ def _ledger_file(context: Context, request: Request, hospital: str) -> Path:
     return _state_dir(context) / f"privacy-{safe_name(hospital)}-{run}.json"
 
 
-def _recalibration_file(request: CrossSiteRequest, context: Context, hospital: str) -> Path:
-    """Where the hospital keeps its recalibration maps: its state-dir when deployed, its own
-    folder of the run's `sites/` in a simulation."""
+def _kept_file(request: CrossSiteRequest | PersonalizeRequest, context: Context, hospital: str, kind: str) -> Path:
+    """Where the hospital keeps what it fits for the run (`kind`: `recalibration.json` or
+    `personal_model.pt`): its own folder of the run's `sites/` in a simulation, its state-dir
+    when deployed (with the run's id in the name)."""
     if request.site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
-        return Path(request.site_dir) / safe_name(hospital) / "recalibration.json"
-    return _state_dir(context) / f"recalibration-{safe_name(hospital)}-run{context.run_id}.json"
+        return Path(request.site_dir) / safe_name(hospital) / kind
+    stem, suffix = kind.split(".")
+    return _state_dir(context) / f"{stem}-{safe_name(hospital)}-run{context.run_id}.{suffix}"
 
 
 def _after_recalibration(
@@ -274,7 +284,7 @@ def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Mes
         kept = SiteRecalibration.fit(
             hospital.name, fingerprint(model.state_dict()), hospital.val.labels, predict(model, x_val)
         )
-        kept.save(_recalibration_file(request, context, hospital.name))
+        kept.save(_kept_file(request, context, hospital.name, "recalibration.json"))
         at_site_threshold = event1(labels, kept.chosen.apply(scores), kept.chosen.threshold)[0]
     return CrossSiteReply(
         hospital=hospital.name,
@@ -283,3 +293,27 @@ def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Mes
         event1=event1(labels, scores, request.threshold)[0],
         event1_site_threshold=at_site_threshold,
     ).reply_to(msg)
+
+
+@app.query(PersonalizeRequest.action)
+@_speaks_the_contract(PersonalizeRequest)
+def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> Message:
+    """The selected model adapted to this hospital and kept here; numbers only go back."""
+    set_torch_threads(1)
+    hospital = _hospital(request, context)
+    x_train, x_val, x_test = _inputs(hospital, request)
+    seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
+    tuned = finetune(
+        _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),
+        max_epochs=request.max_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
+    )  # fmt: skip
+    threshold = best_threshold(hospital.val.labels, predict(tuned.model, x_val))
+    kept = {"model_config": request.model.to_dict(), "state_dict": tuned.model.state_dict(), "threshold": threshold,
+            "personalization": request.method, "epochs": tuned.epochs}  # fmt: skip
+    save_model_file(_kept_file(request, context, hospital.name, "personal_model.pt"), kept)
+    labels, scores = hospital.test.labels, predict(tuned.model, x_test)
+    return PersonalizeReply(
+        hospital=hospital.name, method=request.method, epochs=tuned.epochs, val_auroc_global=tuned.val_auroc_global,
+        val_auroc=tuned.val_auroc, test=SiteTest.of(labels, scores, request.seed),
+        event1=event1(labels, scores, threshold)[0],
+    ).reply_to(msg)  # fmt: skip

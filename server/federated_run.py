@@ -15,7 +15,9 @@
    from state that a restart would lose.
 4. At the end, the cross-site matrix: every hospital scores the best and the final global
    model on its own test stays and sends the numbers (`cross_site.csv`, `cross_site.png`);
-   for the best model it also fits and keeps its recalibration maps.
+   for the best model it also fits and keeps its recalibration maps. With `--personalization`,
+   every hospital then adapts the best model to its own stays and keeps it; its numbers join
+   the matrix (`personal/<method>`) and `personalization.json`.
 
 A hospital that fails or misses the round timeout is recorded in the round's
 metrics and the round completes with the others, as long as at least
@@ -56,6 +58,8 @@ from fedicu.shared.contract import (
     EvaluateRequest,
     FeatureStatsReply,
     FeatureStatsRequest,
+    PersonalizeReply,
+    PersonalizeRequest,
     RestorePrivacyReply,
     RestorePrivacyRequest,
     TrainReply,
@@ -75,6 +79,7 @@ from fedicu.shared.run_dir import (
     HOSPITAL_PRIVACY_FILE,
     METRICS_CSV,
     METRICS_JSON,
+    PERSONALIZATION_JSON,
     PRIVACY_FILE,
     RUN_FILE,
     SITES_DIR,
@@ -481,6 +486,10 @@ class FederatedRun:
         self.run_dir.set_status("complete", finished=time.time())
         return {**state.rows[-1], "best_round": state.best["round"], "best_test_auroc": state.best["test_auroc"]}
 
+    def _site_dir(self) -> str:
+        """Simulation: the folder that stands for the hospitals' own disks; deployed: none."""
+        return str(self.run_dir.path.resolve() / SITES_DIR) if self.data.prepared_data else ""
+
     def _cross_site(self) -> list[dict]:
         """The best and the final global model scored by every hospital on its own test stays
         (only the numbers come back); for the best one each hospital also keeps its
@@ -494,7 +503,7 @@ class FederatedRun:
                 model_name=name,
                 threshold=float(model["threshold"]),
                 keep_recalibration=which == "best",
-                site_dir=str(self.run_dir.path.resolve() / SITES_DIR) if self.data.prepared_data else "",
+                site_dir=self._site_dir(),
             )
             messages = [request.message(node, ArrayRecord(model["state_dict"])) for node in self.names]
             scored = exchange(self.grid, messages, CrossSiteReply, self.config.round_timeout,
@@ -506,7 +515,33 @@ class FederatedRun:
                     if reply
                     else cross_site.row(name, h, None, failure=scored.failures.get(h, "no reply"))
                 )
-        return rows
+        return rows + (self._personalize() if self.config.personalization else [])
+
+    def _personalize(self) -> list[dict]:
+        """Every hospital adapts the best model to its own stays and keeps it; its cross-site
+        rows, with what each chose written to `personalization.json`."""
+        c, name = self.config, f"personal/{self.config.personalization}"
+        request = PersonalizeRequest(
+            **{**vars(self.evaluate_request), "server_round": self.state.completed},
+            method=c.personalization, max_epochs=c.finetune_epochs, lr=c.lr, batch_size=c.batch_size,
+            site_dir=self._site_dir(),
+        )  # fmt: skip
+        best = ArrayRecord(self.run_dir.load_model(BEST_MODEL)["state_dict"])
+        messages = [request.message(node, best) for node in self.names]
+        tuned = exchange(self.grid, messages, PersonalizeReply, c.round_timeout, f"{name} at the hospitals", 0,
+                         self.names)  # fmt: skip
+        chosen = [
+            {"hospital": h, "method": r.method, "epochs": r.epochs, "val_auroc_global": r.val_auroc_global,
+             "val_auroc": r.val_auroc} if (r := tuned.replies.get(h))
+            else {"hospital": h, "method": c.personalization, "status": f"failed: {tuned.failures.get(h, 'no reply')}"}
+            for h in self.hospitals
+        ]  # fmt: skip
+        self.run_dir.write_json(PERSONALIZATION_JSON, chosen)
+        return [
+            cross_site.row(name, h, r.test, r.event1) if (r := tuned.replies.get(h))
+            else cross_site.row(name, h, None, failure=tuned.failures.get(h, "no reply"))
+            for h in self.hospitals
+        ]  # fmt: skip
 
     def _write_test_predictions(self) -> None:
         """The best model's risk for every test stay, with its hospital: what the per-hospital

@@ -18,6 +18,7 @@ from fedicu.shared.tasks import DEFAULT_TASK, check_name
 from fedicu.shared.variables import TIME_SERIES
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "trimmed-mean", "krum")
+PERSONALIZATIONS = ("finetune",)  # after training, each hospital adapts the selected model to its own stays
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class RunConfig:
     round_timeout: float = 600.0
     min_hospitals: int = 1
     max_update_ratio: float = 10.0  # reject an update this many times the others' median norm; 0: no bound
+    personalization: str = ""  # one of PERSONALIZATIONS; empty: none
+    finetune_epochs: int = 5  # the most local epochs a hospital fine-tunes for (it keeps the best on validation)
     # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
     dp: bool = False
     target_epsilon: float = 0.0  # per hospital, for the whole run; 0: none (give a noise multiplier)
@@ -94,6 +97,16 @@ class RunConfig:
             (
                 self.max_update_ratio == 0 or self.max_update_ratio >= 1,
                 "--max-update-ratio must be 0 or at least 1",
+            ),
+            (
+                self.personalization in ("", *PERSONALIZATIONS),
+                f"--personalization must be one of {', '.join(PERSONALIZATIONS)} (or empty: none)",
+            ),
+            (self.finetune_epochs >= 1, "--finetune-epochs must be at least 1"),
+            (
+                not (self.personalization and self.dp),
+                "--personalization cannot be combined with --dp yet: fine-tuning on the training stays would "
+                "spend privacy budget that the run's DP-SGD accounting does not cover",
             ),
             (self.target_epsilon >= 0, "--target-epsilon must be positive"),
             (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
@@ -213,11 +226,12 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
     ("delta", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("accountant", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("hospital_dp_clip", lambda c: c.hospital_dp_noise > 0, lambda c: "without --hospital-dp-noise"),
+    ("finetune_epochs", lambda c: c.personalization == "finetune", lambda c: "without --personalization finetune"),
     ("max_update_ratio", lambda c: not c.secagg, lambda c: "with --secagg: the server never sees one hospital's update"),
 )  # fmt: skip
 # Options that act in every configuration.
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
-    "min_hospitals", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
+    "min_hospitals", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
 })  # fmt: skip

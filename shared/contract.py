@@ -284,6 +284,23 @@ class CrossSiteRequest(EvaluateRequest):
     site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
 
 
+@dataclass(frozen=True, kw_only=True)
+class PersonalizeRequest(EvaluateRequest):
+    """Adapt the model the run selected (sent with it in `ARRAYS`) to the hospital's own stays,
+    keep the result at the hospital (in `site_dir` in a simulation, its state-dir when deployed)
+    and score it on the hospital's own test stays. The personal model never leaves the hospital."""
+
+    describes = "personalize request"
+    action: ClassVar[str] = "personalize"
+    message_type = f"{MessageType.QUERY}.{action}"
+
+    method: str  # shared.config.PERSONALIZATIONS
+    max_epochs: int  # finetune: epochs tried, the best on the hospital's validation stays kept (0 included)
+    lr: float
+    batch_size: int
+    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
+
+
 def global_model(msg: Message) -> ArrayRecord:
     """The global model's weights sent with a train or evaluate request."""
     if ARRAYS not in msg.content.array_records:
@@ -391,6 +408,21 @@ class CrossSiteReply(Reply):
     event1: float = _in(METRICS)  # at the model's threshold
     # With the recalibration kept: Event-1 of the mapped risks at the map's own threshold.
     event1_site_threshold: float | None = _in(METRICS, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonalizeReply(Reply):
+    """How the hospital's personal model scores, against the model it started from: numbers
+    only, no weights."""
+
+    describes = "personalize reply"
+
+    method: str = _in(SITE)
+    epochs: int = _in(METRICS)  # chosen on the hospital's validation stays; 0: it kept the global model
+    val_auroc_global: float = _in(METRICS)
+    val_auroc: float = _in(METRICS)  # the personal model's
+    test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
+    event1: float = _in(METRICS)  # at the threshold the hospital chose on its validation stays
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

@@ -39,6 +39,7 @@ CURVES_PNG = "learning_curves.png"
 TEST_PREDICTIONS = "test_predictions.csv"  # simulated runs: the best model's risk per test stay
 CROSS_SITE_CSV, CROSS_SITE_JSON = "cross_site.csv", "cross_site.json"  # every model at every hospital
 CROSS_SITE_PNG = "cross_site.png"
+PERSONALIZATION_JSON = "personalization.json"  # --personalization: what each hospital chose
 SITES_DIR = "sites"  # simulated runs: what each virtual hospital keeps on its own disk
 STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 
@@ -52,6 +53,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def save_model_file(path: Path, state: dict[str, Any]) -> None:
+    """A model's state (weights, config, threshold), written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class RunDirectory:
@@ -87,9 +96,7 @@ class RunDirectory:
         atomic_write_bytes(self.path / name, buffer.getvalue().encode())
 
     def save_model(self, name: str, state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.path / name, buffer.getvalue())
+        save_model_file(self.path / name, state)
 
     def load_model(self, name: str) -> dict[str, Any]:
         return torch.load(self.path / name, map_location="cpu", weights_only=True)

@@ -8,7 +8,7 @@ yes/no decisions is chosen on validation data to maximize Event-1.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -47,11 +47,13 @@ def train_epochs(
     batch_size: int,
     seed: int,
     proximal_mu: float = 0.0,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Train in place with Adam; return the mean training loss of the last epoch.
 
     `proximal_mu > 0` adds FedProx's term mu/2 * ||w - w_start||^2, which keeps a
-    hospital's update close to the global model it started from.
+    hospital's update close to the global model it started from. `after_epoch(epoch)` (from 1)
+    is called after each epoch, with the optimizer's state kept across them.
     """
     if len(x) == 0:
         raise ValueError("no training stays")
@@ -61,9 +63,9 @@ def train_epochs(
     start = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
     epoch_loss = float("nan")
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
+        model.train()  # again each epoch: `after_epoch` may have scored the model
         total, seen = 0.0, 0
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)
@@ -78,6 +80,8 @@ def train_epochs(
             nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
             optimizer.step()
         epoch_loss = total / seen
+        if after_epoch is not None:
+            after_epoch(epoch)
     return epoch_loss
 
 

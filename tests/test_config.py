@@ -62,6 +62,7 @@ NO_EFFECT: list[tuple[dict[str, Any], tuple[str, str]]] = [  # (options, the two
     (dict(strategy="fedprox", server_lr=0.1), ("--server-lr", "--strategy fedprox")),
     (dict(hospital_dp_clip=2.0), ("--hospital-dp-clip", "--hospital-dp-noise")),
     (dict(secagg=True, max_update_ratio=5.0), ("--max-update-ratio", "--secagg")),
+    (dict(finetune_epochs=3), ("--finetune-epochs", "--personalization")),
 ]  # fmt: skip
 
 
@@ -82,6 +83,7 @@ def test_options_that_act_are_accepted():
     RunConfig(dp=True, noise_multiplier=1.0, target_epsilon=3.0)  # a fixed noise with a budget
     RunConfig(hospital_dp_noise=1.0, hospital_dp_clip=2.0, delta=1e-6)
     RunConfig(strategy="fedprox", proximal_mu=0.1)
+    RunConfig(personalization="finetune", finetune_epochs=3)
     RunConfig(partition="dirichlet", alpha=0.1, hospitals=6)
     RunConfig(dataset="physionet2012", data_dir="/d", sets="c", partition="iid", hospitals=3)
     without = RunConfig(dp=True, target_epsilon=2.0, max_grad_norm=0.5, delta=1e-6).without_dp()

@@ -25,6 +25,8 @@ from fedicu.shared.contract import (
     EvaluateRequest,
     FeatureStatsReply,
     FeatureStatsRequest,
+    PersonalizeReply,
+    PersonalizeRequest,
     RestorePrivacyReply,
     RestorePrivacyRequest,
     SiteTest,
@@ -76,6 +78,7 @@ EVERY_MESSAGE = [
     CrossSiteRequest(
         **EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True, site_dir="/tmp/run/sites"
     ),
+    PersonalizeRequest(**EVALUATE, method="finetune", max_epochs=5, lr=0.003, batch_size=64, site_dir="/tmp/s"),
     FeatureStatsReply(
         hospital="north",
         train_stays=120,
@@ -120,6 +123,15 @@ EVERY_MESSAGE = [
         test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
         event1=0.5,
         event1_site_threshold=0.6,
+    ),
+    PersonalizeReply(
+        hospital="north",
+        method="finetune",
+        epochs=3,
+        val_auroc_global=0.7,
+        val_auroc=0.75,
+        test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
+        event1=0.5,
     ),
 ]
 

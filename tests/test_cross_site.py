@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Context, RecordDict
 from rich.console import Console
 
-from fedicu.client.client_app import _recalibration_file
+from fedicu.client.client_app import _kept_file
 from fedicu.shared.contract import CrossSiteRequest
 from fedicu.shared.cross_site import row, worst_auroc
 from fedicu.shared.plots import plot_cross_site
@@ -68,6 +68,8 @@ def test_a_deployed_site_keeps_its_recalibration_in_its_state_dir_whatever_the_s
                       run_config={})  # fmt: skip
     request = CrossSiteRequest(**EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True,
                                site_dir="/etc/elsewhere")  # fmt: skip
-    assert _recalibration_file(request, context, "north") == tmp_path / "recalibration-north-run7.json"
+    assert _kept_file(request, context, "north", "recalibration.json") == tmp_path / "recalibration-north-run7.json"
     simulated = Context(run_id=7, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
-    assert _recalibration_file(request, simulated, "north") == Path("/etc/elsewhere/north/recalibration.json")
+    assert _kept_file(request, simulated, "north", "recalibration.json") == Path(
+        "/etc/elsewhere/north/recalibration.json"
+    )

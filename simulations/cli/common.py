@@ -22,7 +22,7 @@ from fedicu.shared.calibration import CALIBRATION_FIELDS, ECE_BINNING, RECALIBRA
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
 from fedicu.shared.metrics import CI_CAPTION, interval_text
-from fedicu.shared.run_dir import HOSPITAL_JSON, METRICS_JSON, MODEL_CARD
+from fedicu.shared.run_dir import CROSS_SITE_JSON, HOSPITAL_JSON, METRICS_JSON, MODEL_CARD, PERSONALIZATION_JSON
 from fedicu.shared.tasks import BUILT_IN
 from fedicu.simulations.cli.terminal import UserError, console
 
@@ -63,6 +63,10 @@ OPTION_HELP = {
     "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
     "min_hospitals": "Hospitals that must reply for a round to count; failed ones are recorded and skipped "
     "(default 1: go on while any hospital replies).",
+    "personalization": "After training, each hospital adapts the selected model to its own stays and keeps it: "
+    "finetune (local epochs from the model, the number chosen on the hospital's validation stays).",
+    "finetune_epochs": "The most epochs a hospital fine-tunes for (--personalization finetune); it keeps the "
+    "epoch, 0 included, whose model scores best on its validation stays.",
     "dp": "Train with DP-SGD at every hospital (privacy unit: one ICU stay).",
     "target_epsilon": "Each hospital's epsilon for the whole run: the noise is calibrated to it, or, with "
     "--noise-multiplier, it is the budget at which a hospital stops training (0: no budget; --dp then "
@@ -316,6 +320,31 @@ def leave_out_table(report: dict, seed: int) -> Table:
     table.add_section()
     table.add_row("mean", fmt(report["mean_auroc"]), *[""] * 5)
     table.add_row("worst", fmt(report["worst_auroc"]), *[""] * 5)
+    return table
+
+
+def personalization_table(run_dir: Path) -> Table:
+    """Each hospital's personal model against the best global model it started from: the
+    epochs it chose, then AUROC on its validation stays (where it chose) and on its test stays."""
+    chosen = json.loads((run_dir / PERSONALIZATION_JSON).read_text())
+    matrix = json.loads((run_dir / CROSS_SITE_JSON).read_text())
+    personal = f"personal/{chosen[0]['method']}"
+    test = {(r["model"], r["hospital"]): r["auroc"] for r in matrix}
+    table = Table(title=f"{personal}: each hospital's own model, against the best global one")
+    table.add_column("hospital", no_wrap=True)
+    table.add_column("epochs", justify="right")
+    for split in ("val", "test"):
+        table.add_column(f"{split} AUROC\nglobal", justify="right")
+        table.add_column(f"{split} AUROC\npersonal", justify="right")
+    for row in chosen:
+        h = row["hospital"]
+        if "epochs" not in row:
+            table.add_row(h, row["status"], *[""] * 4)
+            continue
+        table.add_row(
+            h, str(row["epochs"]), fmt(row["val_auroc_global"]), fmt(row["val_auroc"]),
+            fmt(test.get(("federated/best", h))), fmt(test.get((personal, h))),
+        )  # fmt: skip
     return table
 
 

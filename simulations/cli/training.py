@@ -23,6 +23,7 @@ from fedicu.simulations.cli.common import (
     best_round_tables,
     cross_site_table,
     leave_out_table,
+    personalization_table,
     report_skipped,
     results_table,
     rounds_table,
@@ -142,6 +143,8 @@ def _federated(
     rows = run_dir.read_json(METRICS_JSON)
     console.print(rounds_table(f"Federated ({config.strategy})", rows, config.seed))
     console.print(best_round_tables(run_dir.path, config.seed))
+    if config.personalization:
+        console.print(personalization_table(run_dir.path))
     return result
 
 

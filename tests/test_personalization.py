@@ -1,0 +1,125 @@
+"""--personalization finetune: every hospital adapts the selected model to its own stays, keeps
+it on its own disk, and sends back numbers only."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.clientapp import ClientApp
+
+from fedicu.client.client_app import app as hospital_app
+from fedicu.client.personalization import finetune
+from fedicu.server.federated_run import LogProgress
+from fedicu.shared.config import RunConfig
+from fedicu.shared.contract import PersonalizeRequest
+from fedicu.shared.datasets import synthetic
+from fedicu.shared.federation import prepare
+from fedicu.shared.metrics import auroc
+from fedicu.shared.model import ModelConfig, MortalityLSTM
+from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
+from fedicu.shared.run_dir import BEST_MODEL, CROSS_SITE_JSON, MODEL_CARD, PERSONALIZATION_JSON, SITES_DIR, RunDirectory
+from fedicu.shared.training import predict
+from fedicu.simulations.cli import main
+from fedicu.simulations.inprocess import run_in_process
+
+CONFIG = RunConfig(hospitals=3, synthetic_stays=900, rounds=2, seed=3, personalization="finetune", finetune_epochs=3)
+
+
+def recording(replies: list) -> ClientApp:
+    """The hospital app, keeping every reply it sends."""
+    app = ClientApp()
+
+    def kept(msg, context):
+        reply = hospital_app(msg, context)
+        replies.append((msg.metadata.message_type, reply))
+        return reply
+
+    app.query("feature_stats")(kept)
+    app.query(PersonalizeRequest.action)(kept)
+    app.query("cross_site")(kept)
+    app.train()(kept)
+    app.evaluate()(kept)
+    return app
+
+
+@pytest.fixture(scope="module")
+def personalized(tmp_path_factory):
+    replies: list = []
+    federation = prepare(CONFIG)
+    run_dir = RunDirectory(tmp_path_factory.mktemp("personalized") / "run").create()
+    run_in_process(CONFIG, federation, run_dir, LogProgress(), client_app=recording(replies))
+    return run_dir, federation, replies
+
+
+def test_each_hospital_keeps_a_model_that_reproduces_the_numbers_it_sent(personalized):
+    run_dir, federation, _ = personalized
+    chosen = {row["hospital"]: row for row in run_dir.read_json(PERSONALIZATION_JSON)}
+    rows = {(r["model"], r["hospital"]): r for r in run_dir.read_json(CROSS_SITE_JSON)}
+    best = run_dir.load_model(BEST_MODEL)
+    norm = Normalization.from_dict(run_dir.read_json(MODEL_CARD)["normalization"])
+    assert sorted(chosen) == [h.name for h in federation.hospitals]
+    for hospital in federation.hospitals:
+        row = chosen[hospital.name]
+        assert 0 <= row["epochs"] <= CONFIG.finetune_epochs
+        assert row["val_auroc"] >= row["val_auroc_global"]  # chosen on validation: never below the start
+        kept = torch.load(run_dir.path / SITES_DIR / hospital.name / "personal_model.pt", weights_only=True)
+        assert kept["epochs"] == row["epochs"] and kept["personalization"] == "finetune"
+        same = all(torch.equal(kept["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
+        assert same == (row["epochs"] == 0)  # epoch 0 is the global model itself
+        model = MortalityLSTM(ModelConfig(**kept["model_config"]))
+        model.load_state_dict(kept["state_dict"])
+        for part, reported in ((hospital.val, row["val_auroc"]), (hospital.test, rows[("personal/finetune", hospital.name)]["auroc"])):  # fmt: skip
+            assert auroc(part.labels, predict(model, to_features(part, norm))) == pytest.approx(reported, abs=1e-9)
+        assert rows[("federated/best", hospital.name)]["status"] == "ok"
+    assert any(row["epochs"] > 0 for row in chosen.values())  # this cohort gives fine-tuning something
+
+
+def test_no_reply_carries_a_personal_model(personalized):
+    """Every reply a hospital sent is inspected: personalize replies hold no weights at all, and
+    no reply holds a personal model (those fine-tuned for at least one epoch: the others are the
+    global model)."""
+    run_dir, federation, replies = personalized
+    kept = [torch.load(run_dir.path / SITES_DIR / h.name / "personal_model.pt", weights_only=True) for h in federation.hospitals]  # fmt: skip
+    personal = [k["state_dict"] for k in kept if k["epochs"] > 0]
+    assert personal
+    kinds = [kind for kind, _ in replies]
+    assert kinds.count(f"query.{PersonalizeRequest.action}") == len(federation.hospitals)
+    for kind, reply in replies:
+        if kind == f"query.{PersonalizeRequest.action}":
+            assert not reply.content.array_records
+        for record in reply.content.array_records.values():
+            sent = record.to_torch_state_dict()
+            for state in personal:
+                assert set(state) != set(sent) or not all(torch.equal(state[k], sent[k]) for k in state), kind
+
+
+def test_finetune_keeps_the_global_model_when_no_epoch_beats_it_on_validation():
+    seqs = to_sequences(clean(synthetic.generate(hospitals=1, stays=200, seed=1))[0])
+    x = to_features(seqs, Normalization.from_stats(FeatureStats.of(seqs)))
+    torch.manual_seed(0)
+    model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one_class = (x[:40], np.zeros(40))  # validation AUROC is undefined: nothing can beat the start
+    tuned = finetune(model, (x, seqs.labels), one_class, max_epochs=2, lr=0.01, batch_size=64, seed=0)
+    assert tuned.epochs == 0 and np.isnan(tuned.val_auroc_global)
+    assert all(torch.equal(before[k], v) for k, v in tuned.model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--personalization", "ditto"], "--personalization must be one of finetune"),
+        (["--finetune-epochs", "3"], "--finetune-epochs has no effect without --personalization finetune"),
+        (["--personalization", "finetune", "--dp", "--target-epsilon", "4"], "cannot be combined with --dp"),
+    ],
+    ids=["unknown", "epochs-alone", "with-dp"],
+)
+def test_a_personalization_the_run_cannot_do_is_refused_before_it_starts(
+    options, message, monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setattr(sys, "argv", ["fedicu", "simulate", *options, "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
