@@ -119,8 +119,7 @@ def _kept_file(request: CrossSiteRequest | PersonalizeRequest, context: Context,
     when deployed (with the run's id in the name)."""
     if request.site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
         return Path(request.site_dir) / safe_name(hospital) / kind
-    stem, suffix = kind.split(".")
-    return _state_dir(context) / f"{stem}-{safe_name(hospital)}-run{context.run_id}.{suffix}"
+    return _state_dir(context) / f"{Path(kind).stem}-{safe_name(hospital)}-run{context.run_id}{Path(kind).suffix}"
 
 
 def _after_recalibration(
@@ -299,6 +298,13 @@ def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Mes
 @_speaks_the_contract(PersonalizeRequest)
 def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> Message:
     """The selected model adapted to this hospital and kept here; numbers only go back."""
+    if request.method != "finetune":
+        return Message(
+            Error(CONTRACT_REFUSAL, f"personalization {request.method!r}: this site offers finetune"), reply_to=msg
+        )
+    if request.dp:  # the site's own guard: fine-tuning is not covered by the run's DP-SGD accounting
+        reason = "personalization under DP-SGD would spend privacy budget the run does not account for"
+        return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     set_torch_threads(1)
     hospital = _hospital(request, context)
     x_train, x_val, x_test = _inputs(hospital, request)
@@ -308,8 +314,12 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
         max_epochs=request.max_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
     )  # fmt: skip
     threshold = best_threshold(hospital.val.labels, predict(tuned.model, x_val))
-    kept = {"model_config": request.model.to_dict(), "state_dict": tuned.model.state_dict(), "threshold": threshold,
-            "personalization": request.method, "epochs": tuned.epochs}  # fmt: skip
+    kept = {  # what scoring with it later needs: the global model's normalization, task and fingerprint too
+        "model_config": request.model.to_dict(), "state_dict": tuned.model.state_dict(), "threshold": threshold,
+        "personalization": request.method, "epochs": tuned.epochs, "task": request.task,
+        "norm_mean": request.norm_mean, "norm_std": request.norm_std,
+        "started_from": fingerprint(contract.global_model(msg).to_torch_state_dict()),
+    }  # fmt: skip
     save_model_file(_kept_file(request, context, hospital.name, "personal_model.pt"), kept)
     labels, scores = hospital.test.labels, predict(tuned.model, x_test)
     return PersonalizeReply(

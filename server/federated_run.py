@@ -528,8 +528,9 @@ class FederatedRun:
         )  # fmt: skip
         best = ArrayRecord(self.run_dir.load_model(BEST_MODEL)["state_dict"])
         messages = [request.message(node, best) for node in self.names]
-        tuned = exchange(self.grid, messages, PersonalizeReply, c.round_timeout, f"{name} at the hospitals", 0,
-                         self.names)  # fmt: skip
+        # Up to finetune-epochs of training, where the round timeout allows for local-epochs.
+        timeout = c.round_timeout * math.ceil(c.finetune_epochs / c.local_epochs)
+        tuned = exchange(self.grid, messages, PersonalizeReply, timeout, f"{name} at the hospitals", 0, self.names)
         chosen = [
             {"hospital": h, "method": r.method, "epochs": r.epochs, "val_auroc_global": r.val_auroc_global,
              "val_auroc": r.val_auroc} if (r := tuned.replies.get(h))

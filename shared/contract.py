@@ -1,7 +1,7 @@
 """What travels between the server and a hospital: one typed object per message and reply.
 
-The server sends five requests (`FeatureStatsRequest`, `RestorePrivacyRequest`, `TrainRequest`,
-`EvaluateRequest`, `CrossSiteRequest`) and a hospital answers each with its reply class. `to_content()` turns an
+The server sends six requests (`FeatureStatsRequest`, `RestorePrivacyRequest`, `TrainRequest`,
+`EvaluateRequest`, `CrossSiteRequest`, `PersonalizeRequest`) and a hospital answers each with its reply class. `to_content()` turns an
 object into Flower records and `from_content()` reads one back, checking that every field is
 there with its type. Record keys are the field names in kebab-case, derived here and nowhere
 else, so the server and the hospital never spell a key by hand. The names that Flower's
@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 6
+CONTRACT_VERSION = 7  # 7: PersonalizeRequest
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -1,16 +1,21 @@
 """--personalization finetune: every hospital adapts the selected model to its own stays, keeps
 it on its own disk, and sends back numbers only."""
 
+import copy
+import dataclasses
 import sys
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedicu.client.client_app import _kept_file
 from fedicu.client.client_app import app as hospital_app
 from fedicu.client.personalization import finetune
 from fedicu.server.federated_run import LogProgress
+from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import PersonalizeRequest
 from fedicu.shared.datasets import synthetic
@@ -19,7 +24,7 @@ from fedicu.shared.metrics import auroc
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
 from fedicu.shared.run_dir import BEST_MODEL, CROSS_SITE_JSON, MODEL_CARD, PERSONALIZATION_JSON, SITES_DIR, RunDirectory
-from fedicu.shared.training import predict
+from fedicu.shared.training import predict, train_epochs
 from fedicu.simulations.cli import main
 from fedicu.simulations.inprocess import run_in_process
 
@@ -123,3 +128,53 @@ def test_a_personalization_the_run_cannot_do_is_refused_before_it_starts(
         main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_epoch_kept_is_the_one_best_on_validation():
+    seqs = to_sequences(clean(synthetic.generate(hospitals=1, stays=400, seed=2))[0])
+    x = to_features(seqs, Normalization.from_stats(FeatureStats.of(seqs)))
+    train, val = (x[:300], seqs.labels[:300]), (x[300:], seqs.labels[300:])
+    torch.manual_seed(1)
+    start = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
+    replay = copy.deepcopy(start)
+    scores = [auroc(val[1], predict(replay, val[0]))]  # the same training, each epoch's score recorded
+    train_epochs(replay, *train, epochs=6, lr=0.02, batch_size=64, seed=5,
+                 after_epoch=lambda epoch: scores.append(auroc(val[1], predict(replay, val[0]))))  # fmt: skip
+    tuned = finetune(start, train, val, max_epochs=6, lr=0.02, batch_size=64, seed=5)
+    assert tuned.epochs == int(np.argmax(scores)) and 0 < tuned.epochs < 6, scores  # a peak inside the range
+    assert tuned.val_auroc == scores[tuned.epochs] == auroc(val[1], predict(tuned.model, val[0]))
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [(dict(dp=True), "privacy budget"), (dict(method="ditto"), "this site offers finetune")],
+    ids=["under-dp", "unknown-method"],
+)
+def test_a_site_refuses_what_it_cannot_personalize_honestly(change, refusal, tmp_path):
+    request = PersonalizeRequest(
+        seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp",
+        server_round=1, norm_mean=[0.0], norm_std=[1.0], model=ModelConfig(n_features=n_features(), hidden_size=8),
+        method="finetune", max_epochs=1, lr=0.01, batch_size=8,
+    )  # fmt: skip
+    request = dataclasses.replace(request, **change)
+    model = MortalityLSTM(request.model)
+    context = Context(run_id=1, node_id=1, node_config={"state-dir": str(tmp_path)}, state=RecordDict(), run_config={})
+    with compat.in_a_task(run_id=1, node_id=1):
+        reply = hospital_app(request.message(1, ArrayRecord(model.state_dict())), context)
+    assert reply.has_error() and refusal in str(reply.error.reason)
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing kept
+
+
+def test_a_deployed_site_keeps_its_personal_model_in_its_own_state_dir(tmp_path):
+    request = dataclasses.replace(
+        PersonalizeRequest(
+            seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5,
+            accountant="rdp", server_round=1, norm_mean=[0.0], norm_std=[1.0],
+            model=ModelConfig(n_features=n_features(), hidden_size=8), method="finetune", max_epochs=1, lr=0.01,
+            batch_size=8,
+        ),
+        site_dir="/etc/elsewhere",
+    )  # fmt: skip
+    deployed = Context(run_id=7, node_id=1, node_config={"data-dir": "/data", "state-dir": str(tmp_path)},
+                       state=RecordDict(), run_config={})  # fmt: skip
+    assert _kept_file(request, deployed, "north", "personal_model.pt") == tmp_path / "personal_model-north-run7.pt"

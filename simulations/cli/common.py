@@ -336,13 +336,12 @@ def personalization_table(run_dir: Path) -> Table:
     for split in ("val", "test"):
         table.add_column(f"{split} AUROC\nglobal", justify="right")
         table.add_column(f"{split} AUROC\npersonal", justify="right")
+    failed = [f"{row['hospital']}: {row['status']}" for row in chosen if "epochs" not in row]
+    table.caption = "\n".join(failed) or None
     for row in chosen:
-        h = row["hospital"]
-        if "epochs" not in row:
-            table.add_row(h, row["status"], *[""] * 4)
-            continue
+        h, done = row["hospital"], "epochs" in row
         table.add_row(
-            h, str(row["epochs"]), fmt(row["val_auroc_global"]), fmt(row["val_auroc"]),
+            h, str(row["epochs"]) if done else "failed", fmt(row.get("val_auroc_global")), fmt(row.get("val_auroc")),
             fmt(test.get(("federated/best", h))), fmt(test.get((personal, h))),
         )  # fmt: skip
     return table
