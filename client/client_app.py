@@ -77,7 +77,7 @@ from fedicu.shared.run_dir import save_model_file
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
 
 app = ClientApp()
-_features: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_features: dict[tuple, tuple[HospitalData, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
 
 def _hospital(request: Request, context: Context) -> HospitalData:
@@ -92,14 +92,17 @@ def _hospital(request: Request, context: Context) -> HospitalData:
 
 
 def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalized training, validation and test inputs, built once per normalization."""
-    key = (id(hospital), tuple(request.norm_mean), tuple(request.norm_std), request.model.variables)
-    if key not in _features:
+    """Normalized training, validation and test inputs, built once per normalization and
+    hospital data (a site whose folder changed is read again: its old inputs are dropped)."""
+    key = (hospital.name, tuple(request.norm_mean), tuple(request.norm_std), request.model.variables)
+    if key not in _features or _features[key][0] is not hospital:
+        for stale in [k for k, (data, _) in _features.items() if k[0] == hospital.name and data is not hospital]:
+            del _features[stale]
         norm = Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
         channels = request.model.channels
         train, val, test = (to_features(part, norm, channels) for part in (hospital.train, hospital.val, hospital.test))
-        _features[key] = (train, val, test)
-    return _features[key]
+        _features[key] = (hospital, (train, val, test))
+    return _features[key][1]
 
 
 def _state_dir(context: Context) -> Path:

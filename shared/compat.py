@@ -15,6 +15,12 @@ Flower
 - `strategy_state` / `restore_strategy_state`: FedAdam keeps its moments in `m_t` and `v_t`.
 - `in_a_task` / `set_message_id`: building messages outside Flower's runtime (the in-process
   grid of tests), which Flower allows only inside a task.
+- `SuperNodeTasks`: a SuperNode's Runtime API (`--isolation process`) spoken by one long-lived
+  process for every task, as Flower's one-task `flwr-clientapp` speaks it
+  (`flwr.supernode.runtime.run_clientapp`), retrying a message's missing parts sooner than
+  Flower does; and `watch_parent`, Flower's parent monitor.
+- `run_supernode`: Flower's `flower-supernode`, its waits for messages and replies (3 s and
+  0.5 s in `flwr.supernode.start_client_internal`) cut to `SUPERNODE_WAIT_SECONDS`.
 Opacus
 - `store_grad_sample`: per-stay gradients go to `param.grad_sample`, where `DPOptimizer` reads them.
 Ray
@@ -25,17 +31,22 @@ Ray
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from queue import Queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+
+if TYPE_CHECKING:  # torch only where it is used: a SuperNode started through here never loads it
+    import numpy as np
+    import torch
 
 # ---- Flower: the Simulation Engine's dispatcher ----------------------------------------------
 
@@ -226,6 +237,9 @@ STRATEGY_STATE = ("m_t", "v_t")
 
 
 def strategy_state(strategy: Any) -> dict[str, dict[str, torch.Tensor]]:
+    import numpy as np
+    import torch
+
     return {
         name: {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
         for name in STRATEGY_STATE
@@ -260,6 +274,136 @@ def in_a_task(run_id: int = 1, node_id: int = 0) -> Iterator[None]:
 def set_message_id(msg: Message, message_id: str) -> None:
     """Number a message as a grid does when it stores it."""
     msg.metadata.__dict__["_message_id"] = message_id
+
+
+# ---- Flower: a SuperNode's tasks, run by one long-lived process ------------------------------
+
+CLIENT_APP_TASK = "flwr-clientapp"  # Flower's TaskType.CLIENT_APP
+# A task is claimable before the SuperNode holds all of its message: Flower retries a missing
+# part after 1 s, then 2, 4, …; a process that claims at once retries every 20 ms instead.
+PULL_RETRY_SECONDS = 0.02
+
+
+class SuperNodeTasks:
+    """The Runtime API of a SuperNode started with `--isolation process`, on loopback.
+
+    Flower's `flwr-clientapp` runs one task and exits, so every message paid a new process:
+    importing torch and the app, reading the site's data. `next_token` claims a pending task
+    as Flower's SuperExec does; `run` does what `flwr-clientapp` does for it (pull the
+    message, context and app; run the ClientApp; push the reply and the context), in this
+    process, so the app's module and what it keeps in memory live on to the next task."""
+
+    def __init__(self, address: str):
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+        from flwr.supernode.runtime import run_clientapp as flower
+
+        pull = flower.pull_and_inflate_object_from_tree
+        if not isinstance(pull, functools.partial):  # once per process
+            flower.pull_and_inflate_object_from_tree = functools.partial(
+                pull, initial_backoff=PULL_RETRY_SECONDS, backoff_cap=PULL_RETRY_SECONDS
+            )
+        self.address = address
+        self._installed: set[str] = set()  # app packages (FABs) installed by this process
+        self._claims = RuntimeHttpClient.from_server_address(
+            server_address=address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )  # fmt: skip
+
+    def next_token(self) -> str | None:
+        """Claim the oldest pending ClientApp task; its token, or None when there is none."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+
+        answer = self._claims.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
+        return str(answer.token) if answer.HasField("task") and answer.token else None
+
+    def run(self, token: str) -> None:
+        """Run the claimed task; an exception of the ClientApp becomes an error reply, as in
+        Flower's own runtime, and ends nothing but the task."""
+        from flwr.clientapp.utils import get_load_client_app_fn
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+        from flwr.supernode.runtime import run_clientapp as flower
+
+        client = RuntimeHttpClient.from_server_address(
+            server_address=self.address, insecure=True, root_certificates=None,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(token)],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )  # fmt: skip
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        context, status, details = None, SubStatus.FAILED, "the ClientApp did not finish"
+        heartbeat.start()
+        try:
+            message, context, run, fab = flower.pull_task_input(client)
+            self._install(fab)
+            app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+                run.fab_id, run.fab_version, fab.hash_str
+            )
+            try:
+                reply = app(message=message, context=context)
+                status, details = SubStatus.COMPLETED, ""
+            except Exception as error:  # the server gets it as the reply, as from Flower's runtime
+                logging.getLogger(__name__).exception("the ClientApp raised an exception")
+                details = f"{type(error)}:<'{error}'>"
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, details), reply_to=message)
+            flower.push_message(client, reply, context)
+        finally:
+            heartbeat.stop()
+            flower.push_task_output(client=client, context=context, sub_status=status, details=details)
+            client.close()
+
+    def _install(self, fab: Any) -> None:
+        from flwr.cli.install import install_from_fab
+
+        if fab.hash_str not in self._installed:
+            install_from_fab(fab.content, skip_prompt=True)
+            self._installed.add(fab.hash_str)
+
+
+def watch_parent(pid: int) -> None:
+    """SIGINT to this process once process `pid` has ended (Flower's monitor, as its own
+    processes use it): a SuperNode killed with -9 takes its ClientApp with it."""
+    from flwr.supercore.app_utils import start_parent_process_monitor
+
+    start_parent_process_monitor(pid)
+
+
+# ---- Flower: the SuperNode's waits ------------------------------------------------------------
+
+# Flower's SuperNode asks the SuperLink for a message every 3 s when it has none, and checks
+# for the ClientApp's reply every 0.5 s: a deployed round waited about 3 s per exchange for
+# nothing. Polling a loopback or LAN SuperLink 5 times a second costs it next to nothing.
+SUPERNODE_WAIT_SECONDS = 0.2
+
+
+class _ShortWaits:
+    """Stands in for the `time` module inside Flower's SuperNode loop: every wait is cut short."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, SUPERNODE_WAIT_SECONDS))
+
+
+def run_supernode(argv: list[str]) -> None:
+    """Flower's `flower-supernode` with the arguments `argv`, waiting at most
+    `SUPERNODE_WAIT_SECONDS` for a message or a reply."""
+    import sys
+
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli import flower_supernode
+
+    start_client_internal.time = _ShortWaits()  # type: ignore[assignment]
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
 
 
 # ---- Opacus ----------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ server may hold a test folder of its own (`load_folder`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -181,10 +183,40 @@ def site_source(node_config: Mapping[str, Any], task: str) -> DataSource:
     )  # fmt: skip
 
 
-@cache
+_sites: dict[tuple, tuple[tuple, HospitalData]] = {}
+
+
+def files_signature(*paths: str) -> tuple:
+    """Name, size and modification time of every file at or below `paths`: it changes when a
+    file is added, removed, rewritten or touched."""
+    entries = []
+    for path in (file for top in paths if top for file in _files(top)):
+        with contextlib.suppress(OSError):  # removed while we looked: the next call sees it
+            stat = os.stat(path)
+            entries.append((path, stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def _files(top: str) -> Iterator[str]:
+    if not os.path.isdir(top):
+        yield top
+    for root, _, names in os.walk(top):
+        yield from (os.path.join(root, name) for name in names)
+
+
 def load_site(source: DataSource, hospital: str, test_fraction: float, val_fraction: float, seed: int) -> HospitalData:
-    """A deployed hospital's stays from its own folder (read once per process): a stratified test
-    split of its own, then validation and training stays from the rest, as in simulation."""
+    """A deployed hospital's stays from its own folder: a stratified test split of its own,
+    then validation and training stays from the rest, as in simulation. A long-lived process
+    reads the folder once, and again only when a file in it (or the labels or mapping file)
+    has changed."""
+    key = (source, hospital, test_fraction, val_fraction, seed)
+    signature = files_signature(source.data_dir, source.labels, source.mapping)
+    if key not in _sites or _sites[key][0] != signature:
+        _sites[key] = (signature, _read_site(source, hospital, test_fraction, val_fraction, seed))
+    return _sites[key][1]
+
+
+def _read_site(source: DataSource, hospital: str, test_fraction: float, val_fraction: float, seed: int) -> HospitalData:
     seqs, skipped = load_folder(source)
     parts = site_split(seqs.labels, test_fraction, val_fraction, seed)
     name = hospital or Path(source.data_dir).name

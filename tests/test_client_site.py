@@ -1,6 +1,7 @@
 """The ClientApp as deployed: its data comes from the node config, not from a simulation."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,22 @@ def test_a_deployed_site_keeps_its_ledger_on_disk_and_a_restart_goes_on_from_it(
     _dp_weights(_fresh_site(site), start)  # the SuperNode restarted: its node state is gone
     second = json.loads(ledger_file.read_text())
     assert len(second["history"]) == 2 and second["epsilon"] > first["epsilon"]
+
+
+def test_a_long_lived_site_reads_its_folder_again_only_when_a_file_in_it_changed(site, tmp_path):
+    """A site's ClientApp runs as one process for many messages (client/resident.py)."""
+    from fedicu.shared.datasets import DataSource
+    from fedicu.shared.federation import load_site
+
+    source = DataSource("physionet2012", str(tmp_path), sets="b")
+    first = load_site(source, "st-elsewhere", 0.2, 0.2, 0)
+    assert load_site(source, "st-elsewhere", 0.2, 0.2, 0) is first  # unchanged: not read again
+    before = FeatureStatsReply.from_content(app(_stats_message(), site).content).train_stays
+
+    shutil.rmtree(tmp_path / "set-b")  # the site's new export replaces the old one
+    (tmp_path / "Outcomes-b.txt").unlink()
+    physionet2012.write(synthetic.generate(hospitals=2, stays=400, seed=9), tmp_path, "b")
+    again = load_site(source, "st-elsewhere", 0.2, 0.2, 0)
+    assert again is not first and len(again.train) + len(again.val) + len(again.test) == 400
+    after = FeatureStatsReply.from_content(app(_stats_message(), site).content).train_stays
+    assert (before, after) == (pytest.approx(0.64 * 300, abs=2), pytest.approx(0.64 * 400, abs=2))

@@ -176,3 +176,51 @@ def test_ray_still_reads_the_variable_that_quiets_it():
 
 def test_run_config_text_is_read_as_flwr_run_reads_it():
     assert compat.parse_run_config("rounds=5 dp=true out='/tmp/x'") == {"rounds": 5, "dp": True, "out": "/tmp/x"}
+
+
+def test_a_long_lived_clientapp_speaks_the_runtime_api_as_flowers_one_task_process_does(monkeypatch):
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supernode.runtime import run_clientapp as flower
+
+    assert compat.CLIENT_APP_TASK == TaskType.CLIENT_APP
+    assert "supported_task_types" in AcquireTaskRequest.DESCRIPTOR.fields_by_name
+    for name, parameters in [
+        ("pull_task_input", ["client"]),
+        ("push_message", ["client", "message", "context"]),
+        ("push_task_output", ["client", "context", "sub_status", "details"]),
+    ]:
+        assert list(inspect.signature(getattr(flower, name)).parameters) == parameters, (
+            f"SuperNodeTasks: Flower's {name} changed its parameters; review shared/compat.py"
+        )
+    # the first retry of a message's missing part is shortened where pull_task_input looks it up
+    assert "pull_and_inflate_object_from_tree" in flower.pull_task_input.__code__.co_names
+    monkeypatch.setattr(flower, "pull_and_inflate_object_from_tree", flower.pull_and_inflate_object_from_tree)
+    original = flower.pull_and_inflate_object_from_tree
+    compat.SuperNodeTasks("127.0.0.1:1")  # connects on its first call only
+    compat.SuperNodeTasks("127.0.0.1:1")
+    pull = flower.pull_and_inflate_object_from_tree
+    assert pull.func is original and pull.keywords == {  # type: ignore[attr-defined]
+        "initial_backoff": compat.PULL_RETRY_SECONDS,
+        "backoff_cap": compat.PULL_RETRY_SECONDS,
+    }, "SuperNodeTasks: wrapped more than once, or not at all"
+    assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(original).parameters)
+
+
+def test_the_supernodes_waits_are_cut_where_its_loop_looks_time_up(monkeypatch):
+    import time
+
+    from flwr.supernode import start_client_internal
+
+    assert start_client_internal.time is time or isinstance(start_client_internal.time, compat._ShortWaits)
+    source = inspect.getsource(start_client_internal)
+    assert "time.sleep(3)" in source and "time.sleep(0.5)" in source, (
+        "run_supernode: Flower's SuperNode no longer waits with time.sleep; review shared/compat.py"
+    )
+    waited: list[float] = []
+    monkeypatch.setattr(time, "sleep", waited.append)
+    waits = compat._ShortWaits()
+    waits.sleep(3)
+    waits.sleep(0.05)
+    assert waited == [compat.SUPERNODE_WAIT_SECONDS, 0.05]
+    assert waits.monotonic is time.monotonic  # everything else is the time module's own

@@ -86,6 +86,10 @@ def test_deploy_demo_trains_across_three_sites_and_leaves_nothing_running(tmp_pa
     assert not list((out / "run").rglob("recalibration*"))
     assert "Cross-site AUROC" in output and "recalibrated there" in output
     assert json.loads((out / "run" / "run.json").read_text())["status"] == "complete"
+    for site in SITES:  # one ClientApp process per site answered every message of the run
+        log = (out / "logs" / f"{site}-clientapp.log").read_text()
+        assert log.count("ready: claiming") == 1
+        assert log.count("task answered") == 1 + 2 * 2 + 2  # feature statistics, 2 × (train, evaluate), 2 cross-site
     # --json: the deployed round against the same sites through the Simulation Engine
     report = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
     twin = json.loads((out / "simulated" / "metrics.json").read_text())

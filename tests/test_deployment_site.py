@@ -6,20 +6,34 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import with_environment
 from fedicu.simulations.deployment.rehearsal import LocalDeployment, write_sites
-from tests.deployments import FEDICU
+from tests.deployments import FEDICU, wait_until
 
 
 def _site_processes(state_dir) -> list[int]:
     return with_environment("FLWR_HOME", str(state_dir / "flwr-home"))
 
 
+def _clientapp(state_dir) -> int:
+    (pid,) = (
+        p for p in _site_processes(state_dir) if b"fedicu.client.resident" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
+    return pid
+
+
+def _clientapp_starts(state_dir) -> int:
+    log = state_dir / "logs" / "clientapp.log"
+    return log.read_text().count("ready: claiming") if log.exists() else 0
+
+
 def test_a_site_started_in_one_command_trains_and_stops_with_everything_it_started(tmp_path):
+    """Also: its ClientApp, killed, is started again, and the one process answers every message."""
     folders, test_dir = write_sites(tmp_path, 1, seed=0)
     ((site, folder),) = folders.items()
     certs.create(tmp_path / "certs", ["127.0.0.1"], [site])
@@ -35,6 +49,9 @@ def test_a_site_started_in_one_command_trains_and_stops_with_everything_it_start
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}
         )
         try:
+            wait_until(lambda: _clientapp_starts(state) == 1, 120, "the ClientApp is ready")
+            os.kill(_clientapp(state), signal.SIGKILL)
+            wait_until(lambda: _clientapp_starts(state) == 2, 120, "the site starts its ClientApp again")
             run_dir = tmp_path / "run"
             run_id = deployment.submit({"sites": 1, "rounds": 1, "test-dir": str(test_dir), "out": str(run_dir)})
             deployment.wait(run_id, run_dir, 600, lambda done: None)
@@ -45,6 +62,10 @@ def test_a_site_started_in_one_command_trains_and_stops_with_everything_it_start
     assert started.returncode == 128 + signal.SIGTERM, output
     assert f"{folder} can be used" in output
     assert f"SuperNode of {site} started" in output and "interrupted (SIGTERM)" in output
+    assert "the ClientApp ended (exit code -9); starting it again" in output
+    log = (state / "logs" / "clientapp.log").read_text()
+    assert log.count("task answered") == 1 + 2 + 2  # feature statistics, train, evaluate, 2 cross-site
+    assert log.count("ready: claiming") == 2
     assert _site_processes(state) == []
     rows = json.loads((run_dir / "metrics.json").read_text())
     assert len(rows) == 1

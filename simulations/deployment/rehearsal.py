@@ -36,6 +36,7 @@ from fedicu.shared.preprocessing import Sequences
 from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import BIN, ProcessGroup, flower_config
+from fedicu.simulations.deployment.site import clientapp_args, supernode_args
 
 CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
 PROJECT = Path(__file__).resolve().parents[2]  # the app `flwr run` submits
@@ -43,6 +44,7 @@ STAYS_PER_SITE = 400
 TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
 SUPERLINK_DATABASE = "superlink.db"
+CLIENTAPP_SUFFIX = "-clientapp"  # a site's ClientApp process is named after its SuperNode
 
 
 class DeploymentError(RuntimeError):
@@ -151,14 +153,10 @@ class LocalDeployment(ProcessGroup):
         trust_ca: bool = True,
         max_retries: int | None = None,
     ) -> subprocess.Popen:
-        """A site's SuperNode: dials the SuperLink, authenticates with the site key, reads `data_dir`."""
+        """A site's SuperNode (dials the SuperLink, authenticates with the site key) and its
+        ClientApp (reads `data_dir`), logged as `<site>` and `<site>-clientapp`."""
         node_config = {"data-dir": str(data_dir), "hospital": site, "state-dir": str(self.out / "state" / site)}
-        args = [
-            "flower-supernode",
-            "--superlink", f"127.0.0.1:{self.port}",
-            "--port", str(self.node_ports[site]),
-            "--node-config", flower_config(node_config),
-        ]  # fmt: skip
+        args = supernode_args(f"127.0.0.1:{self.port}", self.node_ports[site], node_config)
         if self.insecure:
             args += ["--insecure"]
         else:
@@ -167,7 +165,16 @@ class LocalDeployment(ProcessGroup):
             args += ["--root-certificates", str(self.certs / certs.CA_CERT)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
-        return self.start(site, args)
+        supernode = self.start(site, args)
+        self.start(f"{site}{CLIENTAPP_SUFFIX}", clientapp_args(self.node_ports[site], supernode.pid))
+        return supernode
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process; a site's SuperNode together with its ClientApp, as a crash of the
+        site's machine would."""
+        if f"{name}{CLIENTAPP_SUFFIX}" in self.processes:
+            super().kill(f"{name}{CLIENTAPP_SUFFIX}")
+        super().kill(name)
 
     def submit(self, run_config: dict, extra_run_config: str = "") -> int:
         """`flwr run` the app on this SuperLink; the run's id."""
@@ -211,7 +218,7 @@ class LocalDeployment(ProcessGroup):
             [str(BIN / "flwr"), "log", str(run_id), CONNECTION, "--show"],
             env=self.env, cwd=self.out, capture_output=True, text=True,
         )  # fmt: skip
-        return "\n".join(done.stdout.splitlines()[-20:])
+        return "\n".join(done.stdout.splitlines()[-60:])
 
 
 def rehearse(

@@ -1,16 +1,19 @@
 """`fedicu site start`: a hospital's SuperNode, started and supervised in one command.
 
-The SuperNode dials the federation's SuperLink over TLS, authenticates with the site's private
-key, and runs the fedicu ClientApp on the site's data folder for every message the server
-sends (Flower starts those processes itself). Everything lives under the site's state folder:
-Flower's FLWR_HOME, the privacy ledgers the ClientApp keeps, and `logs/supernode.log`.
-Stopping the command (Ctrl-C, SIGTERM from a service manager, SIGHUP from a closed terminal)
-stops the SuperNode and every process below it; a SuperNode that ends on its own ends the
-command with exit code 1, its own exit code and the end of its log in the message.
+The SuperNode dials the federation's SuperLink over TLS and authenticates with the site's
+private key; beside it runs one long-lived fedicu ClientApp process (`client/resident.py`)
+that answers every message the server sends, keeping the site's stays in memory between them.
+Everything lives under the site's state folder: Flower's FLWR_HOME, the privacy ledgers the
+ClientApp keeps, and `logs/supernode.log` and `logs/clientapp.log`. A ClientApp process that
+ends is started again; stopping the command (Ctrl-C, SIGTERM from a service manager, SIGHUP
+from a closed terminal) stops both and every process below them; a SuperNode that ends on its
+own ends the command with exit code 1, its own exit code and the end of its log in the message.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,10 @@ from pathlib import Path
 from fedicu.shared.datasets import DataSource
 from fedicu.simulations.deployment.processes import ProcessGroup, flower_config
 
-SUPERNODE = "supernode"  # its name in the group: logs/supernode.log
+SUPERNODE, CLIENTAPP = "supernode", "clientapp"  # their names in the group: logs/<name>.log
+SUPERVISE_SECONDS = 0.5
+PYTHON = Path(sys.executable).name  # this interpreter, found beside it as every command is
+CRASH_LOOP_SECONDS, CRASH_LOOP_RESTARTS = 120.0, 3  # more restarts than that within that: give up
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,7 @@ class Site:
         return config | ({"mapping": str(Path(source.mapping).resolve())} if source.mapping else {})
 
     def supernode_args(self) -> list[str]:
-        args = ["flower-supernode", "--superlink", self.superlink, "--port", str(self.runtime_port)]
-        args += ["--node-config", flower_config(self.node_config())]
+        args = supernode_args(self.superlink, self.runtime_port, self.node_config())
         if self.ca is None:
             return [*args, "--insecure"]
         assert self.key is not None
@@ -56,21 +61,48 @@ class Site:
                 "--auth-supernode-private-key", str(self.key.resolve())]  # fmt: skip
 
 
+def supernode_args(superlink: str, runtime_port: int, node_config: dict) -> list[str]:
+    """Flower's SuperNode (`client/supernode.py`), leaving its ClientApp tasks to the long-lived
+    process of `clientapp_args` on the loopback port `runtime_port` (Flower's Runtime API)."""
+    return [PYTHON, "-m", "fedicu.client.supernode", "--superlink", superlink, "--isolation", "process",
+            "--host", "127.0.0.1", "--port", str(runtime_port), "--node-config", flower_config(node_config)]  # fmt: skip
+
+
+def clientapp_args(runtime_port: int, supernode_pid: int) -> list[str]:
+    """The fedicu ClientApp process of the SuperNode `supernode_pid` (`client/resident.py`)."""
+    return [PYTHON, "-m", "fedicu.client.resident",
+            "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(supernode_pid)]  # fmt: skip
+
+
 class SiteStopped(RuntimeError):
-    """The SuperNode ended on its own; the message holds its exit code and the end of its log."""
+    """The SuperNode ended on its own, or its ClientApp kept ending; the message holds the exit
+    code and the end of the log."""
 
 
 def run(site: Site, on_status: Callable[[str], None]) -> None:
-    """Start the site's SuperNode and wait on it until it ends or the command is stopped; either
-    way, stop everything it started."""
+    """Start the site's SuperNode and its ClientApp and supervise them until the SuperNode ends
+    or the command is stopped; either way, stop everything they started."""
     site.state_dir.mkdir(parents=True, exist_ok=True)
     with ProcessGroup(site.state_dir / "flwr-home", site.state_dir / "logs", site.state_dir) as group:
-        process = group.start(SUPERNODE, site.supernode_args())
+        supernode = group.start(SUPERNODE, site.supernode_args())
         on_status(
-            f"SuperNode of {site.hospital} started (process {process.pid}), dialing {site.superlink}; "
+            f"SuperNode of {site.hospital} started (process {supernode.pid}), dialing {site.superlink}; "
             f"log: {group.log(SUPERNODE)}"
         )
-        code = process.wait()  # until it ends; a stop signal to this command interrupts the wait
+        clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
+        on_status(f"ClientApp started (process {clientapp.pid}); log: {group.log(CLIENTAPP)}")
+        restarts: list[float] = []
+        while (code := supernode.poll()) is None:  # a stop signal to this command interrupts the wait
+            if clientapp.poll() is not None:
+                restarts = [t for t in restarts if time.monotonic() - t < CRASH_LOOP_SECONDS] + [time.monotonic()]
+                if len(restarts) > CRASH_LOOP_RESTARTS:
+                    raise SiteStopped(
+                        f"the ClientApp ended {len(restarts)} times within {CRASH_LOOP_SECONDS:.0f} s, last with "
+                        f"exit code {clientapp.returncode}; see {group.log(CLIENTAPP)}:\n{group.tail(CLIENTAPP)}"
+                    )
+                on_status(f"the ClientApp ended (exit code {clientapp.returncode}); starting it again")
+                clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
+            time.sleep(SUPERVISE_SECONDS)
         raise SiteStopped(
             f"the SuperNode ended with exit code {code}; see {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
         )
