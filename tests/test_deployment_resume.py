@@ -10,21 +10,16 @@ import pytest
 from fedicu.shared.privacy.accounting import PrivacyLedger
 from fedicu.shared.run_dir import METRICS_JSON, PRIVACY_FILE, RUN_FILE
 from fedicu.simulations.deployment.rehearsal import CONNECTION, write_sites
-from tests.deployments import SITES, wait_until
+from tests.deployments import SITES, rounds_completed, wait_until
 
 ROUNDS = 3
-
-
-def _completed(run_dir) -> int:
-    run_json = run_dir / RUN_FILE
-    return int(json.loads(run_json.read_text()).get("rounds_completed", 0)) if run_json.is_file() else 0
 
 
 def _ledgers(run_dir) -> dict[str, PrivacyLedger]:
     return {row["hospital"]: PrivacyLedger.from_json(row) for row in json.loads((run_dir / PRIVACY_FILE).read_text())}
 
 
-@pytest.mark.timeout(1800)  # two runs of DP rounds with a process per message: the longest test
+@pytest.mark.timeout(1800)  # two runs of DP rounds
 def test_a_deployed_run_resumes_after_its_coordinator_is_killed(deployment, tmp_path):
     folders, test_dir = write_sites(tmp_path / "data", len(SITES), seed=0)
     assert list(folders) == SITES
@@ -35,7 +30,7 @@ def test_a_deployed_run_resumes_after_its_coordinator_is_killed(deployment, tmp_
     run_dir = tmp_path / "run"
     deployment.submit({"sites": len(SITES), "rounds": ROUNDS, "dp": True, "noise-multiplier": 1.0,
                        "test-dir": str(test_dir), "out": str(run_dir)})  # fmt: skip
-    wait_until(lambda: _completed(run_dir) >= 1, 600, "round 1 completes")
+    wait_until(lambda: rounds_completed(run_dir) >= 1, 600, "round 1 completes")
     deployment.kill("superlink")  # SIGKILL, with the SuperExec and ServerApp it started
     checkpointed = _ledgers(run_dir)
 

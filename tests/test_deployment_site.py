@@ -86,11 +86,11 @@ def test_a_site_whose_supernode_is_refused_ends_with_its_log(tmp_path):
             [str(FEDICU), "site", "start", "--data-dir", str(folder), "--superlink", f"127.0.0.1:{deployment.port}",
              "--ca", str(tmp_path / "certs" / certs.CA_CERT),
              "--key", str(tmp_path / "certs" / certs.SITES_DIR / f"{site}.key"), "--state-dir", str(state),
-             "--runtime-port", str(deployment.node_ports[site])],
+             "--runtime-port", str(deployment.node_ports[site]), "--rejoin-timeout", "0"],
             capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
         )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "run failed: the SuperNode ended with exit code" in done.stderr
+    assert "run failed: the SuperLink refused the SuperNode for 0 s: is the site's key registered there?" in done.stderr
     assert "Failed to activate SuperNode" in done.stderr  # the end of its log
     assert _site_processes(state) == []
 

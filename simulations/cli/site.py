@@ -87,10 +87,17 @@ def start_site(
         bool, typer.Option("--insecure", help="No TLS, no node authentication: rehearsals only.")
     ] = False,
     hospital: Annotated[str, typer.Option(help="Name in the results (default: the key's file name).")] = "",
-    state_dir: Annotated[Path, typer.Option(help="Flower's state, privacy ledgers, logs/supernode.log.")] = Path(
-        "fedicu-site"
-    ),
+    state_dir: Annotated[
+        Path, typer.Option(help="Flower's state, privacy ledgers, logs/ (SuperNode and ClientApp).")
+    ] = Path("fedicu-site"),
     runtime_port: Annotated[int, typer.Option(help="The SuperNode's loopback port; one per site on a machine.")] = 9094,
+    rejoin_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to keep trying while the SuperLink refuses the SuperNode (after a crash it counts "
+            "the site's previous SuperNode online for up to 60 s); 0: give up at once."
+        ),
+    ] = 90.0,
     dataset: DataFormat = "physionet2012",
     labels: Labels = "",
     mapping: MappingFile = "",
@@ -109,6 +116,8 @@ def start_site(
         raise UserError(f"--runtime-port must be a port number (1 to 65535), not {runtime_port}")
     if dataset == "synthetic":
         raise UserError("--data-format synthetic has no folder; give the site's data format")
+    if not rejoin_timeout >= 0:
+        raise UserError(f"--rejoin-timeout must be 0 or more seconds, not {rejoin_timeout}")
     try:
         config = RunConfig(dataset=dataset, data_dir=str(data_dir), labels=labels, mapping=mapping, task=task,
                            strict=strict)  # fmt: skip
@@ -120,7 +129,7 @@ def start_site(
         console.print(site_tables(report))
     _usable(report, data_dir, "the table above")
     name = hospital or (key.stem if key is not None else data_dir.resolve().name)
-    joining = site.Site(name, config.data_source(), superlink, state_dir, *credentials, runtime_port)
+    joining = site.Site(name, config.data_source(), superlink, state_dir, *credentials, runtime_port, rejoin_timeout)
     try:
         site.run(joining, lambda line: console.print(escape(line), highlight=False))
     except site.SiteStopped as error:

@@ -24,6 +24,8 @@ from fedicu.simulations.deployment.processes import ProcessGroup, flower_config
 SUPERNODE, CLIENTAPP = "supernode", "clientapp"  # their names in the group: logs/<name>.log
 SUPERVISE_SECONDS = 0.5
 PYTHON = Path(sys.executable).name  # this interpreter, found beside it as every command is
+ACTIVATION_REFUSED = b"Failed to activate SuperNode"  # Flower's SuperNode, in its log
+ACTIVATION_RETRY_SECONDS = 10.0
 CRASH_LOOP_SECONDS, CRASH_LOOP_RESTARTS = 120.0, 3  # more restarts than that within that: give up
 
 
@@ -38,6 +40,7 @@ class Site:
     ca: Path | None  # None: insecure, for a rehearsal on a trusted network only
     key: Path | None
     runtime_port: int
+    rejoin_timeout: float = 90.0  # seconds to keep trying while the SuperLink refuses the SuperNode
 
     def node_config(self) -> dict:
         """What the ClientApp reads of the site (`shared.federation.site_source`, client_app)."""
@@ -81,28 +84,55 @@ class SiteStopped(RuntimeError):
 
 def run(site: Site, on_status: Callable[[str], None]) -> None:
     """Start the site's SuperNode and its ClientApp and supervise them until the SuperNode ends
-    or the command is stopped; either way, stop everything they started."""
+    or the command is stopped; either way, stop everything they started.
+
+    A SuperNode the SuperLink refuses is started again every `ACTIVATION_RETRY_SECONDS` for up
+    to `site.rejoin_timeout` seconds: after a crash, the SuperLink counts the site's previous
+    SuperNode online until its heartbeats are overdue (60 s with Flower's defaults)."""
     site.state_dir.mkdir(parents=True, exist_ok=True)
     with ProcessGroup(site.state_dir / "flwr-home", site.state_dir / "logs", site.state_dir) as group:
-        supernode = group.start(SUPERNODE, site.supernode_args())
-        on_status(
-            f"SuperNode of {site.hospital} started (process {supernode.pid}), dialing {site.superlink}; "
-            f"log: {group.log(SUPERNODE)}"
-        )
-        clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
-        on_status(f"ClientApp started (process {clientapp.pid}); log: {group.log(CLIENTAPP)}")
-        restarts: list[float] = []
-        while (code := supernode.poll()) is None:  # a stop signal to this command interrupts the wait
-            if clientapp.poll() is not None:
-                restarts = [t for t in restarts if time.monotonic() - t < CRASH_LOOP_SECONDS] + [time.monotonic()]
-                if len(restarts) > CRASH_LOOP_RESTARTS:
-                    raise SiteStopped(
-                        f"the ClientApp ended {len(restarts)} times within {CRASH_LOOP_SECONDS:.0f} s, last with "
-                        f"exit code {clientapp.returncode}; see {group.log(CLIENTAPP)}:\n{group.tail(CLIENTAPP)}"
-                    )
-                on_status(f"the ClientApp ended (exit code {clientapp.returncode}); starting it again")
-                clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
-            time.sleep(SUPERVISE_SECONDS)
-        raise SiteStopped(
-            f"the SuperNode ended with exit code {code}; see {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
-        )
+        first_refusal = None
+        while True:
+            code, refused = _run_once(site, group, on_status)
+            if not refused:
+                raise SiteStopped(
+                    f"the SuperNode ended with exit code {code}; see {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
+                )
+            first_refusal = first_refusal or time.monotonic()
+            if time.monotonic() - first_refusal + ACTIVATION_RETRY_SECONDS > site.rejoin_timeout:
+                raise SiteStopped(
+                    f"the SuperLink refused the SuperNode for {site.rejoin_timeout:.0f} s: is the site's key "
+                    f"registered there? See {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
+                )
+            on_status(
+                "the SuperLink refused the SuperNode: its key is not registered, or the site's previous SuperNode "
+                f"is not yet timed out there; trying again in {ACTIVATION_RETRY_SECONDS:.0f} s"
+            )
+            time.sleep(ACTIVATION_RETRY_SECONDS)
+
+
+def _run_once(site: Site, group: ProcessGroup, on_status: Callable[[str], None]) -> tuple[int, bool]:
+    """Run the SuperNode and its ClientApp (started again when it ends) until the SuperNode
+    ends: its exit code, and whether the SuperLink refused to activate it."""
+    log = group.log(SUPERNODE)
+    log_start = log.stat().st_size if log.exists() else 0
+    supernode = group.start(SUPERNODE, site.supernode_args())
+    on_status(f"SuperNode of {site.hospital} started (process {supernode.pid}), dialing {site.superlink}; log: {log}")
+    clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
+    on_status(f"ClientApp started (process {clientapp.pid}); log: {group.log(CLIENTAPP)}")
+    restarts: list[float] = []
+    while (code := supernode.poll()) is None:  # a stop signal to this command interrupts the wait
+        if clientapp.poll() is not None:
+            restarts = [t for t in restarts if time.monotonic() - t < CRASH_LOOP_SECONDS] + [time.monotonic()]
+            if len(restarts) > CRASH_LOOP_RESTARTS:
+                raise SiteStopped(
+                    f"the ClientApp ended {len(restarts)} times within {CRASH_LOOP_SECONDS:.0f} s, last with "
+                    f"exit code {clientapp.returncode}; see {group.log(CLIENTAPP)}:\n{group.tail(CLIENTAPP)}"
+                )
+            on_status(f"the ClientApp ended (exit code {clientapp.returncode}); starting it again")
+            clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
+        time.sleep(SUPERVISE_SECONDS)
+    group.kill(CLIENTAPP)  # it ends with its SuperNode anyway; now, not at its next check
+    with open(log, "rb") as f:
+        f.seek(log_start)
+        return code, ACTIVATION_REFUSED in f.read()
