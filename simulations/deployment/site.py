@@ -12,6 +12,7 @@ own ends the command with exit code 1, its own exit code and the end of its log 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ SUPERNODE, CLIENTAPP = "supernode", "clientapp"  # their names in the group: log
 SUPERVISE_SECONDS = 0.5
 PYTHON = Path(sys.executable).name  # this interpreter, found beside it as every command is
 ACTIVATION_REFUSED = b"Failed to activate SuperNode"  # Flower's SuperNode, in its log
-ACTIVATION_RETRY_SECONDS = 10.0
+ACTIVATED = b"SuperNode ID:"
+ACTIVATION_RETRY_SECONDS = 2.0  # soon after the SuperLink times the old one out: few rounds missed
 CRASH_LOOP_SECONDS, CRASH_LOOP_RESTARTS = 120.0, 3  # more restarts than that within that: give up
 
 
@@ -98,31 +100,36 @@ def run(site: Site, on_status: Callable[[str], None]) -> None:
                 raise SiteStopped(
                     f"the SuperNode ended with exit code {code}; see {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
                 )
-            first_refusal = first_refusal or time.monotonic()
+            if first_refusal is None:
+                first_refusal = time.monotonic()
+                on_status(
+                    "the SuperLink refused the SuperNode: its key is not registered, or the site's previous "
+                    f"SuperNode is not yet timed out there; trying again every {ACTIVATION_RETRY_SECONDS:.0f} s "
+                    f"for up to {site.rejoin_timeout:.0f} s"
+                )
             if time.monotonic() - first_refusal + ACTIVATION_RETRY_SECONDS > site.rejoin_timeout:
                 raise SiteStopped(
                     f"the SuperLink refused the SuperNode for {site.rejoin_timeout:.0f} s: is the site's key "
                     f"registered there? See {group.log(SUPERNODE)}:\n{group.tail(SUPERNODE)}"
                 )
-            on_status(
-                "the SuperLink refused the SuperNode: its key is not registered, or the site's previous SuperNode "
-                f"is not yet timed out there; trying again in {ACTIVATION_RETRY_SECONDS:.0f} s"
-            )
             time.sleep(ACTIVATION_RETRY_SECONDS)
 
 
 def _run_once(site: Site, group: ProcessGroup, on_status: Callable[[str], None]) -> tuple[int, bool]:
-    """Run the SuperNode and its ClientApp (started again when it ends) until the SuperNode
-    ends: its exit code, and whether the SuperLink refused to activate it."""
+    """Run the SuperNode until it ends, and its ClientApp once the SuperLink has let it in
+    (started again when it ends): the SuperNode's exit code, and whether the SuperLink refused
+    to activate it."""
     log = group.log(SUPERNODE)
     log_start = log.stat().st_size if log.exists() else 0
     supernode = group.start(SUPERNODE, site.supernode_args())
     on_status(f"SuperNode of {site.hospital} started (process {supernode.pid}), dialing {site.superlink}; log: {log}")
-    clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
-    on_status(f"ClientApp started (process {clientapp.pid}); log: {group.log(CLIENTAPP)}")
+    clientapp: subprocess.Popen | None = None
     restarts: list[float] = []
     while (code := supernode.poll()) is None:  # a stop signal to this command interrupts the wait
-        if clientapp.poll() is not None:
+        if clientapp is None and ACTIVATED in _since(log, log_start):
+            clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
+            on_status(f"joined; ClientApp started (process {clientapp.pid}); log: {group.log(CLIENTAPP)}")
+        elif clientapp is not None and clientapp.poll() is not None:
             restarts = [t for t in restarts if time.monotonic() - t < CRASH_LOOP_SECONDS] + [time.monotonic()]
             if len(restarts) > CRASH_LOOP_RESTARTS:
                 raise SiteStopped(
@@ -132,7 +139,13 @@ def _run_once(site: Site, group: ProcessGroup, on_status: Callable[[str], None])
             on_status(f"the ClientApp ended (exit code {clientapp.returncode}); starting it again")
             clientapp = group.start(CLIENTAPP, clientapp_args(site.runtime_port, supernode.pid))
         time.sleep(SUPERVISE_SECONDS)
-    group.kill(CLIENTAPP)  # it ends with its SuperNode anyway; now, not at its next check
+    if clientapp is not None:
+        group.kill(CLIENTAPP)  # it ends with its SuperNode anyway; now, not at its next check
+    return code, ACTIVATION_REFUSED in _since(log, log_start)
+
+
+def _since(log: Path, offset: int) -> bytes:
+    """What a log gained after `offset` bytes."""
     with open(log, "rb") as f:
-        f.seek(log_start)
-        return code, ACTIVATION_REFUSED in f.read()
+        f.seek(offset)
+        return f.read()
