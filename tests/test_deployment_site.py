@@ -148,12 +148,15 @@ def test_a_closed_terminal_stops_the_site_and_its_supernode(tmp_path):
         for line in started.stdout:  # the status line comes once the SuperNode is started
             if "SuperNode of" in line:
                 break
-        assert _site_processes(state)  # found by its FLWR_HOME: absolute, from a relative --state-dir
+        # found by its FLWR_HOME: absolute, from a relative --state-dir
+        wait_until(lambda: bool(_site_processes(state)), 30, "the SuperNode is found by its FLWR_HOME")
         started.send_signal(signal.SIGHUP)
         rest, _ = started.communicate(timeout=120)
     finally:
         if started.poll() is None:
             started.kill()
+            for pid in _site_processes(state):  # in sessions of their own: the kill does not reach them
+                os.kill(pid, signal.SIGKILL)
     assert started.returncode == 128 + signal.SIGHUP, rest
     assert "interrupted (SIGHUP)" in rest
     assert _site_processes(state) == []
