@@ -433,13 +433,17 @@ def quiet_ray() -> None:
 @contextmanager
 def ray_keeps_sigterm_handler() -> Iterator[None]:
     """`ray.init` (which Flower's engine calls in the main thread) replaces the SIGTERM handler
-    with one that exits the main thread at once, leaving the server thread waiting for replies
-    that will never come. Inside this block the command line's own handler stays."""
-    from ray._private import utils
+    twice: in Python, with one that exits the main thread at once (leaving the server thread
+    waiting for replies that will never come), and in C++, with a crash reporter that prints a
+    stack and, once Ray shuts down, aborts the process. Inside this block the command line's
+    own handler stays."""
+    from ray._private import ray_constants, utils
 
-    replace = utils.set_sigterm_handler
+    replace, crash_reporter_off = utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
     utils.set_sigterm_handler = lambda handler: None
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the driver connects
     try:
         yield
     finally:
         utils.set_sigterm_handler = replace
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = crash_reporter_off

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import ray
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -30,9 +28,6 @@ from fedicu.shared.run_dir import RunDirectory
 from fedicu.shared.training import torch_threads
 
 REPLY_POLL_SECONDS = 0.005
-# Asked to stop, the server thread ends at its next poll for replies (or once the server's own
-# step under way, e.g. scoring the test split, is done); it gets this long to record it.
-SERVER_STOP_SECONDS = 30.0
 
 
 def stop_when_asked(grid: Grid) -> None:
@@ -88,7 +83,6 @@ def simulate(
     result: dict = {}
     server_app = ServerApp()
     dispatch = PromptDispatch()
-    server_done = threading.Event()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
@@ -100,31 +94,21 @@ def simulate(
         # The server scores the test split while the hospitals train the next round on every
         # core: on one thread it takes the least from them. (Secure aggregation rounds do not
         # overlap, so there the server keeps all cores.)
-        try:
-            with torch_threads(1) if not config.secagg else nullcontext():
-                result.update(serve(grid, config, federation, run_dir, progress, resume))
-        finally:
-            server_done.set()
+        with torch_threads(1) if not config.secagg else nullcontext():
+            result.update(serve(grid, config, federation, run_dir, progress, resume))
 
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {**_ray_cluster(), "logging_level": "error", "log_to_driver": False},
     }
-    with quiet_flower(), dispatch.installed(), ray_keeps_sigterm_handler():
-        try:
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=len(federation.hospitals),
-                backend_config=backend_config,
-            )
-        except KeyboardInterrupt:  # the signal handler's, raised in this thread
-            stopping.request_stop()
-            server_done.wait(SERVER_STOP_SECONDS)
-            ray.shutdown()  # in case the interrupt came while Ray was starting, before Flower could
-            if not result:
-                raise
-            # Asked to stop while Flower tore down a run that had completed: it stays complete.
+    # A stop request ends the server's round (StopRequested, raised again here by the engine).
+    with quiet_flower(), dispatch.installed(), ray_keeps_sigterm_handler(), stopping.noticed_by_flag():
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(federation.hospitals),
+            backend_config=backend_config,
+        )
     if not result:
         raise RuntimeError(f"the simulation ended without completing; see {run_dir.path}/run.json")
     return result

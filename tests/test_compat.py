@@ -174,6 +174,16 @@ def test_ray_still_reads_the_variable_that_quiets_it():
     )
 
 
+def test_ray_still_has_the_switches_that_keep_the_sigterm_handler():
+    from ray._private import ray_constants, utils
+
+    assert callable(utils.set_sigterm_handler), "Ray no longer sets its SIGTERM handler through utils"
+    assert isinstance(ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, bool), "Ray renamed its crash-reporter switch"
+    with compat.ray_keeps_sigterm_handler():
+        assert ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is True
+    assert ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is False
+
+
 def test_run_config_text_is_read_as_flwr_run_reads_it():
     assert compat.parse_run_config("rounds=5 dp=true out='/tmp/x'") == {"rounds": 5, "dp": True, "out": "/tmp/x"}
 

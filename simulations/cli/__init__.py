@@ -131,13 +131,16 @@ _received: list[int] = []  # the signal that asked this process to stop
 
 
 def _stop(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM stops the command where it is (KeyboardInterrupt here, the
-    stop flag for other threads); a second one ends the process at once."""
+    """The first Ctrl-C or SIGTERM stops the command where it is (the stop flag, and a
+    KeyboardInterrupt here unless the code running notices the flag); a second one ends the
+    process at once."""
     if stopping.stop_requested():
         os._exit(128 + signum)
     _received.append(signum)
     stopping.request_stop()
-    raise KeyboardInterrupt
+    if stopping.interrupts_main_thread():
+        raise KeyboardInterrupt
+    console.print("stopping once the hospitals' steps under way end; Ctrl-C again quits at once", style="yellow")
 
 
 def _exit_interrupted(message: str) -> None:
