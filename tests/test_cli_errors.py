@@ -44,6 +44,14 @@ def run(monkeypatch, capsys, *args):
         (["deploy-demo", "--out", "demo", "--run-config", 'strategy="fedsgd"'], "run-config strategy must be one of"),
         (["deploy-demo", "--out", "demo", "--run-config", "rounds=many"], "--run-config 'rounds=many': The provided"),
         (["deploy-demo", "--out", "demo", "--run-config", "roundz=3"], "unknown run-config key 'roundz'"),
+        (
+            ["deploy-demo", "--out", "demo", "--restart-site", "hospital-4"],
+            "not one of the sites (hospital-1 to hospital-3)",
+        ),
+        (
+            ["deploy-demo", "--out", "demo", "--restart-site", "hospital-1", "--rounds", "1"],
+            "--restart-site needs --rounds 2",
+        ),
     ],
 )
 def test_mistakes_are_reported_without_traceback(monkeypatch, capsys, tmp_path, args, expected):

@@ -180,6 +180,11 @@ def _spread(rng: np.random.Generator, n: int, low: float, high: float) -> np.nda
     return rng.permutation(values)
 
 
+def hospital_names(hospitals: int) -> list[str]:
+    """The synthetic cohort's hospitals: "hospital-1".."hospital-N"."""
+    return [f"hospital-{h + 1}" for h in range(hospitals)]
+
+
 def hospital_profiles(hospitals: int = 4, seed: int = 0) -> pd.DataFrame:
     """The site parameters of the synthetic hospitals, one row per hospital.
 
@@ -194,9 +199,7 @@ def hospital_profiles(hospitals: int = 4, seed: int = 0) -> pd.DataFrame:
     n = hospitals
     # Sizes: log-normal around an even spread, so the largest site is ~6x the smallest.
     share = np.exp(_spread(rng, n, -0.9, 0.9) + rng.normal(0.0, 0.1, n))
-    profiles = pd.DataFrame(
-        {"share": share / share.sum()}, index=pd.Index([f"hospital-{h + 1}" for h in range(n)], name="hospital")
-    )
+    profiles = pd.DataFrame({"share": share / share.sum()}, index=pd.Index(hospital_names(n), name="hospital"))
     mix = rng.dirichlet(12.0 * ICU_SHARE, size=n)
     for t in range(4):
         profiles[f"icu_{t + 1}"] = mix[:, t]

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
+from fedicu.shared.datasets.synthetic import hospital_names
 from fedicu.shared.run_dir import CONFIG_FILE, CROSS_SITE_JSON, METRICS_JSON, RunDirectory
 from fedicu.simulations.cli.common import OPTION_HELP, best_round_tables, cross_site_table, rounds_table
 from fedicu.simulations.cli.terminal import RunFailed, UserError, console
@@ -60,6 +61,13 @@ def deploy_demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds the run may take once `flwr run` submitted it, before the rehearsal fails.")
     ] = 1800.0,
+    restart_site: Annotated[
+        str,
+        typer.Option(
+            help="A site (hospital-N) whose machine is killed once round 1 is complete and that is started again "
+            "with `fedicu site start`: it rejoins and the run completes. Rounds wait 30 s for a missing site.",
+        ),
+    ] = "",
     as_json: Annotated[
         bool,
         typer.Option(
@@ -81,6 +89,10 @@ def deploy_demo(
         )
     if rounds < 1:
         raise UserError("--rounds must be at least 1")
+    if restart_site and restart_site not in (names := hospital_names(sites)):
+        raise UserError(f"--restart-site {restart_site}: not one of the sites ({names[0]} to {names[-1]})")
+    if restart_site and rounds < 2:
+        raise UserError("--restart-site needs --rounds 2 or more: the site is restarted after round 1")
     try:  # refused here rather than by the ServerApp once every process is up
         RunConfig.from_flower(
             {"sites": sites, "rounds": rounds, "secagg": secagg, **compat.parse_run_config(run_config)}
@@ -102,7 +114,7 @@ def deploy_demo(
             run_dir = rehearse(
                 out, sites, rounds, secagg, insecure, run_config, timeout,
                 on_step=lambda text: progress.console.print(f"[green]✓[/] {escape(text)}", highlight=False),
-                on_round=lambda done: progress.update(task, completed=done),
+                on_round=lambda done: progress.update(task, completed=done), restart_site=restart_site,
             )  # fmt: skip
         except DeploymentError as error:
             raise RunFailed(f"{error}\nLogs: {out / 'logs'}") from error

@@ -45,6 +45,7 @@ TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
 SUPERLINK_DATABASE = "superlink.db"
 CLIENTAPP_SUFFIX = "-clientapp"  # a site's ClientApp process is named after its SuperNode
+RESTART_ROUND_TIMEOUT = 30.0  # s; the rounds that send to the dead SuperNode wait this long for it
 
 
 class DeploymentError(RuntimeError):
@@ -176,6 +177,21 @@ class LocalDeployment(ProcessGroup):
             super().kill(f"{name}{CLIENTAPP_SUFFIX}")
         super().kill(name)
 
+    def restart_site(self, site: str, data_dir: Path) -> None:
+        """Kill a site's SuperNode and ClientApp (its machine fails) and start the site again as
+        a hospital does, with `fedicu site start` on the same state folder (its privacy ledgers):
+        it keeps trying while the SuperLink still counts the dead SuperNode online."""
+        self.kill(site)
+        credentials = ["--insecure"] if self.insecure else [
+            "--ca", str(self.certs / certs.CA_CERT), "--key", str(self.certs / certs.SITES_DIR / f"{site}.key"),
+        ]  # fmt: skip
+        self.start(
+            site,
+            ["fedicu", "site", "start", "--data-dir", str(data_dir), "--superlink", f"127.0.0.1:{self.port}",
+             *credentials, "--hospital", site, "--state-dir", str(self.out / "state" / site),
+             "--runtime-port", str(self.node_ports[site])],
+        )  # fmt: skip
+
     def submit(self, run_config: dict, extra_run_config: str = "") -> int:
         """`flwr run` the app on this SuperLink; the run's id."""
         args = ["run", str(PROJECT), CONNECTION, "--run-config", flower_config(run_config)]
@@ -231,8 +247,12 @@ def rehearse(
     timeout: float,
     on_step: Callable[[str], None],
     on_round: Callable[[int], None],
+    restart_site: str = "",
 ) -> Path:
-    """The whole rehearsal into `out` (which must not exist); the run directory."""
+    """The whole rehearsal into `out` (which must not exist); the run directory. With
+    `restart_site`, that site's machine fails once round 1 is complete and the site is
+    started again (`LocalDeployment.restart_site`); rounds then time out after
+    `RESTART_ROUND_TIMEOUT` s without it, unless the run-config says otherwise."""
     from fedicu.shared.datasets import DataSource
     from fedicu.shared.site_check import check
 
@@ -262,10 +282,21 @@ def rehearse(
             "secagg": secagg,
             "test-dir": str(test_dir),
             "out": str(out / "run"),
-        }
+        } | ({"round-timeout": RESTART_ROUND_TIMEOUT} if restart_site else {})
         run_id = deployment.submit(run_config, extra_run_config)
         on_step(f"run {run_id} submitted with `flwr run`")
-        deployment.wait(run_id, out / "run", timeout, on_round)
+
+        def round_done(done: int) -> None:
+            on_round(done)
+            if restart_site and done >= 1 and restart_site not in restarted:
+                restarted.add(restart_site)
+                deployment.restart_site(restart_site, folders[restart_site])
+                on_step(
+                    f"{restart_site}: its machine killed after round {done}; started again with `fedicu site start`"
+                )
+
+        restarted: set[str] = set()
+        deployment.wait(run_id, out / "run", timeout, round_done)
     on_step(f"stopped all {len(deployment.processes)} processes started and their children")
     return out / "run"
 
