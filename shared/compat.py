@@ -37,10 +37,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from queue import Queue
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 
@@ -326,7 +326,6 @@ class SuperNodeTasks:
         from flwr.common.constant import ErrorCode, SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-        from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
         from flwr.supernode.runtime import run_clientapp as flower
 
@@ -334,7 +333,7 @@ class SuperNodeTasks:
             server_address=self.address, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                           RuntimeTokenHttpInterceptor(token)],
-            retry_invoker=make_simple_http_retry_invoker(),
+            retry_invoker=task_retry_invoker(),
         )  # fmt: skip
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         context, status, details = None, SubStatus.FAILED, "the ClientApp did not finish"
@@ -364,6 +363,25 @@ class SuperNodeTasks:
         if fab.hash_str not in self._installed:
             install_from_fab(fab.content, skip_prompt=True)
             self._installed.add(fab.hash_str)
+
+
+def task_retry_invoker() -> Any:
+    """Flower's retries of Runtime API calls, except when the SuperNode no longer knows the
+    task's token (401: it dropped the message, e.g. after the SuperLink failed to hand over its
+    content): Flower's then ends the whole process (SIGINT to itself), right for a process that
+    runs one task; here that task alone fails and the process goes on to the next."""
+    import httpx
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    invoker = make_simple_http_retry_invoker()
+    flower_gives_up = cast(Callable[[Exception], bool], invoker.should_giveup)  # set by Flower's factory
+
+    def gives_up(error: Exception) -> bool:
+        revoked = isinstance(error, httpx.HTTPStatusError) and error.response.status_code == httpx.codes.UNAUTHORIZED
+        return revoked or flower_gives_up(error)
+
+    invoker.should_giveup = gives_up
+    return invoker
 
 
 def watch_parent(pid: int) -> None:

@@ -2,7 +2,9 @@
 each test fails, naming the entry, when an upgrade changes what the entry relies on."""
 
 import inspect
+import os
 import threading
+import time
 from queue import Queue
 from types import SimpleNamespace
 from typing import Any, cast
@@ -215,6 +217,30 @@ def test_a_long_lived_clientapp_speaks_the_runtime_api_as_flowers_one_task_proce
         "backoff_cap": compat.PULL_RETRY_SECONDS,
     }, "SuperNodeTasks: wrapped more than once, or not at all"
     assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(original).parameters)
+
+
+def test_a_revoked_task_token_fails_the_task_and_does_not_signal_the_process(monkeypatch):
+    import httpx
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/runtime/push-task-output")
+
+    def status(code: int) -> httpx.HTTPStatusError:
+        return httpx.HTTPStatusError("", request=request, response=httpx.Response(code, request=request))
+
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: signalled.append((pid, signum)))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # Flower's waits for the signal to land
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    flower_gives_up = cast(Any, make_simple_http_retry_invoker().should_giveup)
+    assert flower_gives_up(status(401)) is False and signalled, (
+        "Flower no longer signals its own process on a 401; review compat.task_retry_invoker"
+    )
+    signalled.clear()
+    ours = compat.task_retry_invoker()
+    assert ours.should_giveup(status(401)) is True and signalled == []
+    assert ours.should_giveup(status(503)) is False  # retried, as by Flower
+    assert ours.should_giveup(status(404)) is True
 
 
 def test_the_supernodes_waits_are_cut_where_its_loop_looks_time_up(monkeypatch):

@@ -19,7 +19,7 @@ ROUNDS = 6  # rounds without the site take seconds: enough of them after it is b
 VICTIM = "hospital-2"
 
 
-@pytest.mark.timeout(900)  # mostly waiting: a round's 30 s timeouts and the SuperLink's 60 s
+@pytest.mark.timeout(900)  # mostly waiting: a round's 60 s timeout (3 sites) and the SuperLink's 60 s
 def test_a_site_restarted_mid_run_rejoins_and_the_run_completes(tmp_path):
     out = tmp_path / "demo"
     command = [str(FEDICU), "deploy-demo", "--out", str(out), "--sites", str(len(SITES)), "--rounds", str(ROUNDS),

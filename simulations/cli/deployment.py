@@ -65,7 +65,7 @@ def deploy_demo(
         str,
         typer.Option(
             help="A site (hospital-N) whose machine is killed once round 1 is complete and that is started again "
-            "with `fedicu site start`: it rejoins and the run completes. Rounds wait 30 s for a missing site.",
+            "with `fedicu site start`: it rejoins and the run completes. Rounds wait 20 s per site for a missing one.",
         ),
     ] = "",
     as_json: Annotated[

@@ -45,7 +45,9 @@ TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
 SUPERLINK_DATABASE = "superlink.db"
 CLIENTAPP_SUFFIX = "-clientapp"  # a site's ClientApp process is named after its SuperNode
-RESTART_ROUND_TIMEOUT = 30.0  # s; the rounds that send to the dead SuperNode wait this long for it
+# The rounds that send to the dead SuperNode wait this long for it, per site: every site shares
+# this machine, so a round's work grows with their number.
+RESTART_ROUND_SECONDS_PER_SITE = 20.0
 
 
 class DeploymentError(RuntimeError):
@@ -252,7 +254,7 @@ def rehearse(
     """The whole rehearsal into `out` (which must not exist); the run directory. With
     `restart_site`, that site's machine fails once round 1 is complete and the site is
     started again (`LocalDeployment.restart_site`); rounds then time out after
-    `RESTART_ROUND_TIMEOUT` s without it, unless the run-config says otherwise."""
+    `RESTART_ROUND_SECONDS_PER_SITE` s per site without it, unless the run-config says otherwise."""
     from fedicu.shared.datasets import DataSource
     from fedicu.shared.site_check import check
 
@@ -282,7 +284,7 @@ def rehearse(
             "secagg": secagg,
             "test-dir": str(test_dir),
             "out": str(out / "run"),
-        } | ({"round-timeout": RESTART_ROUND_TIMEOUT} if restart_site else {})
+        } | ({"round-timeout": RESTART_ROUND_SECONDS_PER_SITE * sites} if restart_site else {})
         run_id = deployment.submit(run_config, extra_run_config)
         on_step(f"run {run_id} submitted with `flwr run`")
 
