@@ -18,7 +18,8 @@ Flower
 - `SuperNodeTasks`: a SuperNode's Runtime API (`--isolation process`) spoken by one long-lived
   process for every task, as Flower's one-task `flwr-clientapp` speaks it
   (`flwr.supernode.runtime.run_clientapp`), retrying a message's missing parts sooner than
-  Flower does; and `watch_parent`, Flower's parent monitor.
+  Flower does; `task_retry_invoker`, Flower's HTTP retries, which answer a 401 by sending
+  SIGINT to their own process; and `watch_parent`, Flower's parent monitor.
 - `run_supernode`: Flower's `flower-supernode`, its waits for messages and replies (3 s and
   0.5 s in `flwr.supernode.start_client_internal`) cut to `SUPERNODE_WAIT_SECONDS`.
 Opacus
@@ -26,7 +27,8 @@ Opacus
 Ray
 - `quiet_ray`: the environment variable that keeps Ray from printing an accelerator notice.
 - `ray_keeps_sigterm_handler`: `ray.init` replaces the process's SIGTERM handler through
-  `ray._private.utils.set_sigterm_handler`.
+  `ray._private.utils.set_sigterm_handler`, and in C++ unless
+  `ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER` is set when the driver connects.
 """
 
 from __future__ import annotations
@@ -353,9 +355,12 @@ class SuperNodeTasks:
                 reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, details), reply_to=message)
             flower.push_message(client, reply, context)
         finally:
-            heartbeat.stop()
-            flower.push_task_output(client=client, context=context, sub_status=status, details=details)
-            client.close()
+            try:
+                if heartbeat.is_running:  # not once a 401 (the token revoked) ended it
+                    heartbeat.stop()
+                flower.push_task_output(client=client, context=context, sub_status=status, details=details)
+            finally:
+                client.close()
 
     def _install(self, fab: Any) -> None:
         from flwr.cli.install import install_from_fab
@@ -454,7 +459,7 @@ def ray_keeps_sigterm_handler() -> Iterator[None]:
     twice: in Python, with one that exits the main thread at once (leaving the server thread
     waiting for replies that will never come), and in C++, with a crash reporter that prints a
     stack and, once Ray shuts down, aborts the process. Inside this block the command line's
-    own handler stays."""
+    own handler stays (and the driver prints no C++ stack for a crash either)."""
     from ray._private import ray_constants, utils
 
     replace, crash_reporter_off = utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from fedicu.shared import stopping
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.model import MortalityLSTM, model_config_of
@@ -256,6 +257,8 @@ def scale(hospital_counts: list[int], on_done: Callable[[dict], None]) -> list[d
                 "start_up_to_first_contact_s": first_contact, "peak_memory_gb": peak / 1e9,
             }  # fmt: skip
         except Exception as error:  # a scale that fails is a result, not a crash of the bench
+            if stopping.interrupted(error):
+                raise
             result = {"hospitals": n, "stays": stays, "completed": False, "error": f"{type(error).__name__}: {error}"}
         results.append(result)
         on_done(result)

@@ -5,6 +5,7 @@ import inspect
 import os
 import threading
 import time
+from pathlib import Path
 from queue import Queue
 from types import SimpleNamespace
 from typing import Any, cast
@@ -181,9 +182,15 @@ def test_ray_still_has_the_switches_that_keep_the_sigterm_handler():
 
     assert callable(utils.set_sigterm_handler), "Ray no longer sets its SIGTERM handler through utils"
     assert isinstance(ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, bool), "Ray renamed its crash-reporter switch"
+    before = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
     with compat.ray_keeps_sigterm_handler():
         assert ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is True
-    assert ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is False
+    assert ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is before
+    import ray._raylet  # where the driver's core worker reads the switch as it connects
+
+    assert b"RAY_DISABLE_FAILURE_SIGNAL_HANDLER" in Path(ray._raylet.__file__).read_bytes(), (
+        "Ray's driver no longer reads its crash-reporter switch"
+    )
 
 
 def test_run_config_text_is_read_as_flwr_run_reads_it():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -140,7 +141,8 @@ def _stop(signum: int, frame: object) -> None:
     stopping.request_stop()
     if stopping.interrupts_main_thread():
         raise KeyboardInterrupt
-    console.print("stopping once the hospitals' steps under way end; Ctrl-C again quits at once", style="yellow")
+    with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) takes no more output
+        console.print("stopping once the hospitals' steps under way end; a second signal quits at once", style="yellow")
 
 
 def _exit_interrupted(message: str) -> None:
@@ -163,6 +165,8 @@ def main() -> None:
         exit_code = app(standalone_mode=False)  # typer returns an exit code rather than raise it
     except RunInterrupted as error:
         _exit_interrupted(f": {escape(str(error))}")
+    except stopping.StopRequested:  # a simulation's server noticed the stop (no run directory to keep)
+        _exit_interrupted("")
     except (UserError, DataError) as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
         sys.exit(2)
@@ -174,7 +178,7 @@ def main() -> None:
         sys.exit(error.exit_code)
     except typer.Abort:  # end of input at a prompt
         _exit_interrupted("")
-    if stopping.stop_requested():  # the signal's KeyboardInterrupt, which typer turned into exit code 130
+    if stopping.stop_requested():  # the signal's KeyboardInterrupt (typer's exit code 130), or a finished run
         _exit_interrupted("")
     if isinstance(exit_code, int) and exit_code:
         sys.exit(exit_code)

@@ -18,6 +18,7 @@ from fedicu.shared.datasets.synthetic import hospital_names
 from fedicu.shared.run_dir import CONFIG_FILE, CROSS_SITE_JSON, METRICS_JSON, RunDirectory
 from fedicu.simulations.cli.common import OPTION_HELP, best_round_tables, cross_site_table, rounds_table
 from fedicu.simulations.cli.terminal import RunFailed, UserError, console
+from fedicu.simulations.deployment.rehearsal import RESTART_ROUND_SECONDS_PER_SITE
 
 
 def certs(
@@ -65,7 +66,8 @@ def deploy_demo(
         str,
         typer.Option(
             help="A site (hospital-N) whose machine is killed once round 1 is complete and that is started again "
-            "with `fedicu site start`: it rejoins and the run completes. Rounds wait 20 s per site for a missing one.",
+            "with `fedicu site start`: it rejoins and the run completes. Rounds wait "
+            f"{RESTART_ROUND_SECONDS_PER_SITE:g} s per site for a missing one.",
         ),
     ] = "",
     as_json: Annotated[

@@ -45,8 +45,8 @@ TEST_FRACTION = 0.2
 START_TIMEOUT = 60.0
 SUPERLINK_DATABASE = "superlink.db"
 CLIENTAPP_SUFFIX = "-clientapp"  # a site's ClientApp process is named after its SuperNode
-# The rounds that send to the dead SuperNode wait this long for it, per site: every site shares
-# this machine, so a round's work grows with their number.
+# With --restart-site every round waits this long per site (those sent to the dead SuperNode
+# wait it out): every site shares this machine, so a round's work grows with their number.
 RESTART_ROUND_SECONDS_PER_SITE = 20.0
 
 
@@ -288,17 +288,21 @@ def rehearse(
         run_id = deployment.submit(run_config, extra_run_config)
         on_step(f"run {run_id} submitted with `flwr run`")
 
+        restarted = False
+
         def round_done(done: int) -> None:
+            nonlocal restarted
             on_round(done)
-            if restart_site and done >= 1 and restart_site not in restarted:
-                restarted.add(restart_site)
+            if restart_site and not restarted and 1 <= done < rounds:  # while rounds remain to rejoin
+                restarted = True
                 deployment.restart_site(restart_site, folders[restart_site])
                 on_step(
                     f"{restart_site}: its machine killed after round {done}; started again with `fedicu site start`"
                 )
 
-        restarted: set[str] = set()
         deployment.wait(run_id, out / "run", timeout, round_done)
+        if restart_site and not restarted:
+            raise DeploymentError(f"the run ended before {restart_site} could be restarted; give more --rounds")
     on_step(f"stopped all {len(deployment.processes)} processes started and their children")
     return out / "run"
 
