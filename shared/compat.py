@@ -22,6 +22,8 @@ Flower
   SIGINT to their own process; and `watch_parent`, Flower's parent monitor.
 - `run_supernode`: Flower's `flower-supernode`, its waits for messages and replies (3 s and
   0.5 s in `flwr.supernode.start_client_internal`) cut to `SUPERNODE_WAIT_SECONDS`.
+- `run_superlink`: Flower's `flower-superlink`, its SQLite connections set to wait up to
+  `SUPERLINK_BUSY_TIMEOUT_MS` for a lock (`SQLITE_PRAGMAS` of `flwr.supercore.sql_mixin`).
 Opacus
 - `store_grad_sample`: per-stay gradients go to `param.grad_sample`, where `DPOptimizer` reads them.
 Ray
@@ -427,6 +429,38 @@ def run_supernode(argv: list[str]) -> None:
     start_client_internal.time = _ShortWaits()  # type: ignore[assignment]
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
+
+
+# ---- Flower: the SuperLink's database ---------------------------------------------------------
+
+# Flower's SuperLink lets a request wait 5 s for SQLite's write lock, then answers 500 ("database
+# is locked"). Every SuperNode and the ServerApp write to it several times a second; on a busy
+# coordinator the holder of the lock can be off the CPU for longer, and a 500 loses a message, or
+# ends the ServerApp's heartbeat (Flower retries neither), so the run fails a minute later.
+SUPERLINK_BUSY_TIMEOUT_MS = 60_000
+
+
+def run_superlink(argv: list[str]) -> None:
+    """Flower's `flower-superlink` with the arguments `argv`, waiting up to
+    `SUPERLINK_BUSY_TIMEOUT_MS` for its database's lock."""
+    import sys
+
+    from flwr.supercore import sql_mixin
+    from flwr.superlink.cli import flower_superlink
+
+    sql_mixin.SQLITE_PRAGMAS = superlink_pragmas()  # type: ignore[assignment]
+    sys.argv = ["flower-superlink", *argv]
+    flower_superlink()
+
+
+def superlink_pragmas() -> tuple[tuple[str, str], ...]:
+    """Flower's SQLite settings, with the longer wait for a lock."""
+    from flwr.supercore import sql_mixin
+
+    return tuple(
+        (name, str(SUPERLINK_BUSY_TIMEOUT_MS) if name == "busy_timeout" else value)
+        for name, value in sql_mixin.SQLITE_PRAGMAS
+    )
 
 
 # ---- Opacus ----------------------------------------------------------------------------------

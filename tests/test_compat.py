@@ -267,3 +267,19 @@ def test_the_supernodes_waits_are_cut_where_its_loop_looks_time_up(monkeypatch):
     waits.sleep(0.05)
     assert waited == [compat.SUPERNODE_WAIT_SECONDS, 0.05]
     assert waits.monotonic is time.monotonic  # everything else is the time module's own
+
+
+def test_the_superlinks_database_connections_wait_longer_for_a_lock(monkeypatch, tmp_path):
+    import sqlite3
+
+    from flwr.supercore import sql_mixin
+
+    assert "busy_timeout" in dict(sql_mixin.SQLITE_PRAGMAS), (
+        "run_superlink: Flower's SQLite settings no longer set busy_timeout; review shared/compat.py"
+    )
+    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", compat.superlink_pragmas())
+    connection = sqlite3.connect(tmp_path / "state.db")
+    sql_mixin._set_sqlite_pragmas(connection, None)  # what Flower runs on every new connection
+    assert connection.execute("PRAGMA busy_timeout").fetchone() == (compat.SUPERLINK_BUSY_TIMEOUT_MS,)
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # the rest is Flower's
+    connection.close()

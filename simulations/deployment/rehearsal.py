@@ -36,7 +36,7 @@ from fedicu.shared.preprocessing import Sequences
 from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.simulations.deployment import certs
 from fedicu.simulations.deployment.processes import BIN, ProcessGroup, flower_config
-from fedicu.simulations.deployment.site import clientapp_args, supernode_args
+from fedicu.simulations.deployment.site import PYTHON, clientapp_args, supernode_args
 
 CONNECTION = "fedicu-demo"  # the SuperLink connection's name in OUT/flwr-home/config.toml
 PROJECT = Path(__file__).resolve().parents[2]  # the app `flwr run` submits
@@ -105,7 +105,8 @@ class LocalDeployment(ProcessGroup):
         return answer
 
     def start_superlink(self) -> None:
-        """Start the SuperLink (TLS and SuperNode authentication unless insecure); return once it answers.
+        """Start the SuperLink (`server/superlink.py`: TLS and SuperNode authentication unless
+        insecure); return once it answers.
 
         Its state (runs, registered sites) lives in OUT/superlink.db: a SuperLink started again
         after a crash knows them still."""
@@ -117,7 +118,7 @@ class LocalDeployment(ProcessGroup):
         ]  # fmt: skip
         self.start(
             "superlink",
-            ["flower-superlink", *security, "--disable-runtime-dependency-installation",
+            [PYTHON, "-m", "fedicu.server.superlink", *security, "--disable-runtime-dependency-installation",
              "--database", str(self.out / SUPERLINK_DATABASE), "--host", "127.0.0.1", "--port", str(self.port)],
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
@@ -201,13 +202,15 @@ class LocalDeployment(ProcessGroup):
             args += ["--run-config", extra_run_config]
         return int(self.flwr(*args)["run-id"])
 
-    def status(self, run_id: int) -> str:
-        return str(self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
+    def status(self, run_id: int) -> tuple[str, str]:
+        """The run's status (`finished:completed`, …) and the SuperLink's words on it."""
+        run = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]
+        return str(run["status"]), str(run.get("status-details", ""))
 
     def wait(self, run_id: int, run_dir: Path, timeout: float, on_round: Callable[[int], None]) -> None:
         """Until the run finishes: report completed rounds, fail fast when a process dies."""
         deadline, reported = time.monotonic() + timeout, 0
-        while not (status := self.status(run_id)).startswith("finished"):
+        while not (status := self.status(run_id)[0]).startswith("finished"):
             for name, process in self.processes.items():
                 if process.poll() is not None:
                     raise DeploymentError(
@@ -224,12 +227,22 @@ class LocalDeployment(ProcessGroup):
         if (run_json := run_dir / RUN_FILE).exists():
             on_round(int(json.loads(run_json.read_text()).get("rounds_completed", 0)))
         if status != "finished:completed":
-            details = (
-                json.loads((run_dir / RUN_FILE).read_text()).get("error", "") if (run_dir / RUN_FILE).exists() else ""
-            )
-            raise DeploymentError(
-                f"the run ended {status}: {details or 'see the server log below'}\n" + self.flwr_log(run_id)
-            )
+            raise DeploymentError(self.failure(run_id, run_dir))
+
+    def failure(self, run_id: int, run_dir: Path) -> str:
+        """What is known of a failed run: the server's error, the SuperLink's status details, the
+        SuperLink's own errors and the end of the server log."""
+        status, superlink_details = self.status(run_id)
+        error = json.loads((run_dir / RUN_FILE).read_text()).get("error", "") if (run_dir / RUN_FILE).exists() else ""
+        superlink_errors = [
+            line for line in self.tail("superlink", lines=2000).splitlines() if "ERROR" in line or "Error" in line
+        ]
+        return "\n".join([
+            f"the run ended {status}: {error or superlink_details or 'see the server log below'}",
+            *([f"the SuperLink says: {superlink_details}"] if error and superlink_details else []),
+            *([f"errors in {self.log('superlink')} (last 10):", *superlink_errors[-10:]] if superlink_errors else []),
+            "the server log ends:", self.flwr_log(run_id),
+        ])  # fmt: skip
 
     def flwr_log(self, run_id: int) -> str:
         done = subprocess.run(
