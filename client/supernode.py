@@ -1,8 +1,9 @@
 """A site's Flower SuperNode: `python -m fedicu.client.supernode [flower-supernode options]`.
 
-Flower's own SuperNode, run with every option it takes, except that it asks the SuperLink for
-messages and looks for the ClientApp's replies every 0.2 s instead of every 3 s and 0.5 s
-(`shared.compat.run_supernode`): the waits were most of a deployed round."""
+Flower's own SuperNode, run with every option it takes, except for its waits
+(`shared.compat.run_supernode`): it looks for the ClientApp's replies every 0.2 s instead of
+0.5 s, and asks the SuperLink for the next message 0.2 s after the last one, then less often
+while none comes, up to once a second, instead of every 3 s: the waits were most of a deployed round."""
 
 import sys
 

@@ -263,9 +263,13 @@ def test_the_supernodes_waits_are_cut_where_its_loop_looks_time_up(monkeypatch):
     waited: list[float] = []
     monkeypatch.setattr(time, "sleep", waited.append)
     waits = compat._ShortWaits()
+    for _ in range(5):  # no message: ask ever less often
+        waits.sleep(3)
+    waits.sleep(0.5)  # a message came: its reply is looked for, and the next message soon
     waits.sleep(3)
     waits.sleep(0.05)
-    assert waited == [compat.SUPERNODE_WAIT_SECONDS, 0.05]
+    assert waited == [0.2, 0.4, 0.8, 1.0, 1.0, 0.2, 0.2, 0.05]
+    assert (compat.SUPERNODE_WAIT_SECONDS, compat.SUPERNODE_IDLE_WAIT_MAX_SECONDS) == (0.2, 1.0)
     assert waits.monotonic is time.monotonic  # everything else is the time module's own
 
 
