@@ -71,7 +71,7 @@ from fedicu.shared.contract import (
 from fedicu.shared.federation import HospitalData, load_hospital, load_site, site_source
 from fedicu.shared.files import safe_name
 from fedicu.shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
-from fedicu.shared.model import MortalityLSTM, fingerprint
+from fedicu.shared.model import MortalityLSTM, fingerprint, freeze_body
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
 from fedicu.shared.run_dir import save_model_file
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
@@ -185,6 +185,8 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     hospital = _hospital(request, context)
     x_train, x_val, _ = _inputs(hospital, request)
     model = _model(msg, request)
+    if request.freeze_body:
+        freeze_body(model)
     # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
     seed = int(
         np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0]

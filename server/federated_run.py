@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from logging import INFO
 from typing import Any, Protocol, cast
 
-import torch
 from flwr.app import ArrayRecord, Message
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -65,7 +64,7 @@ from fedicu.shared.contract import (
     TrainReply,
     TrainRequest,
 )
-from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared.model import HEAD, MortalityLSTM, model_config_of
 from fedicu.shared.plots import FEDERATED_CURVES, plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from fedicu.shared.run_dir import (
@@ -88,6 +87,7 @@ from fedicu.shared.run_dir import (
     write_model_card,
 )
 from fedicu.shared.training import predict
+from fedicu.shared.transfer import starting_weights
 
 __all__ = ["LogProgress", "Progress", "RunState", "ServerData", "run_federated"]
 
@@ -244,8 +244,7 @@ class FederatedRun:
         self.rows_skipped = {name: json.loads(r.rows_skipped or "{}") for name, r in first_replies.items()}
         self.hospitals = sorted(self.train_stays)
         if self.resume is None:
-            torch.manual_seed(self.config.seed)
-            self.state = RunState(0, MortalityLSTM(self.model_config).state_dict(), norm)
+            self.state = RunState(0, starting_weights(self.config, self.model_config)[0], norm)
         else:  # the statistics are the same; first contact only told which node is which hospital
             self.state = self.resume
             compat.restore_strategy_state(self.strategy, self.state.strategy)
@@ -328,6 +327,7 @@ class FederatedRun:
             noise_multiplier=c.noise_multiplier,
             max_grad_norm=c.max_grad_norm,
             proximal_mu=c.proximal_mu if c.strategy == "fedprox" else 0.0,
+            freeze_body=c.freeze_body,
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
@@ -342,6 +342,9 @@ class FederatedRun:
         arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if arrays is None:  # only without replies, which `min_hospitals` >= 1 rules out
             raise RuntimeError(f"round {rnd}: the strategy aggregated no model")
+        if self.config.freeze_body:  # an average of equal bodies equals them only up to rounding
+            arrays = ArrayRecord({name: self.arrays[name] if not name.startswith(HEAD) else array
+                                  for name, array in arrays.items()})  # fmt: skip
         self.arrays = arrays
         return arrays
 

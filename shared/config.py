@@ -55,6 +55,8 @@ class RunConfig:
     round_timeout: float = 600.0
     min_hospitals: int = 1
     max_update_ratio: float = 10.0  # reject an update this many times the others' median norm; 0: no bound
+    init_from: str = ""  # a completed run directory whose best model the run starts from (shared/transfer.py)
+    freeze_body: bool = False  # with init_from: train the output head only
     personalization: str = ""  # one of PERSONALIZATIONS; empty: none
     finetune_epochs: int = 5  # the most local epochs a hospital fine-tunes for (it keeps the best on validation)
     # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
@@ -107,6 +109,11 @@ class RunConfig:
                 not (self.personalization and self.dp),
                 "--personalization cannot be combined with --dp yet: fine-tuning on the training stays would "
                 "spend privacy budget that the run's DP-SGD accounting does not cover",
+            ),
+            (
+                not (self.freeze_body and (self.dp or self.hospital_dp_noise)),
+                "--freeze-body cannot be combined with --dp or --hospital-dp-noise yet: their noise would move "
+                "the frozen body",
             ),
             (self.target_epsilon >= 0, "--target-epsilon must be positive"),
             (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
@@ -227,11 +234,12 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
     ("accountant", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("hospital_dp_clip", lambda c: c.hospital_dp_noise > 0, lambda c: "without --hospital-dp-noise"),
     ("finetune_epochs", lambda c: c.personalization == "finetune", lambda c: "without --personalization finetune"),
+    ("freeze_body", lambda c: bool(c.init_from), lambda c: "without --init-from: a new model's body is random"),
     ("max_update_ratio", lambda c: not c.secagg, lambda c: "with --secagg: the server never sees one hospital's update"),
 )  # fmt: skip
 # Options that act in every configuration.
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
-    "min_hospitals", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
+    "min_hospitals", "init_from", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
 })  # fmt: skip

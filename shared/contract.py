@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 7  # 7: PersonalizeRequest
+CONTRACT_VERSION = 8  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -265,6 +265,7 @@ class TrainRequest(EvaluateRequest):
     noise_multiplier: float
     max_grad_norm: float
     proximal_mu: float  # FedProx's term (0: none); Flower's FedProx writes the same key
+    freeze_body: bool  # train the output head only (`shared.model.freeze_body`)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ LSTM over the hourly sequence -> a summary of the sequence -> dropout -> linear
 -> one logit (sigmoid gives the probability of in-hospital death). The summary
 is the last hidden state, or, with `attention=True`, an attention-weighted mean
 of all hidden states whose weights show which hours the prediction rests on.
+The output `head` alone can be trained on top of a frozen body (`freeze_body`).
 """
 
 from __future__ import annotations
@@ -95,3 +96,23 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+HEAD = "head."  # the output layer's parameters; everything else is the body
+
+
+def freeze_body(model: MortalityLSTM) -> None:
+    """Keep every parameter but the output head's fixed in training."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(HEAD))
+
+
+def transfer_weights(start: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> list[str]:
+    """Copy into `start` (a new model's weights) every tensor of `trained` with the same name and
+    shape; the names of `start` left as they were (e.g. the input weights of a model that reads
+    other variables)."""
+    kept = [name for name in start if name not in trained or trained[name].shape != start[name].shape]
+    for name in start:
+        if name not in kept:
+            start[name] = trained[name].detach().clone()
+    return kept

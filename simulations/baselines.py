@@ -33,7 +33,7 @@ from fedicu.shared.metrics import (
     ci_method,
     mean_bootstrap_intervals,
 )
-from fedicu.shared.model import MortalityLSTM, model_config_of
+from fedicu.shared.model import MortalityLSTM, freeze_body, model_config_of
 from fedicu.shared.plots import Curves, centralized_curves, local_curves, plot_learning_curves
 from fedicu.shared.preprocessing import FeatureStats, Normalization, Sequences, to_features
 from fedicu.shared.run_dir import (
@@ -48,6 +48,7 @@ from fedicu.shared.run_dir import (
     write_model_card,
 )
 from fedicu.shared.training import predict, set_torch_threads, train_epochs
+from fedicu.shared.transfer import starting_weights
 
 
 def fit(
@@ -60,8 +61,10 @@ def fit(
     """
     norm = Normalization.from_stats(FeatureStats.of(train))
     x_train, x_val, x_test = (to_features(s, norm, config.model_variables) for s in (train, val, test))
-    torch.manual_seed(config.seed)
     model = MortalityLSTM(model_config_of(config))
+    model.load_state_dict(starting_weights(config, model.config)[0])
+    if config.freeze_body:
+        freeze_body(model)
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, Any] | None = None

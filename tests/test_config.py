@@ -33,7 +33,9 @@ def test_from_flower_converts_and_validates():
     "changes, message",
     [({"target_epsilon": -1.0}, "--target-epsilon"), ({"delta": 0.0}, "--delta"), ({"delta": 1.0}, "--delta"),
      ({"max_grad_norm": 0.0}, "--max-grad-norm"), ({"noise_multiplier": -0.5}, "--noise-multiplier"),
-     ({"dp": True}, "--dp needs"), ({"accountant": "gdp"}, "--accountant")],
+     ({"dp": True}, "--dp needs"), ({"accountant": "gdp"}, "--accountant"),
+     ({"init_from": "r", "freeze_body": True, "dp": True, "target_epsilon": 1.0}, "--freeze-body cannot"),
+     ({"init_from": "r", "freeze_body": True, "hospital_dp_noise": 1.0}, "--freeze-body cannot")],
 )  # fmt: skip
 def test_bad_privacy_settings_are_rejected_before_anything_runs(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -63,6 +65,7 @@ NO_EFFECT: list[tuple[dict[str, Any], tuple[str, str]]] = [  # (options, the two
     (dict(hospital_dp_clip=2.0), ("--hospital-dp-clip", "--hospital-dp-noise")),
     (dict(secagg=True, max_update_ratio=5.0), ("--max-update-ratio", "--secagg")),
     (dict(finetune_epochs=3), ("--finetune-epochs", "--personalization")),
+    (dict(freeze_body=True), ("--freeze-body", "--init-from")),
 ]  # fmt: skip
 
 

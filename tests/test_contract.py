@@ -67,6 +67,7 @@ TRAIN: dict[str, Any] = dict(
     noise_multiplier=0.0,
     max_grad_norm=1.2,
     proximal_mu=0.1,
+    freeze_body=True,
 )
 rng = np.random.default_rng(0)
 EVERY_MESSAGE = [

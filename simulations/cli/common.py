@@ -63,6 +63,9 @@ OPTION_HELP = {
     "round_timeout": "Seconds to wait for hospitals in each round; later replies count as failures.",
     "min_hospitals": "Hospitals that must reply for a round to count; failed ones are recorded and skipped "
     "(default 1: go on while any hospital replies).",
+    "init_from": "Start from the best model of this completed run directory (another cohort, task or variable "
+    "set): every weight with the same name and shape is taken; the architecture options must match.",
+    "freeze_body": "With --init-from: train only the output head, the LSTM taken from --init-from kept as it is.",
     "personalization": "After training, each hospital adapts the selected model to its own stays and keeps it: "
     "finetune (local epochs from the model, the number chosen on the hospital's validation stays).",
     "finetune_epochs": "The most epochs a hospital fine-tunes for (--personalization finetune); it keeps the "

@@ -14,10 +14,12 @@ from fedicu.server.server_app import default_run_dir
 from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.model import model_config_of
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
+from fedicu.shared.transfer import starting_weights
 from fedicu.simulations.cli.common import (
     RayAddress,
     best_round_tables,
@@ -53,6 +55,8 @@ def _prepare(config: RunConfig) -> Federation:
         raise UserError(str(error)) from error
     if config.dp:
         _check_privacy_settings(config, federation)
+    if config.init_from:
+        _check_transfer(config)
     report_skipped(federation.skipped)
     sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
     console.print(
@@ -60,6 +64,16 @@ def _prepare(config: RunConfig) -> Federation:
         f"{len(federation.test)} stays held out for testing"
     )
     return federation
+
+
+def _check_transfer(config: RunConfig) -> None:
+    """--init-from read and fitted to this run's model now, before anything is written."""
+    try:
+        _, new = starting_weights(config, model_config_of(config))
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    fresh = f"; not taken (they do not fit): {', '.join(new)}" if new else ""
+    console.print(f"Starting from the best model of {config.init_from}{fresh}")
 
 
 def _check_privacy_settings(config: RunConfig, federation: Federation) -> None:

@@ -48,6 +48,7 @@ CLIENTAPP_SUFFIX = "-clientapp"  # a site's ClientApp process is named after its
 # With --restart-site every round waits this long per site (those sent to the dead SuperNode
 # wait it out): every site shares this machine, so a round's work grows with their number.
 RESTART_ROUND_SECONDS_PER_SITE = 20.0
+STATUS_POLL_SECONDS = 10.0  # how often `wait` asks Flower's CLI while the run directory says "running"
 
 
 class DeploymentError(RuntimeError):
@@ -208,9 +209,20 @@ class LocalDeployment(ProcessGroup):
         return str(run["status"]), str(run.get("status-details", ""))
 
     def wait(self, run_id: int, run_dir: Path, timeout: float, on_round: Callable[[int], None]) -> None:
-        """Until the run finishes: report completed rounds, fail fast when a process dies."""
-        deadline, reported = time.monotonic() + timeout, 0
-        while not (status := self.status(run_id)[0]).startswith("finished"):
+        """Until the run finishes: report completed rounds, fail fast when a process dies. Flower's
+        CLI (a new process, about a second of CPU that the sites would miss) is asked for the
+        run's status every `STATUS_POLL_SECONDS`, and every second once the run directory says
+        the run ended."""
+        deadline, reported, asked, status = time.monotonic() + timeout, 0, -STATUS_POLL_SECONDS, ""
+        while True:
+            run = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
+            if (done := int(run.get("rounds_completed", 0))) > reported:
+                on_round(done)
+                reported = done
+            if run.get("status", "running") != "running" or time.monotonic() - asked >= STATUS_POLL_SECONDS:
+                status, asked = self.status(run_id)[0], time.monotonic()
+                if status.startswith("finished"):
+                    break
             for name, process in self.processes.items():
                 if process.poll() is not None:
                     raise DeploymentError(
@@ -218,13 +230,8 @@ class LocalDeployment(ProcessGroup):
                     )
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the run did not finish within {timeout:.0f} s (status {status})")
-            if (run_json := run_dir / RUN_FILE).exists():
-                done = int(json.loads(run_json.read_text()).get("rounds_completed", 0))
-                if done > reported:
-                    on_round(done)
-                    reported = done
             time.sleep(1.0)
-        if (run_json := run_dir / RUN_FILE).exists():
+        if (run_json := run_dir / RUN_FILE).exists():  # the last round may have ended since it was read
             on_round(int(json.loads(run_json.read_text()).get("rounds_completed", 0)))
         if status != "finished:completed":
             raise DeploymentError(self.failure(run_id, run_dir))
@@ -235,7 +242,7 @@ class LocalDeployment(ProcessGroup):
         status, superlink_details = self.status(run_id)
         error = json.loads((run_dir / RUN_FILE).read_text()).get("error", "") if (run_dir / RUN_FILE).exists() else ""
         superlink_errors = [
-            line for line in self.tail("superlink", lines=2000).splitlines() if "ERROR" in line or "Error" in line
+            line[:300] for line in self.tail("superlink", lines=2000).splitlines() if "ERROR" in line or "Error" in line
         ]
         return "\n".join([
             f"the run ended {status}: {error or superlink_details or 'see the server log below'}",

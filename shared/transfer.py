@@ -1,0 +1,46 @@
+"""Starting a run from a trained model: `--init-from RUN_DIR`, optionally `--freeze-body`.
+
+The new model takes every weight of RUN_DIR's best model that has the same name and shape; the
+rest start as a new model's, for example the input weights when the two read other variables.
+Its inputs are standardized with the new run's own statistics, as in any run. With
+`--freeze-body` only the output head is trained (`shared.model.freeze_body`), which needs the
+whole body from RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedicu.shared.config import RunConfig
+from fedicu.shared.model import HEAD, ModelConfig, MortalityLSTM, transfer_weights
+from fedicu.shared.run_dir import load_trained
+
+SAME_SHAPE = (("hidden_size", "--hidden-size"), ("num_layers", "--layers"), ("attention", "--attention"))
+
+
+def starting_weights(config: RunConfig, model_config: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights a run starts from (a new model seeded by `config.seed`, with what fits of
+    `config.init_from`) and the names of those not taken from `config.init_from`."""
+    torch.manual_seed(config.seed)
+    start = MortalityLSTM(model_config).state_dict()
+    if not config.init_from:
+        return start, []
+    try:
+        trained, _, _ = load_trained(config.init_from)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(str(error).replace("RUN_DIR", "--init-from", 1)) from None
+    for field, option in SAME_SHAPE:
+        theirs, ours = getattr(trained.config, field), getattr(model_config, field)
+        if theirs != ours:
+            raise ValueError(
+                f"--init-from {config.init_from}: its model has {field.replace('_', ' ')} {theirs}, "
+                f"this run asks for {ours} ({option})"
+            )
+    kept = transfer_weights(start, trained.state_dict())
+    body_kept = [name for name in kept if not name.startswith(HEAD)]
+    if config.freeze_body and body_kept:
+        raise ValueError(
+            f"--freeze-body: {', '.join(body_kept)} of --init-from {config.init_from} do not fit this model "
+            "(it reads other variables), so they would stay frozen at random values"
+        )
+    return start, kept
