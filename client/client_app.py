@@ -49,6 +49,7 @@ from flwr.clientapp import ClientApp
 from fedicu.client.personalization import finetune
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
+from fedicu.shared.augmentation import Augmentation, epoch_inputs
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
@@ -98,11 +99,14 @@ def _inputs(hospital: HospitalData, request: EvaluateRequest) -> tuple[np.ndarra
     if key not in _features or _features[key][0] is not hospital:
         for stale in [k for k, (data, _) in _features.items() if k[0] == hospital.name and data is not hospital]:
             del _features[stale]
-        norm = Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
-        channels = request.model.channels
+        norm, channels = _normalization(request), request.model.channels
         train, val, test = (to_features(part, norm, channels) for part in (hospital.train, hospital.val, hospital.test))
         _features[key] = (hospital, (train, val, test))
     return _features[key][1]
+
+
+def _normalization(request: EvaluateRequest) -> Normalization:
+    return Normalization(np.asarray(request.norm_mean), np.asarray(request.norm_std))
 
 
 def _state_dir(context: Context) -> Path:
@@ -191,6 +195,12 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     seed = int(
         np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0]
     )
+    augmentation = Augmentation(mask=request.augment_mask, shift=request.augment_shift)
+    augmented = (
+        epoch_inputs(hospital.train, _normalization(request), request.model.channels, augmentation, seed)
+        if augmentation.active
+        else None
+    )
     if request.dp:
         from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
 
@@ -205,6 +215,7 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
                 seed,
                 secure_rng=deployed,
                 state_file=_ledger_file(context, request, hospital.name) if deployed else None,
+                epoch_inputs=augmented,
             )
         except private_training.BudgetExhausted as refusal:
             return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
@@ -221,6 +232,7 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
         batch_size=request.batch_size,
         seed=seed,
         proximal_mu=request.proximal_mu,
+        epoch_inputs=augmented,
     )
     return TrainReply(
         hospital=hospital.name,

@@ -9,6 +9,7 @@ starting again at zero. Imported only by runs with `--dp`, since Opacus is slow 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,15 @@ def train_round(
     seed: int,
     secure_rng: bool,
     state_file: Path | None,
+    epoch_inputs: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[MortalityLSTM, str]:
     """DP-SGD for this round, within the hospital's budget for the whole run.
 
     Returns the trained model and the updated ledger as JSON. Raises `BudgetExhausted`
     instead of training when the round would overspend. `secure_rng` draws noise and
     batches from the operating system's entropy instead of generators seeded by `seed`;
-    `state_file` (a deployed site's) keeps the ledger on disk as well.
+    `state_file` (a deployed site's) keeps the ledger on disk as well; `epoch_inputs`, each
+    epoch's augmented stays (`shared.augmentation`).
     """
     ledger = _ledger(context, request, state_file)
     schedule = PoissonSchedule.of(len(x), request.batch_size)
@@ -72,6 +75,7 @@ def train_round(
         accountant=new_accountant(ledger.accountant),
         proximal_mu=request.proximal_mu,
         secure_mode=secure_rng,
+        epoch_inputs=epoch_inputs,
     )
     ledger.record(sigma, schedule.sample_rate, steps)
     record = json.dumps(ledger.to_json())

@@ -328,6 +328,8 @@ class FederatedRun:
             max_grad_norm=c.max_grad_norm,
             proximal_mu=c.proximal_mu if c.strategy == "fedprox" else 0.0,
             freeze_body=c.freeze_body,
+            augment_mask=c.augment_mask,
+            augment_shift=c.augment_shift,
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.datasets import DATASETS, DataSource
+from fedicu.shared.preprocessing import HOURS
 from fedicu.shared.tasks import DEFAULT_TASK, check_name
 from fedicu.shared.variables import TIME_SERIES
 
@@ -57,6 +59,8 @@ class RunConfig:
     max_update_ratio: float = 10.0  # reject an update this many times the others' median norm; 0: no bound
     init_from: str = ""  # a completed run directory whose best model the run starts from (shared/transfer.py)
     freeze_body: bool = False  # with init_from: train the output head only
+    augment_mask: float = 0.0  # shared/augmentation.py: drop each hourly observation with this probability
+    augment_shift: int = 0  # shared/augmentation.py: move each stay by up to this many hours
     personalization: str = ""  # one of PERSONALIZATIONS; empty: none
     finetune_epochs: int = 5  # the most local epochs a hospital fine-tunes for (it keeps the best on validation)
     # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
@@ -115,6 +119,8 @@ class RunConfig:
                 "--freeze-body cannot be combined with --dp or --hospital-dp-noise yet: their noise would move "
                 "the frozen body",
             ),
+            (0 <= self.augment_mask < 1, f"--augment-mask must lie in [0, 1), not {self.augment_mask}"),
+            (0 <= self.augment_shift < HOURS, f"--augment-shift must lie in 0..{HOURS - 1} hours"),
             (self.target_epsilon >= 0, "--target-epsilon must be positive"),
             (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
             (0 < self.delta < 1, "--delta must lie in (0, 1)"),
@@ -182,6 +188,10 @@ class RunConfig:
         chosen = self._chosen_variables()
         return tuple(v for v in TIME_SERIES if v in chosen) or TIME_SERIES
 
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(mask=self.augment_mask, shift=self.augment_shift)
+
     def data_source(self) -> DataSource:
         return DataSource(
             format=self.dataset, data_dir=self.data_dir, sets=self.sets, labels=self.labels, mapping=self.mapping,
@@ -241,5 +251,5 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
-    "min_hospitals", "init_from", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
+    "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
 })  # fmt: skip

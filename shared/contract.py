@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 8  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body
+CONTRACT_VERSION = 8  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -266,6 +266,8 @@ class TrainRequest(EvaluateRequest):
     max_grad_norm: float
     proximal_mu: float  # FedProx's term (0: none); Flower's FedProx writes the same key
     freeze_body: bool  # train the output head only (`shared.model.freeze_body`)
+    augment_mask: float  # `shared.augmentation`: 0 and 0, none
+    augment_shift: int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,13 +121,7 @@ def to_sequences(cohort: Cohort) -> Sequences:
     observed = counts > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         hourly = (sums.reshape(n, HOURS, n_vars) / counts).astype(np.float32)
-
-    steps = np.arange(HOURS)[None, :, None]
-    last_seen = np.maximum.accumulate(np.where(observed, steps, -1), axis=1)
-    filled = np.take_along_axis(hourly, np.maximum(last_seen, 0), axis=1)
-    filled[last_seen < 0] = np.nan
-    hours_since = np.where(last_seen < 0, HOURS, steps - last_seen).astype(np.uint8)
-
+    filled, hours_since = fill_forward(hourly, observed)
     stays = cohort.stays
     static = stays[["age", "height", "weight", "gender", "icu_type"]].to_numpy(np.float32)
     return Sequences(
@@ -138,6 +132,16 @@ def to_sequences(cohort: Cohort) -> Sequences:
         static=static,
         labels=stays["label"].to_numpy(np.int8),
     )
+
+
+def fill_forward(hourly: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`Sequences.values` and `.hours_since` from the hourly means (read where `observed`)."""
+    steps = np.arange(HOURS)[None, :, None]
+    last_seen = np.maximum.accumulate(np.where(observed, steps, -1), axis=1)
+    filled = np.take_along_axis(hourly, np.maximum(last_seen, 0), axis=1)
+    filled[last_seen < 0] = np.nan
+    hours_since = np.where(last_seen < 0, HOURS, steps - last_seen).astype(np.uint8)
+    return filled, hours_since
 
 
 def _normalized_channels(seqs: Sequences) -> tuple[np.ndarray, np.ndarray]:

@@ -48,12 +48,15 @@ def train_epochs(
     seed: int,
     proximal_mu: float = 0.0,
     after_epoch: Callable[[int], None] | None = None,
+    epoch_inputs: Callable[[int], np.ndarray] | None = None,
 ) -> float:
     """Train in place with Adam; return the mean training loss of the last epoch.
 
     `proximal_mu > 0` adds FedProx's term mu/2 * ||w - w_start||^2, which keeps a
     hospital's update close to the global model it started from. `after_epoch(epoch)` (from 1)
-    is called after each epoch, with the optimizer's state kept across them.
+    is called after each epoch, with the optimizer's state kept across them. With
+    `epoch_inputs` (`shared.augmentation`), epoch e trains on `epoch_inputs(e)`, the same stays
+    in the same order as `x`, instead of on `x`.
     """
     if len(x) == 0:
         raise ValueError("no training stays")
@@ -66,6 +69,8 @@ def train_epochs(
     epoch_loss = float("nan")
     for epoch in range(1, epochs + 1):
         model.train()  # again each epoch: `after_epoch` may have scored the model
+        if epoch_inputs is not None:
+            inputs = torch.from_numpy(epoch_inputs(epoch))
         total, seen = 0.0, 0
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)

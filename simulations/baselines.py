@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedicu.shared.augmentation import epoch_inputs
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
 from fedicu.shared.files import safe_name
@@ -70,10 +71,15 @@ def fit(
     best_state: dict[str, Any] | None = None
     for rnd in range(1, config.rounds + 1):
         started = time.monotonic()
+        seed = config.seed * 100_003 + rnd
+        augmented = (
+            epoch_inputs(train, norm, config.model_variables, config.augmentation, seed)
+            if config.augmentation.active
+            else None
+        )
         loss = train_epochs(
             model, x_train, train.labels,
-            epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-            seed=config.seed * 100_003 + rnd,
+            epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, seed=seed, epoch_inputs=augmented,
         )  # fmt: skip
         val_scores = predict(model, x_val)
         threshold = best_threshold(val.labels, val_scores)

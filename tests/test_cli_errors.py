@@ -42,6 +42,7 @@ def run(monkeypatch, capsys, *args):
         (["simulate", "--min-hospitals", "9"], "--min-hospitals 9 exceeds the 4 hospitals"),
         (["simulate", "--init-from", "/nonexistent/run"], "--init-from /nonexistent/run: no such directory"),
         (["centralized", "--freeze-body"], "--freeze-body has no effect without --init-from"),
+        (["simulate", "--augment-mask", "1"], "--augment-mask must lie in [0, 1)"),
         (["deploy-demo", "--out", "demo", "--sites", "1", "--secagg"], "--sites must lie in 2..16 with --secagg"),
         (["deploy-demo", "--out", "demo", "--run-config", 'strategy="fedsgd"'], "run-config strategy must be one of"),
         (["deploy-demo", "--out", "demo", "--run-config", "rounds=many"], "--run-config 'rounds=many': The provided"),

@@ -68,6 +68,8 @@ TRAIN: dict[str, Any] = dict(
     max_grad_norm=1.2,
     proximal_mu=0.1,
     freeze_body=True,
+    augment_mask=0.1,
+    augment_shift=2,
 )
 rng = np.random.default_rng(0)
 EVERY_MESSAGE = [

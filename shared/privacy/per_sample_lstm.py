@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -512,6 +512,7 @@ def train_epochs_dp(
     accountant: IAccountant,
     proximal_mu: float = 0.0,
     secure_mode: bool = False,
+    epoch_inputs: Callable[[int], np.ndarray] | None = None,
 ) -> float:
     """Train in place with DP-SGD (Adam on privatized gradients); return the mean training loss
     of the last epoch.
@@ -529,7 +530,7 @@ def train_epochs_dp(
     docstring for what is not covered).
 
     `model` must come from `make_dp_model` / `to_dp_model`. `proximal_mu > 0` adds FedProx's
-    term, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
+    term and `epoch_inputs` gives each epoch's augmented stays, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
     dropout masks are all drawn from seeded generators); that is also why Opacus's
     `secure_mode` is off by default: with a known seed the noise can be regenerated, so the
     guarantee then rests on the seed staying secret. `secure_mode=True` seeds the sampler and
@@ -568,7 +569,9 @@ def train_epochs_dp(
     epoch_loss = float("nan")
     with grad_sample_recording(model):
         try:
-            for _ in range(epochs):
+            for epoch in range(1, epochs + 1):
+                if epoch_inputs is not None:
+                    inputs = torch.from_numpy(epoch_inputs(epoch))
                 total, seen = 0.0, 0
                 for indices in sampler:
                     batch = torch.as_tensor(indices, dtype=torch.long)

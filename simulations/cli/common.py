@@ -66,6 +66,10 @@ OPTION_HELP = {
     "init_from": "Start from the best model of this completed run directory (another cohort, task or variable "
     "set): every weight with the same name and shape is taken; the architecture options must match.",
     "freeze_body": "With --init-from: train only the output head, the LSTM taken from --init-from kept as it is.",
+    "augment_mask": "Local training drops each hourly observation with this probability, a new draw every "
+    "epoch (0: off).",
+    "augment_shift": "Local training moves each stay by up to this many hours, earlier or later, a new draw "
+    "every epoch (0: off).",
     "personalization": "After training, each hospital adapts the selected model to its own stays and keeps it: "
     "finetune (local epochs from the model, the number chosen on the hospital's validation stays).",
     "finetune_epochs": "The most epochs a hospital fine-tunes for (--personalization finetune); it keeps the "
