@@ -49,7 +49,7 @@ from flwr.clientapp import ClientApp
 from fedicu.client.personalization import finetune
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
-from fedicu.shared.augmentation import Augmentation, epoch_inputs
+from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
@@ -195,11 +195,8 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     seed = int(
         np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0]
     )
-    augmentation = Augmentation(mask=request.augment_mask, shift=request.augment_shift)
-    augmented = (
-        epoch_inputs(hospital.train, _normalization(request), request.model.channels, augmentation, seed)
-        if augmentation.active
-        else None
+    augmented = Augmentation(mask=request.augment_mask, shift=request.augment_shift).epoch_inputs(
+        hospital.train, _normalization(request), request.model.channels, seed
     )
     if request.dp:
         from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay

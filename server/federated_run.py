@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from logging import INFO
 from typing import Any, Protocol, cast
 
+import torch
 from flwr.app import ArrayRecord, Message
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -214,6 +215,7 @@ class FederatedRun:
         self.grid, self.config, self.data, self.run_dir, self.resume = grid, config, data, run_dir, resume
         self.model_config = model_config_of(config)
         self.model = MortalityLSTM(self.model_config)
+        self.start_weights = {} if resume is not None else self._start_weights()
         self.strategy = make_strategy(config, data.hospitals)
         self.settings: dict[str, Any] = dict(
             seed=config.seed,
@@ -244,7 +246,7 @@ class FederatedRun:
         self.rows_skipped = {name: json.loads(r.rows_skipped or "{}") for name, r in first_replies.items()}
         self.hospitals = sorted(self.train_stays)
         if self.resume is None:
-            self.state = RunState(0, starting_weights(self.config, self.model_config)[0], norm)
+            self.state = RunState(0, self.start_weights, norm)
         else:  # the statistics are the same; first contact only told which node is which hospital
             self.state = self.resume
             compat.restore_strategy_state(self.strategy, self.state.strategy)
@@ -263,6 +265,13 @@ class FederatedRun:
             norm_std=norm.std.tolist(),
             model=self.model_config,
         )
+
+    def _start_weights(self) -> dict[str, torch.Tensor]:
+        """A new model, or what fits of --init-from's: found wrong before any hospital is waited for."""
+        weights, not_taken = starting_weights(self.config, self.model_config)
+        if self.config.init_from:
+            log(INFO, "fedicu: starting from %s; not taken: %s", self.config.init_from, ", ".join(not_taken) or "none")
+        return weights
 
     def _first_contact(
         self, node_ids: list[int], timeout: float

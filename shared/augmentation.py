@@ -1,13 +1,15 @@
 """Time-series augmentation in local training: `--augment-mask P`, `--augment-shift H` (off by default).
 
-Every epoch a hospital trains on a new random variant of each of its training stays:
+Every epoch of a training round (federated or baseline) trains on a new random variant of each
+training stay:
 - masking: each hourly observation is dropped with probability P, as if it had not been
   measured; forward filling and the hours since the last measurement follow what remains;
 - shifting: the whole stay moves by a whole number of hours drawn from -H..H; hours moved out
   of the 48-hour window are lost, hours moved into it are unmeasured.
-Static variables stay as they are. Validation, testing and scoring never see an augmented stay.
-Under DP-SGD the privacy unit is still one ICU stay: a variant depends on its own stay and a
-seed alone, and it is the variant's per-stay gradient that is clipped.
+Static variables stay as they are. Validation, testing, scoring and `--personalization`
+fine-tuning never see an augmented stay. Each variant is drawn from a generator of its own,
+seeded by the run's seed, the epoch and the stay's id: it depends on that stay alone, so under
+DP-SGD, which clips the variant's per-stay gradient, the privacy unit is still one ICU stay.
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ class Augmentation:
     mask: float = 0.0  # probability of dropping each hourly observation, in [0, 1)
     shift: int = 0  # the most hours a stay moves, earlier or later, in 0..HOURS-1
 
-    @property
-    def active(self) -> bool:
-        return self.mask > 0 or self.shift > 0
-
-    def apply(self, seqs: Sequences, rng: np.random.Generator) -> Sequences:
-        """A random variant of every stay in `seqs`."""
+    def apply(self, seqs: Sequences, seed: int) -> Sequences:
+        """A random variant of every stay in `seqs`, each from its own generator (`seed`, stay id)."""
+        draws = [np.random.default_rng([seed, int(stay)]) for stay in seqs.stay_ids]
+        kept = np.stack([rng.random(seqs.observed.shape[1:]) >= self.mask for rng in draws]) if draws else seqs.observed
         hourly = np.where(seqs.observed, seqs.values, np.nan)
-        observed = seqs.observed & (rng.random(seqs.observed.shape) >= self.mask)
+        observed = seqs.observed & kept
         if self.shift:
-            offsets = rng.integers(-self.shift, self.shift + 1, size=len(seqs))
+            offsets = np.array([rng.integers(-self.shift, self.shift + 1) for rng in draws], dtype=np.int64)
             source = np.arange(HOURS)[None, :] - offsets[:, None]  # hour t shows the stay's hour t - offset
             inside = (source >= 0) & (source < HOURS)
             at = np.clip(source, 0, HOURS - 1)[:, :, None]
@@ -43,14 +43,16 @@ class Augmentation:
         values, hours_since = fill_forward(hourly, observed)
         return replace(seqs, values=values, observed=observed, hours_since=hours_since)
 
+    def epoch_inputs(
+        self, seqs: Sequences, norm: Normalization, variables: tuple[str, ...], seed: int
+    ) -> Callable[[int], np.ndarray] | None:
+        """The model inputs of epoch e (from 1), a new variant of every stay of `seqs` each
+        epoch; None without augmentation (train on the stays as recorded)."""
+        if self.mask == 0 and self.shift == 0:
+            return None
 
-def epoch_inputs(
-    seqs: Sequences, norm: Normalization, variables: tuple[str, ...], augmentation: Augmentation, seed: int
-) -> Callable[[int], np.ndarray]:
-    """The model inputs of epoch e (from 1): a variant of every stay of `seqs`, new each epoch."""
+        def inputs(epoch: int) -> np.ndarray:
+            epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+            return to_features(self.apply(seqs, epoch_seed), norm, variables)
 
-    def inputs(epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, epoch])
-        return to_features(augmentation.apply(seqs, rng), norm, variables)
-
-    return inputs
+        return inputs

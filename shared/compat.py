@@ -453,15 +453,18 @@ SUPERLINK_BUSY_TIMEOUT_MS = 60_000
 
 def run_superlink(argv: list[str]) -> None:
     """Flower's `flower-superlink` with the arguments `argv`, waiting up to
-    `SUPERLINK_BUSY_TIMEOUT_MS` for its database's lock."""
+    `SUPERLINK_BUSY_TIMEOUT_MS` for its database's lock. The SuperExec it starts by name is
+    found beside this interpreter, whatever PATH the service manager gave."""
     import sys
+    from pathlib import Path
 
     from flwr.supercore import sql_mixin
-    from flwr.superlink.cli import flower_superlink
+    from flwr.superlink import cli
 
     sql_mixin.SQLITE_PRAGMAS = superlink_pragmas()  # type: ignore[assignment]
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     sys.argv = ["flower-superlink", *argv]
-    flower_superlink()
+    cli.flower_superlink()
 
 
 def superlink_pragmas() -> tuple[tuple[str, str], ...]:

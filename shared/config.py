@@ -115,12 +115,19 @@ class RunConfig:
                 "spend privacy budget that the run's DP-SGD accounting does not cover",
             ),
             (
-                not (self.freeze_body and (self.dp or self.hospital_dp_noise)),
-                "--freeze-body cannot be combined with --dp or --hospital-dp-noise yet: their noise would move "
-                "the frozen body",
+                not (self.freeze_body and self.dp),
+                "--freeze-body cannot be combined with --dp yet: DP-SGD trains its own per-stay copy of the LSTM, "
+                "which would not stay frozen",
+            ),
+            (
+                not (self.freeze_body and self.personalization),
+                "--freeze-body cannot be combined with --personalization yet: fine-tuning trains the whole model",
             ),
             (0 <= self.augment_mask < 1, f"--augment-mask must lie in [0, 1), not {self.augment_mask}"),
-            (0 <= self.augment_shift < HOURS, f"--augment-shift must lie in 0..{HOURS - 1} hours"),
+            (
+                0 <= self.augment_shift < HOURS,
+                f"--augment-shift must lie in 0..{HOURS - 1} hours, not {self.augment_shift}",
+            ),
             (self.target_epsilon >= 0, "--target-epsilon must be positive"),
             (self.noise_multiplier >= 0, "--noise-multiplier must not be negative"),
             (0 < self.delta < 1, "--delta must lie in (0, 1)"),

@@ -99,6 +99,7 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 HEAD = "head."  # the output layer's parameters; everything else is the body
+INPUT_WEIGHTS = "lstm.weight_ih_l0"  # the first layer's weights on the input features, one column each
 
 
 def freeze_body(model: MortalityLSTM) -> None:
@@ -109,10 +110,9 @@ def freeze_body(model: MortalityLSTM) -> None:
 
 def transfer_weights(start: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> list[str]:
     """Copy into `start` (a new model's weights) every tensor of `trained` with the same name and
-    shape; the names of `start` left as they were (e.g. the input weights of a model that reads
-    other variables)."""
-    kept = [name for name in start if name not in trained or trained[name].shape != start[name].shape]
+    shape; the names of `start` not taken, left as they were."""
+    not_taken = [name for name in start if name not in trained or trained[name].shape != start[name].shape]
     for name in start:
-        if name not in kept:
+        if name not in not_taken:
             start[name] = trained[name].detach().clone()
-    return kept
+    return not_taken

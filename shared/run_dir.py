@@ -161,27 +161,30 @@ def _runs_inside(path: Path) -> list[Path]:
     return sorted(sub for sub in path.iterdir() if (sub / MODEL_CARD).is_file())
 
 
-def load_trained(path: str | Path, which: str = "best") -> tuple[MortalityLSTM, Normalization, float]:
-    """The model, normalization and decision threshold saved in a completed run directory."""
+def load_trained(
+    path: str | Path, which: str = "best", option: str = "RUN_DIR"
+) -> tuple[MortalityLSTM, Normalization, float]:
+    """The model, normalization and decision threshold saved in a completed run directory;
+    errors name the directory as `option`."""
     run_dir = RunDirectory(path)
     if not run_dir.path.is_dir():
-        raise FileNotFoundError(f"RUN_DIR {run_dir.path}: no such directory")
+        raise FileNotFoundError(f"{option} {run_dir.path}: no such directory")
     inside = _runs_inside(run_dir.path)
     if inside and not (run_dir.path / MODEL_CARD).is_file():
         raise ValueError(
-            f"RUN_DIR {run_dir.path}: no model of its own; it holds one run directory per model, "
+            f"{option} {run_dir.path}: no model of its own; it holds one run directory per model, "
             f"give one of them: {', '.join(map(str, inside))}"
         )
     if run_dir.status is None:
-        raise ValueError(f"RUN_DIR {run_dir.path}: not a run directory (no {RUN_FILE})")
+        raise ValueError(f"{option} {run_dir.path}: not a run directory (no {RUN_FILE})")
     if run_dir.status != "complete":
         raise ValueError(
-            f"RUN_DIR {run_dir.path}: the run is not complete (status: {run_dir.status}); "
+            f"{option} {run_dir.path}: the run is not complete (status: {run_dir.status}); "
             "only completed runs have a model card"
         )
     missing = [name for name in (MODEL_CARD, BEST_MODEL, FINAL_MODEL) if not (run_dir.path / name).is_file()]
     if missing:
-        raise ValueError(f"RUN_DIR {run_dir.path}: no saved model here ({', '.join(missing)} missing)")
+        raise ValueError(f"{option} {run_dir.path}: no saved model here ({', '.join(missing)} missing)")
     if which not in ("best", "final"):
         raise ValueError(f"--model must be 'best' or 'final', not {which!r}")
     card = run_dir.read_json(MODEL_CARD)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedicu.shared.augmentation import epoch_inputs
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import Federation
 from fedicu.shared.files import safe_name
@@ -62,8 +61,9 @@ def fit(
     """
     norm = Normalization.from_stats(FeatureStats.of(train))
     x_train, x_val, x_test = (to_features(s, norm, config.model_variables) for s in (train, val, test))
-    model = MortalityLSTM(model_config_of(config))
-    model.load_state_dict(starting_weights(config, model.config)[0])
+    model_config = model_config_of(config)
+    model = MortalityLSTM(model_config)
+    model.load_state_dict(starting_weights(config, model_config)[0])
     if config.freeze_body:
         freeze_body(model)
     rows: list[dict[str, Any]] = []
@@ -72,11 +72,7 @@ def fit(
     for rnd in range(1, config.rounds + 1):
         started = time.monotonic()
         seed = config.seed * 100_003 + rnd
-        augmented = (
-            epoch_inputs(train, norm, config.model_variables, config.augmentation, seed)
-            if config.augmentation.active
-            else None
-        )
+        augmented = config.augmentation.epoch_inputs(train, norm, config.model_variables, seed)
         loss = train_epochs(
             model, x_train, train.labels,
             epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, seed=seed, epoch_inputs=augmented,

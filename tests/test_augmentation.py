@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedicu.server.federated_run import LogProgress
-from fedicu.shared.augmentation import Augmentation, epoch_inputs
+from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.config import RunConfig
 from fedicu.shared.datasets import synthetic
 from fedicu.shared.federation import prepare
@@ -42,13 +42,13 @@ def filled_by_hand(hourly: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray
 
 
 def test_no_augmentation_gives_the_stays_back(seqs):
-    same = Augmentation().apply(seqs, np.random.default_rng(0))
+    same = Augmentation().apply(seqs, seed=0)
     assert np.array_equal(same.observed, seqs.observed) and np.array_equal(same.hours_since, seqs.hours_since)
     assert np.array_equal(same.values, seqs.values, equal_nan=True)
 
 
 def test_masking_drops_observations_and_fills_from_what_remains(seqs):
-    masked = Augmentation(mask=0.3).apply(seqs, np.random.default_rng(1))
+    masked = Augmentation(mask=0.3).apply(seqs, seed=1)
     assert not (masked.observed & ~seqs.observed).any()  # nothing observed that was not
     kept = masked.observed.sum() / seqs.observed.sum()
     assert 0.65 < kept < 0.75  # about 1 - 0.3 of some 20,000 observations
@@ -59,7 +59,7 @@ def test_masking_drops_observations_and_fills_from_what_remains(seqs):
 
 
 def test_a_shift_moves_each_whole_stay_by_at_most_the_given_hours(seqs):
-    shifted = Augmentation(shift=3).apply(seqs, np.random.default_rng(2))
+    shifted = Augmentation(shift=3).apply(seqs, seed=2)
     hourly = np.where(seqs.observed, seqs.values, np.nan)
     offsets = []
     for stay in range(len(seqs)):
@@ -78,10 +78,22 @@ def test_a_shift_moves_each_whole_stay_by_at_most_the_given_hours(seqs):
     assert len(set(offsets)) > 3  # each stay draws its own offset
 
 
+def test_a_stays_variant_depends_on_that_stay_alone(seqs):
+    """What DP-SGD's guarantee for one stay needs: adding or removing other stays changes nothing."""
+    every = Augmentation(mask=0.3, shift=4).apply(seqs, seed=9)
+    some = np.arange(5, len(seqs), 3)
+    fewer = Augmentation(mask=0.3, shift=4).apply(seqs.take(some), seed=9)
+    for field in ("observed", "hours_since"):
+        assert np.array_equal(getattr(fewer, field), getattr(every, field)[some])
+    assert np.array_equal(fewer.values, every.values[some], equal_nan=True)
+
+
 def test_every_epoch_draws_new_variants_reproducibly(seqs):
     norm = Normalization.from_stats(FeatureStats.of(seqs))
-    inputs = epoch_inputs(seqs, norm, ("HR", "MAP"), Augmentation(mask=0.2, shift=2), seed=7)
-    again = epoch_inputs(seqs, norm, ("HR", "MAP"), Augmentation(mask=0.2, shift=2), seed=7)
+    inputs = Augmentation(mask=0.2, shift=2).epoch_inputs(seqs, norm, ("HR", "MAP"), seed=7)
+    again = Augmentation(mask=0.2, shift=2).epoch_inputs(seqs, norm, ("HR", "MAP"), seed=7)
+    assert inputs is not None and again is not None
+    assert Augmentation().epoch_inputs(seqs, norm, ("HR", "MAP"), seed=7) is None
     assert inputs(1).shape == (len(seqs), HOURS, n_features(("HR", "MAP")))
     assert np.array_equal(inputs(1), again(1))
     assert not np.array_equal(inputs(1), inputs(2))
@@ -90,7 +102,8 @@ def test_every_epoch_draws_new_variants_reproducibly(seqs):
 @pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-sgd"])
 def test_training_runs_on_each_epochs_variants(seqs, private):
     norm = Normalization.from_stats(FeatureStats.of(seqs))
-    inputs = epoch_inputs(seqs, norm, ("HR", "MAP"), Augmentation(mask=0.5), seed=3)
+    inputs = Augmentation(mask=0.5).epoch_inputs(seqs, norm, ("HR", "MAP"), seed=3)
+    assert inputs is not None
     asked: list[int] = []
 
     def counted(epoch: int) -> np.ndarray:

@@ -117,6 +117,9 @@ def _train_message(torch_state: dict, **settings) -> Message:
             "noise_multiplier": 0.0,
             "max_grad_norm": 1.0,
             "proximal_mu": 0.0,
+            "freeze_body": False,
+            "augment_mask": 0.0,
+            "augment_shift": 0,
             **settings,
         }
     )

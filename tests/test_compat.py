@@ -3,6 +3,7 @@ each test fails, naming the entry, when an upgrade changes what the entry relies
 
 import inspect
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -277,11 +278,19 @@ def test_the_superlinks_database_connections_wait_longer_for_a_lock(monkeypatch,
     import sqlite3
 
     from flwr.supercore import sql_mixin
+    from flwr.superlink import cli
 
     assert "busy_timeout" in dict(sql_mixin.SQLITE_PRAGMAS), (
         "run_superlink: Flower's SQLite settings no longer set busy_timeout; review shared/compat.py"
     )
-    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", compat.superlink_pragmas())
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli, "flower_superlink", lambda: started.append(list(sys.argv)))
+    monkeypatch.setattr(sql_mixin, "SQLITE_PRAGMAS", sql_mixin.SQLITE_PRAGMAS)  # restored after the test
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    compat.run_superlink(["--insecure", "--database", "state.db"])
+    assert started == [["flower-superlink", "--insecure", "--database", "state.db"]]
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # flower-superexec's
     connection = sqlite3.connect(tmp_path / "state.db")
     sql_mixin._set_sqlite_pragmas(connection, None)  # what Flower runs on every new connection
     assert connection.execute("PRAGMA busy_timeout").fetchone() == (compat.SUPERLINK_BUSY_TIMEOUT_MS,)

@@ -11,7 +11,7 @@ from fedicu.server.federated_run import LogProgress
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import TrainReply
 from fedicu.shared.federation import prepare
-from fedicu.shared.model import HEAD, MortalityLSTM, model_config_of
+from fedicu.shared.model import HEAD, INPUT_WEIGHTS, MortalityLSTM, model_config_of
 from fedicu.shared.run_dir import BEST_MODEL, FINAL_MODEL, RunDirectory
 from fedicu.shared.transfer import starting_weights
 from fedicu.simulations import baselines
@@ -34,21 +34,26 @@ def body(state: dict) -> dict:
 
 def test_a_run_starts_from_the_trained_best_model(pretrained):
     config = dataclasses.replace(TUNE, init_from=str(pretrained.path))
-    start, new = starting_weights(config, model_config_of(config))
+    start, not_taken = starting_weights(config, model_config_of(config))
     best = pretrained.load_model(BEST_MODEL)["state_dict"]
-    assert new == [] and sorted(start) == sorted(best)
+    assert not_taken == [] and sorted(start) == sorted(best)
     assert all(torch.equal(start[name], best[name]) for name in best)
     fresh, _ = starting_weights(TUNE, model_config_of(TUNE))
     assert not torch.equal(fresh["head.weight"], best["head.weight"])  # without --init-from: a new model
 
 
-def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrained):
-    config = dataclasses.replace(TUNE, init_from=str(pretrained.path), variables="HR,MAP,Temp")
-    start, new = starting_weights(config, model_config_of(config))
-    best = pretrained.load_model(BEST_MODEL)["state_dict"]
-    assert new == ["lstm.weight_ih_l0"]
-    assert start["lstm.weight_ih_l0"].shape != best["lstm.weight_ih_l0"].shape
-    assert all(torch.equal(start[name], best[name]) for name in best if name not in new)
+@pytest.mark.parametrize("variables", ["HR,MAP,Temp", "HR,MAP"])
+def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrained, tmp_path, variables):
+    """Other variables, as many (same shape, other meaning) or not: new input weights."""
+    source = dataclasses.replace(PRETRAIN, variables="HR,Temp")
+    pretrained_on_two = RunDirectory(tmp_path / "two").create()
+    run_in_process(source, prepare(source), pretrained_on_two, LogProgress())
+    config = dataclasses.replace(TUNE, init_from=str(pretrained_on_two.path), variables=variables)
+    start, not_taken = starting_weights(config, model_config_of(config))
+    best = pretrained_on_two.load_model(BEST_MODEL)["state_dict"]
+    fresh, _ = starting_weights(dataclasses.replace(config, init_from=""), model_config_of(config))
+    assert not_taken == [INPUT_WEIGHTS] and torch.equal(start[INPUT_WEIGHTS], fresh[INPUT_WEIGHTS])
+    assert all(torch.equal(start[name], best[name]) for name in best if name not in not_taken)
     with pytest.raises(ValueError, match=r"--freeze-body: lstm.weight_ih_l0 of --init-from .* do not fit"):
         starting_weights(dataclasses.replace(config, freeze_body=True), model_config_of(config))
 
@@ -56,7 +61,8 @@ def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrai
 @pytest.mark.parametrize(
     ("changes", "message"),
     [({"hidden_size": 32}, r"hidden size 64, this run asks for 32 \(--hidden-size\)"),
-     ({"attention": True}, r"attention False, this run asks for True \(--attention\)")],
+     ({"attention": True}, r"attention False, this run asks for True \(--attention\)"),
+     ({"layers": 2}, r"num layers 1, this run asks for 2 \(--layers\)")],
 )  # fmt: skip
 def test_another_architecture_is_refused_naming_the_option(pretrained, changes, message):
     config = dataclasses.replace(TUNE, init_from=str(pretrained.path), **changes)

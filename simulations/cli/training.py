@@ -39,7 +39,9 @@ from fedicu.simulations.tracking import NO_TRACKING, Backend, Track, Tracking, T
 COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
 
-def _prepare(config: RunConfig) -> Federation:
+def _prepare(config: RunConfig, resuming: bool = False) -> Federation:
+    """The federation, with every check of the configuration against its data; a resumed run
+    continues from its checkpoint, not from --init-from."""
     try:
         with console.status("Preparing data: loading, cleaning, splitting into hospitals"):
             federation = prepare(config)
@@ -55,7 +57,7 @@ def _prepare(config: RunConfig) -> Federation:
         raise UserError(str(error)) from error
     if config.dp:
         _check_privacy_settings(config, federation)
-    if config.init_from:
+    if config.init_from and not resuming:
         _check_transfer(config)
     report_skipped(federation.skipped)
     sizes = ", ".join(f"{h.name} {len(h.train) + len(h.val)}" for h in federation.hospitals)
@@ -69,10 +71,10 @@ def _prepare(config: RunConfig) -> Federation:
 def _check_transfer(config: RunConfig) -> None:
     """--init-from read and fitted to this run's model now, before anything is written."""
     try:
-        _, new = starting_weights(config, model_config_of(config))
-    except ValueError as error:
+        _, not_taken = starting_weights(config, model_config_of(config))
+    except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
-    fresh = f"; not taken (they do not fit): {', '.join(new)}" if new else ""
+    fresh = f"; not taken (they do not fit): {', '.join(not_taken)}" if not_taken else ""
     console.print(f"Starting from the best model of {config.init_from}{fresh}")
 
 
@@ -227,7 +229,7 @@ def simulate(
     state = None
     if resume is not None:
         config, run_dir, state = _resume(resume)
-    federation = _prepare(config)
+    federation = _prepare(config, resuming=resume is not None)
     if resume is None:
         run_dir = _run_dir(config)
     result = _federated(config, federation, run_dir, state, tracking)

@@ -213,14 +213,15 @@ class LocalDeployment(ProcessGroup):
         CLI (a new process, about a second of CPU that the sites would miss) is asked for the
         run's status every `STATUS_POLL_SECONDS`, and every second once the run directory says
         the run ended."""
-        deadline, reported, asked, status = time.monotonic() + timeout, 0, -STATUS_POLL_SECONDS, ""
+        deadline, reported, asked = time.monotonic() + timeout, 0, -STATUS_POLL_SECONDS
+        status, details = "", ""
         while True:
             run = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
             if (done := int(run.get("rounds_completed", 0))) > reported:
                 on_round(done)
                 reported = done
             if run.get("status", "running") != "running" or time.monotonic() - asked >= STATUS_POLL_SECONDS:
-                status, asked = self.status(run_id)[0], time.monotonic()
+                (status, details), asked = self.status(run_id), time.monotonic()
                 if status.startswith("finished"):
                     break
             for name, process in self.processes.items():
@@ -234,12 +235,11 @@ class LocalDeployment(ProcessGroup):
         if (run_json := run_dir / RUN_FILE).exists():  # the last round may have ended since it was read
             on_round(int(json.loads(run_json.read_text()).get("rounds_completed", 0)))
         if status != "finished:completed":
-            raise DeploymentError(self.failure(run_id, run_dir))
+            raise DeploymentError(self.failure(run_id, run_dir, status, details))
 
-    def failure(self, run_id: int, run_dir: Path) -> str:
+    def failure(self, run_id: int, run_dir: Path, status: str, superlink_details: str) -> str:
         """What is known of a failed run: the server's error, the SuperLink's status details, the
         SuperLink's own errors and the end of the server log."""
-        status, superlink_details = self.status(run_id)
         error = json.loads((run_dir / RUN_FILE).read_text()).get("error", "") if (run_dir / RUN_FILE).exists() else ""
         superlink_errors = [
             line[:300] for line in self.tail("superlink", lines=2000).splitlines() if "ERROR" in line or "Error" in line
