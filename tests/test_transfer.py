@@ -86,8 +86,11 @@ def recording(replies: list) -> ClientApp:
     return app
 
 
-def test_a_frozen_body_leaves_federated_training_unchanged_and_the_head_learns(pretrained, tmp_path):
-    config = dataclasses.replace(TUNE, init_from=str(pretrained.path), freeze_body=True)
+@pytest.mark.parametrize(
+    "server", [{}, {"strategy": "fedadam"}, {"hospital_dp_noise": 0.5}], ids=["fedavg", "fedadam", "hospital-dp"]
+)
+def test_a_frozen_body_leaves_federated_training_unchanged_and_the_head_learns(pretrained, tmp_path, server):
+    config = dataclasses.replace(TUNE, init_from=str(pretrained.path), freeze_body=True, **server)
     run_dir = RunDirectory(tmp_path / "run").create()
     replies: list = []
     run_in_process(config, prepare(config), run_dir, LogProgress(), client_app=recording(replies))
