@@ -258,5 +258,6 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
-    "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise", "secagg", "sites", "test_dir", "out",
+    "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise",
+    "secagg", "sites", "test_dir", "out",
 })  # fmt: skip
