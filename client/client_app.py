@@ -8,7 +8,8 @@ What leaves the hospital, per message:
   so these statistics are never computed from training stays and sent;
 - `train`: the locally trained model weights and the number of training stays;
   without DP also the mean training loss and the local model's validation
-  AUROC; with DP-SGD instead its privacy ledger (noise multiplier, sample rate
+  AUROC, and with SCAFFOLD its control variate (the mean gradient of its training loss at the
+  global model, one number per weight); with DP-SGD instead its privacy ledger (noise multiplier, sample rate
   and steps per round) and epsilon so far, or, when its budget is spent, a
   refusal saying so. Under DP nothing computed from the training stays is sent
   except the DP-SGD weights (and the number of stays, which sets the sample rate).
@@ -75,7 +76,7 @@ from fedicu.shared.metrics import ScoreHistogram, auroc, best_threshold, binary_
 from fedicu.shared.model import MortalityLSTM, fingerprint, freeze_body
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
 from fedicu.shared.run_dir import save_model_file
-from fedicu.shared.training import predict, set_torch_threads, train_epochs
+from fedicu.shared.training import mean_gradient, predict, set_torch_threads, train_epochs
 
 app = ClientApp()
 _features: dict[tuple, tuple[HospitalData, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -220,6 +221,8 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
             hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train), ledger=ledger
         )
         return reply.reply_to(msg)
+    # SCAFFOLD: the control variate is taken at the global model, before it moves.
+    control = mean_gradient(model, x_train, hospital.train.labels) if request.correction is not None else None
     loss = train_epochs(
         model,
         x_train,
@@ -230,6 +233,7 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
         seed=seed,
         proximal_mu=request.proximal_mu,
         epoch_inputs=augmented,
+        correction=request.correction.to_torch_state_dict() if request.correction is not None else None,
     )
     return TrainReply(
         hospital=hospital.name,
@@ -237,6 +241,7 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
         train_stays=len(hospital.train),
         train_loss=loss,
         local_val_auroc=auroc(hospital.val.labels, predict(model, x_val)),
+        control=ArrayRecord(control) if control is not None else None,
     ).reply_to(msg)
 
 

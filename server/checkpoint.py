@@ -26,6 +26,7 @@ class RunState:
     strategy: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     privacy: dict[str, dict] = field(default_factory=dict)  # hospital -> ledger (DP runs)
     hospital_privacy: dict | None = None  # the server's hospital-level ledger (hospital-level DP)
+    controls: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # SCAFFOLD: hospital -> c_i
 
     def to_checkpoint(self) -> dict:
         return {
@@ -38,6 +39,7 @@ class RunState:
             "strategy": self.strategy,
             "privacy": json.dumps(self.privacy),
             "hospital_privacy": json.dumps(self.hospital_privacy),
+            "controls": self.controls,
         }
 
     @staticmethod
@@ -53,6 +55,7 @@ class RunState:
             c["strategy"],
             json.loads(c["privacy"]),
             json.loads(c["hospital_privacy"]),
+            c["controls"],
         )
 
 

@@ -44,6 +44,7 @@ from fedicu.server.checkpoint import RunState
 from fedicu.server.messaging import Sent, send
 from fedicu.server.replies import Replies, exchange, receive, sort_replies
 from fedicu.server.round_metrics import round_metrics
+from fedicu.server.scaffold import ControlVariates
 from fedicu.server.secure_aggregation import secure_train, unmask_threshold
 from fedicu.server.strategies import EQUAL_WEIGHT, fit_to_replies, make_strategy
 from fedicu.server.update_checks import update_problems
@@ -252,6 +253,11 @@ class FederatedRun:
             compat.restore_strategy_state(self.strategy, self.state.strategy)
             self._restore_privacy()
         self.arrays = ArrayRecord(self.state.arrays)
+        self.controls = (
+            ControlVariates(dict(self.model.named_parameters()), self.train_stays, self.state.controls)
+            if self.config.strategy == "scaffold"
+            else None
+        )
         norm = self.state.norm
         self.test = (
             (to_features(self.data.test, norm, self.model_config.channels), self.data.test.labels)
@@ -343,7 +349,14 @@ class FederatedRun:
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
         config = self._train_request(rnd).config()
-        return list(self.strategy.configure_train(rnd, arrays, config, self._all_hospitals()))
+        messages = list(self.strategy.configure_train(rnd, arrays, config, self._all_hospitals()))
+        if self.controls is None:
+            return messages
+        federation = self.controls.federation()
+        return [
+            TrainRequest.with_correction(m, self.controls.correction(self.names[m.metadata.dst_node_id], federation))
+            for m in messages
+        ]
 
     def _all_hospitals(self) -> Grid:
         return cast(Grid, _AllHospitals(self.grid, self.names))
@@ -380,6 +393,10 @@ class FederatedRun:
         rejected = update_problems(updates, self.arrays, self.config.max_update_ratio, steps)
         if rejected:
             trained = trained.without(rejected, stage, self.config.min_hospitals)
+        if self.controls is not None:
+            self.controls.update({hospital: reply.control for hospital, reply in trained.replies.items()})
+            for msg in trained.messages.values():
+                TrainReply.take_control(msg)
         if self.config.hospital_dp_noise:
             for msg in trained.messages.values():
                 msg.content.metric_records[METRICS][EQUAL_WEIGHT] = 1.0
@@ -434,6 +451,7 @@ class FederatedRun:
         state.rows.append(row)
         state.hospital_rows += hospital_rows
         state.strategy = compat.strategy_state(self.strategy)
+        state.controls = self.controls.state() if self.controls is not None else {}
         self._record_privacy(row, hospital_rows, trained)
         if state.best is None or row["val_auroc"] > state.best["val_auroc"]:
             state.best = row

@@ -87,7 +87,7 @@ def make_strategy(config: RunConfig, hospitals: int) -> Strategy:
         return DifferentialPrivacyServerSideFixedClipping(
             inner, config.hospital_dp_noise, config.hospital_dp_clip, num_sampled_clients=hospitals
         )
-    if config.strategy == "fedavg":
+    if config.strategy in ("fedavg", "scaffold"):  # SCAFFOLD averages models as FedAvg (server/scaffold.py)
         return FedAvg(**sampling)
     if config.strategy == "fedprox":
         return FedProx(**sampling, proximal_mu=config.proximal_mu)

@@ -19,7 +19,7 @@ from fedicu.shared.preprocessing import HOURS
 from fedicu.shared.tasks import DEFAULT_TASK, check_name
 from fedicu.shared.variables import TIME_SERIES
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "trimmed-mean", "krum")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedmedian", "trimmed-mean", "krum")
 PERSONALIZATIONS = ("finetune",)  # after training, each hospital adapts the selected model to its own stays
 
 
@@ -147,6 +147,11 @@ class RunConfig:
             (
                 not self.secagg or self.strategy in ("fedavg", "fedprox", "fedadam"),
                 f"--strategy {self.strategy} needs each hospital's weights, which --secagg hides from the server",
+            ),
+            (
+                not (self.strategy == "scaffold" and self.dp),
+                "--strategy scaffold cannot be combined with --dp yet: each hospital's control variate is a "
+                "gradient of its training stays, which DP-SGD's guarantee does not cover",
             ),
             (
                 not (self.secagg and self.hospital_dp_noise),

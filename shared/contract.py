@@ -31,7 +31,7 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 8  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation
+CONTRACT_VERSION = 9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -41,6 +41,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 WEIGHT = "num-examples"  # the metric by which FedAvg weighs a hospital's update
 SITE = "site"  # who replied, in every reply
+CONTROL = "control"  # SCAFFOLD: a hospital's gradient correction (request) and control variate (reply)
 
 
 class ContractError(ValueError):
@@ -268,6 +269,16 @@ class TrainRequest(EvaluateRequest):
     freeze_body: bool  # train the output head only (`shared.model.freeze_body`)
     augment_mask: float  # `shared.augmentation`: 0 and 0, none
     augment_shift: int
+    # SCAFFOLD (server/scaffold.py): c - c_i, added to every local gradient; the server attaches
+    # each hospital's own to its message (`with_correction`). None: another strategy.
+    correction: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)
+
+    @staticmethod
+    def with_correction(msg: Message, correction: ArrayRecord) -> Message:
+        """A strategy's train message for one hospital, with that hospital's correction (a new
+        message: Flower's strategies give every hospital's message the same content object)."""
+        content = RecordDict({**msg.content, CONTROL: correction})
+        return Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -355,6 +366,15 @@ class TrainReply(Reply):
     train_loss: float | None = _in(METRICS, default=None)
     local_val_auroc: float | None = _in(METRICS, default=None)
     ledger: str | None = _in("privacy", default=None)  # DP-SGD: the hospital's privacy ledger as JSON
+    # SCAFFOLD: the hospital's new control variate, the mean gradient of its training loss at the
+    # global model it received (option I of Karimireddy et al., 2020). None: another strategy.
+    control: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)
+
+    @staticmethod
+    def take_control(msg: Message) -> None:
+        """Remove the control variate from a read reply: Flower's strategies aggregate replies
+        that hold exactly one ArrayRecord, the weights."""
+        del msg.content[CONTROL]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,7 @@ def train_epochs(
     proximal_mu: float = 0.0,
     after_epoch: Callable[[int], None] | None = None,
     epoch_inputs: Callable[[int], np.ndarray] | None = None,
+    correction: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Train in place with Adam; return the mean training loss of the last epoch.
 
@@ -56,7 +57,9 @@ def train_epochs(
     hospital's update close to the global model it started from. `after_epoch(epoch)` (from 1)
     is called after each epoch, with the optimizer's state kept across them. With
     `epoch_inputs` (`shared.augmentation`), epoch e trains on `epoch_inputs(e)`, the same stays
-    in the same order as `x`, instead of on `x`.
+    in the same order as `x`, instead of on `x`. SCAFFOLD's `correction` (parameter name -> c - c_i)
+    is added to every gradient, after clipping: the clip bounds the stochastic gradient, while the
+    correction, a difference of mean gradients, must reach the optimizer as it is.
     """
     if len(x) == 0:
         raise ValueError("no training stays")
@@ -83,11 +86,39 @@ def train_epochs(
                 )
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            if correction is not None:
+                _correct(model, correction)
             optimizer.step()
         epoch_loss = total / seen
         if after_epoch is not None:
             after_epoch(epoch)
     return epoch_loss
+
+
+def _correct(model: MortalityLSTM, correction: dict[str, torch.Tensor]) -> None:
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            parameter.grad.add_(correction[name])
+
+
+def mean_gradient(
+    model: MortalityLSTM, x: np.ndarray, y: np.ndarray, batch_size: int = 1024
+) -> dict[str, torch.Tensor]:
+    """The gradient of the mean training loss at the model as it is (without dropout), per
+    parameter name; zeros for a parameter that is not trained. SCAFFOLD's control variate."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    targets = torch.from_numpy(y.astype(np.float32))
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    for i in range(0, len(x), batch_size):
+        batch = slice(i, i + batch_size)
+        (loss_fn(model(torch.from_numpy(x[batch])), targets[batch]) / len(x)).backward()
+    gradient = {
+        name: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for name, p in model.named_parameters()
+    }
+    model.zero_grad(set_to_none=True)
+    return gradient
 
 
 @torch.no_grad()

@@ -77,6 +77,7 @@ EVERY_MESSAGE = [
     RestorePrivacyRequest(**RUN, ledger='{"history": []}'),
     EvaluateRequest(**EVALUATE),
     TrainRequest(**TRAIN),
+    TrainRequest(**TRAIN, correction=ArrayRecord({"w": Array(rng.normal(size=(2, 3)))})),  # SCAFFOLD
     CrossSiteRequest(**EVALUATE, model_name="local/north", threshold=0.3, keep_recalibration=False),
     CrossSiteRequest(
         **EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True, site_dir="/tmp/run/sites"
@@ -102,6 +103,12 @@ EVERY_MESSAGE = [
         local_val_auroc=0.8,
     ),
     TrainReply(hospital="north", weights=ArrayRecord({"w": Array(np.zeros(2))}), train_stays=120, ledger="{}"),
+    TrainReply(
+        hospital="north",
+        weights=ArrayRecord({"w": Array(np.zeros(2))}),
+        train_stays=120,
+        control=ArrayRecord({"w": Array(rng.normal(size=2))}),
+    ),
     EvaluateReply(
         hospital="north",
         val_stays=30,

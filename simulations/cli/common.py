@@ -51,7 +51,8 @@ OPTION_HELP = {
     "layers": "Stacked LSTM layers.",
     "dropout": "Dropout probability (0 to 1) before the output layer; 0: none.",
     "attention": "Attention pooling over hours instead of the last hidden state.",
-    "strategy": "Aggregation: fedavg, fedprox or fedadam; robust to a bad hospital: fedmedian, trimmed-mean or krum.",
+    "strategy": "Aggregation: fedavg, fedprox, scaffold (drift correction) or fedadam; robust to a bad hospital: "
+    "fedmedian, trimmed-mean or krum.",
     "max_update_ratio": "Reject a hospital's update longer than this many times the median of the others' "
     "(0: no bound); NaN, infinite or misshapen weights are always rejected.",
     "rounds": "Federated rounds; the centralized and local-only baselines train rounds x local-epochs epochs.",
