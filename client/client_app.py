@@ -52,6 +52,7 @@ from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
 from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
+from fedicu.shared.config import member_seed
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     PRIVACY_REFUSAL,
@@ -192,10 +193,9 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     model = _model(msg, request)
     if request.freeze_body:
         freeze_body(model)
-    # A seed per (run seed, round, hospital name): reproducible, yet hospitals differ.
-    seed = int(
-        np.random.SeedSequence([request.seed, request.server_round, *hospital.name.encode()]).generate_state(1)[0]
-    )
+    # A seed per (run seed and ensemble member, round, hospital name): reproducible, yet hospitals differ.
+    entropy = [member_seed(request.seed, request.member), request.server_round, *hospital.name.encode()]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     augmented = Augmentation(mask=request.augment_mask, shift=request.augment_shift).epoch_inputs(
         hospital.train, _normalization(request), request.model.channels, seed
     )

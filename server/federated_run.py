@@ -345,6 +345,7 @@ class FederatedRun:
             freeze_body=c.freeze_body,
             augment_mask=c.augment_mask,
             augment_shift=c.augment_shift,
+            member=c.member,
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:

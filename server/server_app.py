@@ -74,6 +74,11 @@ def main(grid: Grid, context: Context) -> None:
         config, run_dir, state = interrupted_run(Path(resume).resolve())
     else:
         config = RunConfig.from_flower(run_config)
+        if config.ensemble > 1:  # one flwr run trains one model
+            raise ValueError(
+                "run-config ensemble: one flwr run trains one model; train each member with run-config member = k "
+                "and score them together with fedicu evaluate RUN_DIR..., or use fedicu simulate --ensemble"
+            )
         run_dir = RunDirectory(Path(config.out).resolve() if config.out else default_run_dir().resolve()).create()
     federation = prepare(config) if config.sites == 0 else None
     serve(grid, config, federation, run_dir, LogProgress(), state)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import numpy as np
+
 from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.datasets import DATASETS, DataSource
 from fedicu.shared.preprocessing import HOURS
@@ -41,6 +43,8 @@ class RunConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     seed: int = 0
+    member: int = 0  # ensemble member k: other starting weights and training draws, the same data split
+    ensemble: int = 1  # fedicu simulate: train this many members and average their risks (shared/ensemble.py)
     # Model
     hidden_size: int = 64
     layers: int = 1
@@ -93,6 +97,9 @@ class RunConfig:
             (len(set(chosen)) == len(chosen), "--variables names a variable twice"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.member >= 0, "--member must not be negative"),
+            (self.ensemble >= 1, "--ensemble must be at least 1"),
+            (not (self.ensemble > 1 and self.member), "--member names one member; --ensemble trains them all"),
             (self.local_epochs >= 1, "--local-epochs must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
@@ -233,6 +240,17 @@ class RunConfig:
             raise ValueError(re.sub(r"--([a-z][a-z-]*)", r"run-config \1", str(error))) from None
 
 
+ENSEMBLE_TAG = 0x656E73  # keeps the members' seeds apart from other seeds derived from the run's
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member k's starting weights and training draws: the run's own for
+    member 0 (which trains exactly as a run outside an ensemble), one derived from it otherwise."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, ENSEMBLE_TAG, member]).generate_state(1)[0])
+
+
 def _dp_accounting(config: RunConfig) -> bool:
     return config.dp or config.hospital_dp_noise > 0
 
@@ -261,7 +279,8 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
 )  # fmt: skip
 # Options that act in every configuration.
 ALWAYS_EFFECTIVE = frozenset({
-    "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "hidden_size",
+    "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "member",
+    "ensemble", "hidden_size",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
     "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise",
     "secagg", "sites", "test_dir", "out",

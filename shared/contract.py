@@ -31,7 +31,9 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = 9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD
+CONTRACT_VERSION = (
+    9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member
+)
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -269,6 +271,7 @@ class TrainRequest(EvaluateRequest):
     freeze_body: bool  # train the output head only (`shared.model.freeze_body`)
     augment_mask: float  # `shared.augmentation`: 0 and 0, none
     augment_shift: int
+    member: int  # ensemble member: seeds the training draws with the run's seed (`shared.config.member_seed`)
     # SCAFFOLD (server/scaffold.py): c - c_i, added to every local gradient; the server attaches
     # each hospital's own to its message (`with_correction`). None: another strategy.
     correction: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)

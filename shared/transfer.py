@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fedicu.shared.config import RunConfig
+from fedicu.shared.config import RunConfig, member_seed
 from fedicu.shared.model import HEAD, INPUT_WEIGHTS, ModelConfig, MortalityLSTM, transfer_weights
 from fedicu.shared.run_dir import load_trained
 
@@ -19,9 +19,9 @@ SAME_SHAPE = (("hidden_size", "--hidden-size"), ("num_layers", "--layers"), ("at
 
 
 def starting_weights(config: RunConfig, model_config: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The weights a run starts from (a new model seeded by `config.seed`, with what fits of
-    `config.init_from`) and the names of those not taken from `config.init_from`."""
-    torch.manual_seed(config.seed)
+    """The weights a run starts from (a new model seeded by the run's seed and ensemble member,
+    with what fits of `config.init_from`) and the names of those not taken from `config.init_from`."""
+    torch.manual_seed(member_seed(config.seed, config.member))
     start = MortalityLSTM(model_config).state_dict()
     if not config.init_from:
         return start, []

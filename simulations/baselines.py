@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedicu.shared.config import RunConfig
+from fedicu.shared.config import RunConfig, member_seed
 from fedicu.shared.federation import Federation
 from fedicu.shared.files import safe_name
 from fedicu.shared.metrics import (
@@ -71,7 +71,7 @@ def fit(
     best_state: dict[str, Any] | None = None
     for rnd in range(1, config.rounds + 1):
         started = time.monotonic()
-        seed = config.seed * 100_003 + rnd
+        seed = member_seed(config.seed, config.member) * 100_003 + rnd
         augmented = config.augmentation.epoch_inputs(train, norm, config.model_variables, seed)
         loss = train_epochs(
             model, x_train, train.labels,

@@ -49,6 +49,11 @@ SLOW = {
         "test_a_sweep_directory_is_not_mixed_with_other_settings",
     ],
     "test_secure_aggregation.py": ["test_secure_aggregation_works_with_fedadam_and_dp_sgd"],
+    "test_ensemble.py": [
+        "test_the_members_are_runs_on_one_split_and_evaluate_scores_their_mean",
+        "test_evaluate_refuses_what_it_cannot_score_as_one_ensemble",
+        "test_a_resumed_ensemble_keeps_its_complete_members_and_trains_the_missing_one",
+    ],
     "test_contract.py": ["test_each_strategy_and_protection_runs_end_to_end_through_the_contract"],
     "test_data_cli.py": ["test_training_prints_one_line_about_skipped_rows_and_the_model_card_records_them"],
     "test_tracking.py": ["test_the_simulation_engine_run_of_the_command_line_is_tracked_the_same"],

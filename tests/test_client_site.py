@@ -120,6 +120,7 @@ def _train_message(torch_state: dict, **settings) -> Message:
             "freeze_body": False,
             "augment_mask": 0.0,
             "augment_shift": 0,
+            "member": 0,
             **settings,
         }
     )

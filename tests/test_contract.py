@@ -70,6 +70,7 @@ TRAIN: dict[str, Any] = dict(
     freeze_body=True,
     augment_mask=0.1,
     augment_shift=2,
+    member=3,
 )
 rng = np.random.default_rng(0)
 EVERY_MESSAGE = [

@@ -8,10 +8,11 @@ import json
 import math
 import os
 import socket
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import numpy as np
 import typer
 from rich.console import Group
 from rich.table import Table
@@ -21,6 +22,7 @@ from fedicu.shared import cross_site
 from fedicu.shared.calibration import CALIBRATION_FIELDS, ECE_BINNING, RECALIBRATION_METHODS
 from fedicu.shared.cohort import SkippedRows, skipped_summary
 from fedicu.shared.config import RunConfig
+from fedicu.shared.contract import SiteTest
 from fedicu.shared.metrics import CI_CAPTION, interval_text
 from fedicu.shared.run_dir import CROSS_SITE_JSON, HOSPITAL_JSON, METRICS_JSON, MODEL_CARD, PERSONALIZATION_JSON
 from fedicu.shared.tasks import BUILT_IN
@@ -47,6 +49,10 @@ OPTION_HELP = {
     "test_fraction": "Share of stays (0 to 1) held out as the test split, scored at the server and never trained on.",
     "val_fraction": "Share (0 to 1) of each hospital's remaining stays kept for validation (model selection).",
     "seed": "Random seed of the synthetic cohort, the splits and training (initialization, batches, noise).",
+    "member": "Ensemble member k: other starting weights and training draws than member 0 (the run of --seed), "
+    "on the same hospitals and data split.",
+    "ensemble": "Train this many models (members 0..K-1, in RUN_DIR/member-k) and score the mean of their risks: "
+    "an ensemble run directory (README: Ensembles).",
     "hidden_size": "LSTM hidden units per layer.",
     "layers": "Stacked LSTM layers.",
     "dropout": "Dropout probability (0 to 1) before the output layer; 0: none.",
@@ -133,16 +139,18 @@ def report_skipped(skipped: tuple[SkippedRows, ...]) -> None:
         console.print(f"[yellow]{skipped_summary(skipped)}[/] (--strict refuses them)", highlight=False)
 
 
-def run_options(command=None, *, dp_per_cell: bool = False):
+def run_options(command=None, *, dp_per_cell: bool = False, ensembles: bool = False):
     """Give a command every RunConfig field as an option; it receives `config`.
 
     `dp_per_cell`: the command sets --dp and --target-epsilon itself for each run it makes (the
     sweep), so it does not offer them, and the DP-SGD options it is given are checked as
-    acting (the configuration it receives has DP-SGD on at a stand-in epsilon of 1)."""
+    acting (the configuration it receives has DP-SGD on at a stand-in epsilon of 1).
+    `ensembles`: the command trains an ensemble given --ensemble (simulate); others offer no such option."""
     if command is None:
-        return functools.partial(run_options, dp_per_cell=dp_per_cell)
+        return functools.partial(run_options, dp_per_cell=dp_per_cell, ensembles=ensembles)
     per_cell = ("dp", "target_epsilon", "noise_multiplier") if dp_per_cell else ()
-    names = [f.name for f in fields(RunConfig) if f.name not in DEPLOYMENT_ONLY + per_cell]
+    not_offered = DEPLOYMENT_ONLY + per_cell + (() if ensembles else ("ensemble",))
+    names = [f.name for f in fields(RunConfig) if f.name not in not_offered]
     defaults = RunConfig()
     params = [
         inspect.Parameter(
@@ -293,6 +301,19 @@ def split_tables(
         discrimination.add_row(name, stays, fmt_ci(r, "test_auroc"), fmt_ci(r, "test_auprc"))
         calibration.add_row(name, *(fmt(r[f"test_{k}"]) for k in ("brier", *CALIBRATION_FIELDS)))
     return discrimination, calibration
+
+
+def site_tests(labels: np.ndarray, risks: np.ndarray, groups: np.ndarray, seed: int) -> tuple[dict, list[dict]]:
+    """What a hospital computes on its test stays (`SiteTest`) for all stays and for each group
+    of them, `test_`-prefixed as `split_tables` reads them (a group's name under `hospital`)."""
+
+    def of(part: np.ndarray) -> dict:
+        return {f"test_{k}": v for k, v in asdict(SiteTest.of(labels[part], risks[part], seed)).items()}
+
+    groups = np.asarray(groups)
+    return of(np.ones(len(labels), dtype=bool)), [
+        {"hospital": g, **of(groups == g)} for g in sorted(set(groups.tolist()))
+    ]
 
 
 def _recalibration_table(title: str, hospital_rows: list[dict]) -> Table:

@@ -16,11 +16,12 @@ from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import SiteTest
 from fedicu.shared.datasets import load_cohort
+from fedicu.shared.ensemble import COMBINATION, scorer
 from fedicu.shared.federation import load_folder, prepare
 from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method, event1
 from fedicu.shared.model import fingerprint
 from fedicu.shared.partition import assign_hospitals
-from fedicu.shared.preprocessing import Sequences, clean, to_features, to_sequences
+from fedicu.shared.preprocessing import Sequences, clean, to_sequences
 from fedicu.shared.run_dir import (
     CONFIG_FILE,
     CROSS_SITE_CSV,
@@ -29,11 +30,9 @@ from fedicu.shared.run_dir import (
     STAYS_FILE,
     RunDirectory,
     json_safe,
-    load_trained,
     trained_task,
 )
 from fedicu.shared.tasks import check_same
-from fedicu.shared.training import predict
 from fedicu.simulations.cli.common import (
     OPTION_HELP,
     DataDir,
@@ -65,11 +64,13 @@ def default_sets(dataset: str) -> str:
 
 
 def evaluate(
-    run_dir: Annotated[
-        Path,
+    run_dirs: Annotated[
+        list[Path],
         typer.Argument(
+            metavar="RUN_DIR...",
             help="A completed run directory, as a training command's --out names it (compare: its federated/, "
-            "centralized/ or local/<hospital>/)."
+            "centralized/ or local/<hospital>/), or an ensemble run directory (simulate --ensemble); several run "
+            "directories are scored as an ensemble of their models (the mean of their risks).",
         ),
     ],
     dataset: DataFormat = "physionet2012",
@@ -114,10 +115,16 @@ def evaluate(
     ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Score a saved model on any cohort (every stay in it), or on its run's own test split."""
+    """Score a saved model (or an ensemble) on any cohort (every stay in it), or on its run's own test split."""
     try:
-        trained, norm, threshold = load_trained(run_dir, model)
-        recalibrated_by = site_map(recalibration, fingerprint(trained.state_dict()), model) if recalibration else None
+        scoring = scorer(run_dirs, model)
+        if recalibration and len(scoring.members) > 1:
+            raise ValueError("--recalibration maps one model's risks; an ensemble has no site map")
+        first = scoring.members[0]
+        recalibrated_by = (
+            site_map(recalibration, fingerprint(first.model.state_dict()), model) if recalibration else None
+        )
+        run_dir, threshold = first.path, scoring.threshold
         trained_for = trained_task(run_dir)
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
@@ -141,12 +148,15 @@ def evaluate(
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     with console.status("Loading and scoring the cohort"):
-        seqs, described, groups = (*_own_test_split(run_dir), None) if config is None else given_cohort(config, per)
-        scores = predict(trained, to_features(seqs, norm, trained.config.channels))
+        if config is None:
+            seqs, described, groups = (*_own_test_split([m.path for m in scoring.members]), None)
+        else:
+            seqs, described, groups = given_cohort(config, per)
+        scores = scoring.risks(seqs)
     if recalibrated_by is not None:
         scores, threshold = recalibrated_by.apply(scores), recalibrated_by.threshold
     if config is not None:
-        _warn_about_stays_it_learnt_from(run_dir, config, seqs)
+        _warn_about_stays_it_learnt_from([m.path for m in scoring.members], config, seqs)
     if seqs.labels.min() == seqs.labels.max():
         console.print(f"[yellow]every stay has label {int(seqs.labels[0])}: AUROC and AUPRC are undefined[/]")
     if not seqs.observed.any():
@@ -166,7 +176,10 @@ def evaluate(
         if k not in CI_KEYS:
             table.add_row(k, fmt_ci(metrics, k))
     through = f", {recalibrated_by.method} map of {recalibration}" if recalibrated_by else ""
-    console.print(titled(f"{run_dir} ({model} model{through}, task {trained_for}) on {described}", table))
+    scored = str(run_dirs[0]) if len(run_dirs) == 1 else f"the ensemble of {', '.join(map(str, run_dirs))}"
+    if len(scoring.members) > 1:
+        through += f", {len(scoring.members)} members: {COMBINATION}"
+    console.print(titled(f"{scored} ({model} model{through}, task {trained_for}) on {described}", table))
     console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
     if by_group is not None:
         pooled = {f"test_{k}": v for k, v in asdict(SiteTest.of(seqs.labels, scores, run_seed)).items()}
@@ -216,10 +229,24 @@ def given_cohort(config: RunConfig, per: str, to_score: bool = False) -> tuple[S
     return to_sequences(cohort), config.data_source().describe(), groups
 
 
-def _own_test_split(run_dir: Path) -> tuple[Sequences, str]:
-    """The run's held-out test split, as its configuration builds it again (same data, same seed)."""
+# What decides a run's hospitals and split: models trained alike on them share a test split.
+SPLIT_FIELDS = ("dataset", "data_dir", "sets", "labels", "mapping", "task", "strict", "partition", "hospitals",
+                "alpha", "synthetic_stays", "test_fraction", "val_fraction", "seed", "sites", "test_dir")  # fmt: skip
+
+
+def _own_test_split(run_dirs: list[Path]) -> tuple[Sequences, str]:
+    """The runs' held-out test split, as their configuration builds it again (same data, same
+    seed); several runs (an ensemble) must share it."""
     try:
-        config = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
+        configs = [RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())) for run_dir in run_dirs]
+        config, run_dir = configs[0], run_dirs[0]
+        for other, path in zip(configs[1:], run_dirs[1:], strict=True):
+            differ = [f for f in SPLIT_FIELDS if getattr(other, f) != getattr(config, f)]
+            if differ:
+                raise ValueError(
+                    f"{path} was trained on another split than {run_dir} (--{differ[0].replace('_', '-')} differs); "
+                    "score the ensemble on other stays (the data options)"
+                )
         if config.sites == 0:
             return prepare(config).test, f"its own test split ({config.data_source().describe()})"
         if not config.test_dir:
@@ -230,14 +257,15 @@ def _own_test_split(run_dir: Path) -> tuple[Sequences, str]:
         raise UserError(f"RUN_DIR {run_dir}: cannot rebuild its test split: {error}") from error
 
 
-def _warn_about_stays_it_learnt_from(run_dir: Path, config: RunConfig, seqs: Sequences) -> None:
-    """Scores on stays that trained or selected the model are optimistic: say how many."""
-    if not (run_dir / STAYS_FILE).is_file():
-        return  # a deployment: the server never knew the sites' stays
-    trained_on = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
-    if not same_data(trained_on, config):
-        return
-    used = json.loads((run_dir / STAYS_FILE).read_text())
+def _warn_about_stays_it_learnt_from(run_dirs: list[Path], config: RunConfig, seqs: Sequences) -> None:
+    """Scores on stays that trained or selected a model are optimistic: say how many."""
+    used: dict[str, list[int]] = {"train": [], "validation": []}
+    for run_dir in run_dirs:
+        if not (run_dir / STAYS_FILE).is_file():
+            continue  # a deployment: the server never knew the sites' stays
+        if same_data(RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())), config):
+            for part, ids in json.loads((run_dir / STAYS_FILE).read_text()).items():
+                used.setdefault(part, []).extend(ids)
     train, validation = (int(np.isin(seqs.stay_ids, used[part]).sum()) for part in ("train", "validation"))
     if train or validation:
         console.print(

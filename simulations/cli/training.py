@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -13,11 +16,13 @@ from fedicu.server.checkpoint import RunState, interrupted_run
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig
+from fedicu.shared.ensemble import COMBINATION, member_name, scorer, write_ensemble
 from fedicu.shared.federation import Federation, prepare
+from fedicu.shared.metrics import event1
 from fedicu.shared.model import model_config_of
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
-from fedicu.shared.run_dir import METRICS_JSON, RUN_FILE, RunDirectory
+from fedicu.shared.run_dir import CONFIG_FILE, METRICS_JSON, RUN_FILE, RunDirectory
 from fedicu.shared.stopping import StopRequested
 from fedicu.shared.transfer import starting_weights
 from fedicu.simulations.cli.common import (
@@ -30,6 +35,8 @@ from fedicu.simulations.cli.common import (
     results_table,
     rounds_table,
     run_options,
+    site_tests,
+    split_tables,
     use_ray_cluster,
 )
 from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
@@ -204,12 +211,16 @@ def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
         config, run_dir, state = interrupted_run(path)
     except ValueError as error:
         raise UserError(f"--resume {error}") from error
+    if config.ensemble > 1:
+        done = sum(RunDirectory(run_dir.path / member_name(k)).status == "complete" for k in range(config.ensemble))
+        console.print(f"Resuming the ensemble {path}: {done} of {config.ensemble} members complete")
+        return config, run_dir, state
     done = state.completed if state else 0
     console.print(f"Resuming {path} after round {done} of {config.rounds} (its own configuration applies)")
     return config, run_dir, state
 
 
-@run_options
+@run_options(ensembles=True)
 def simulate(
     config: RunConfig,
     resume: Annotated[
@@ -229,12 +240,54 @@ def simulate(
     state = None
     if resume is not None:
         config, run_dir, state = _resume(resume)
+    if config.ensemble > 1:
+        _ensemble(config, run_dir if resume is not None else _run_dir(config), tracking)
+        return
     federation = _prepare(config, resuming=resume is not None)
     if resume is None:
         run_dir = _run_dir(config)
     result = _federated(config, federation, run_dir, state, tracking)
     console.print(
         f"Best round {result['best_round']} (by pooled validation AUROC). Run directory: [bold]{run_dir.path}[/]"
+    )
+
+
+def _ensemble(config: RunConfig, root: RunDirectory, tracking: Tracking) -> None:
+    """--ensemble K: members 0..K-1, federated runs on the same hospitals and split, each in a
+    run directory inside `root`; then the ensemble of their best models, scored on the split's
+    test stays. A resumed ensemble keeps its complete members and resumes the interrupted one."""
+    federation = _prepare(config)
+    root.write_json(CONFIG_FILE, config.to_flower())
+    root.set_status("running", ensemble=True)
+    for k in range(config.ensemble):
+        member = replace(config, ensemble=1, member=k, out=str(root.path / member_name(k)))
+        run_dir = RunDirectory(member.out)
+        if run_dir.status == "complete":
+            continue
+        state = interrupted_run(run_dir.path)[2] if (run_dir.path / CONFIG_FILE).is_file() else None
+        if state is None:  # nothing of it was kept: it starts again
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+            run_dir.create()
+        label = f"Member {k + 1} of {config.ensemble}"
+        try:
+            _train_federated(member, federation, run_dir, label, state, tracking, resumable=False)
+        except RunInterrupted as stopped:
+            command = f"fedicu simulate --resume {root.path}"
+            root.set_status("interrupted", resume_command=command)
+            raise RunInterrupted(f"{root.path}: {label.lower()} stopped; to go on: {command}") from stopped
+        except RunFailed as failed:
+            root.set_status("failed", error=f"{member_name(k)}: {failed}")
+            raise
+    ensemble = scorer([root.path / member_name(k) for k in range(config.ensemble)])
+    labels, risks = federation.test.labels, ensemble.risks(federation.test)
+    pooled, hospitals = site_tests(labels, risks, np.array(federation.test_hospitals()), config.seed)
+    pooled["test_event1"] = event1(labels, risks, ensemble.threshold)[0]
+    write_ensemble(root, list(range(config.ensemble)), {"test": pooled, "hospitals": hospitals})
+    console.print(*split_tables(f"Ensemble of {config.ensemble} ({COMBINATION})", pooled, hospitals, config.seed))
+    console.print(
+        f"Event-1 at the ensemble's threshold {ensemble.threshold:.3f}: {pooled['test_event1']:.3f}. "
+        f"Ensemble run directory: [bold]{root.path}[/] (fedicu evaluate {root.path} scores it)",
+        highlight=False,
     )
 
 

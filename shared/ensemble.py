@@ -1,0 +1,102 @@
+"""Ensembles: several trained models whose predicted risks are averaged.
+
+An ensemble run directory (`fedicu simulate --ensemble K`) holds its members as complete run
+directories (`member-0/` … `member-<K-1>/`), each a federated run on the same hospitals and
+data split with its own starting weights and training draws (`--member k`), and
+`ensemble.json`, which names them and says how they are combined:
+
+- the risk of a stay is the mean of the members' risks (each member standardizes the stay with
+  its own normalization);
+- the decision threshold is the mean of the members' thresholds (each chosen on the pooled
+  validation stays' score histograms): the hospitals never scored the ensemble itself.
+
+`scorer` reads a run directory, an ensemble run directory, or several run directories (an
+ensemble of them) into one `Ensemble`; a single run is an ensemble of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.preprocessing import Normalization, Sequences, to_features
+from fedicu.shared.run_dir import ENSEMBLE_FILE, RUN_FILE, RunDirectory, load_trained, trained_task
+from fedicu.shared.training import predict
+
+COMBINATION = "mean of the members' predicted risks"
+THRESHOLD_RULE = "mean of the members' decision thresholds"
+
+
+def member_name(member: int) -> str:
+    return f"member-{member}"
+
+
+@dataclass(frozen=True)
+class Member:
+    path: Path
+    model: MortalityLSTM
+    norm: Normalization
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    members: tuple[Member, ...]
+
+    @property
+    def threshold(self) -> float:
+        return float(np.mean([m.threshold for m in self.members]))
+
+    def risks(self, seqs: Sequences) -> np.ndarray:
+        """Each stay's mean risk over the members."""
+        return np.mean(
+            [predict(m.model, to_features(seqs, m.norm, m.model.config.channels)) for m in self.members], axis=0
+        )
+
+
+def write_ensemble(root: RunDirectory, members: list[int], metrics: dict) -> None:
+    """`ensemble.json` for the complete members in `root`, with the ensemble's `metrics` on
+    their test split; the ensemble is then complete."""
+    root.write_json(
+        ENSEMBLE_FILE,
+        {
+            "members": [member_name(k) for k in members],
+            "combination": COMBINATION,
+            "threshold_rule": THRESHOLD_RULE,
+            "metrics": metrics,
+        },
+    )
+    root.set_status("complete")
+
+
+def member_paths(paths: list[Path]) -> list[Path]:
+    """The run directories an ensemble is made of: those an ensemble directory names, or the
+    runs given (each a run, not itself an ensemble)."""
+    if len(paths) == 1 and (paths[0] / ENSEMBLE_FILE).is_file():
+        root = RunDirectory(paths[0])
+        return [root.path / name for name in root.read_json(ENSEMBLE_FILE)["members"]]
+    if (
+        len(paths) == 1
+        and (paths[0] / RUN_FILE).is_file()
+        and RunDirectory(paths[0]).read_json(RUN_FILE).get("ensemble")
+    ):
+        raise ValueError(f"RUN_DIR {paths[0]}: the ensemble is not complete (no {ENSEMBLE_FILE}); --resume it")
+    nested = [p for p in paths if (p / ENSEMBLE_FILE).is_file()]
+    if nested:
+        raise ValueError(f"RUN_DIR {nested[0]}: an ensemble; give it alone, or its members")
+    return list(paths)
+
+
+def scorer(paths: list[Path], which: str = "best") -> Ensemble:
+    """The models of `paths` (see `member_paths`), as one ensemble; errors name the directory."""
+    members = []
+    for path in member_paths(paths):
+        model, norm, threshold = load_trained(path, which)
+        members.append(Member(path, model, norm, threshold))
+    tasks = {trained_task(m.path) for m in members}
+    if len(tasks) > 1:
+        raise ValueError(f"RUN_DIR: these models predict different tasks ({', '.join(sorted(tasks))})")
+    return Ensemble(tuple(members))
