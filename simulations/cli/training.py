@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedicu.server.checkpoint import RunState, interrupted_run
 from fedicu.server.server_app import default_run_dir
 from fedicu.shared import cross_site
-from fedicu.shared.config import RunConfig
+from fedicu.shared.config import RunConfig, with_recipe
 from fedicu.shared.ensemble import COMBINATION, member_name, scorer, write_ensemble
 from fedicu.shared.federation import Federation, prepare
 from fedicu.shared.metrics import event1
@@ -230,6 +230,13 @@ def simulate(
             "configuration it was started with (the other options are ignored; default: start a new run)."
         ),
     ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="A named configuration: best (the strongest federated model found on PhysioNet 2012, README: The "
+            "best federated model). It sets the options it names that are left at their defaults."
+        ),
+    ] = "",
     track: Track = None,
     tracking_uri: TrackingUri = "",
     ray_address: RayAddress = "",
@@ -238,6 +245,8 @@ def simulate(
     use_ray_cluster(ray_address)
     tracking = _tracking(track, tracking_uri)
     state = None
+    if recipe:
+        config = _with_recipe(config, recipe, resume)
     if resume is not None:
         config, run_dir, state = _resume(resume)
     if config.ensemble > 1:
@@ -250,6 +259,18 @@ def simulate(
     console.print(
         f"Best round {result['best_round']} (by pooled validation AUROC). Run directory: [bold]{run_dir.path}[/]"
     )
+
+
+def _with_recipe(config: RunConfig, recipe: str, resume: Path | None) -> RunConfig:
+    if resume is not None:
+        raise UserError("--recipe has no effect with --resume: the run's own configuration applies")
+    try:
+        config, taken = with_recipe(config, recipe)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    settings = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()) or "nothing (every option given)"
+    console.print(f"Recipe {recipe}: {settings}", highlight=False)
+    return config
 
 
 def _ensemble(config: RunConfig, root: RunDirectory, tracking: Tracking) -> None:
