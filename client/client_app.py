@@ -44,15 +44,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fedicu.client.personalization import finetune
+from fedicu.client.personalization import DittoState, PersonalModel, ditto_round, finetune, kept_ditto
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
 from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
-from fedicu.shared.config import member_seed
+from fedicu.shared.config import PERSONALIZATIONS, member_seed
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     PRIVACY_REFUSAL,
@@ -199,6 +200,11 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     augmented = Augmentation(mask=request.augment_mask, shift=request.augment_shift).epoch_inputs(
         hospital.train, _normalization(request), request.model.channels, seed
     )
+    if request.ditto_lambda:
+        if request.dp:  # the site's own guard, as for fine-tuning
+            reason = "Ditto's personal model under DP-SGD would spend privacy budget the run does not account for"
+            return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {reason}"), reply_to=msg)
+        _train_personal(request, context, hospital, model, (x_train, x_val), seed)
     if request.dp:
         from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
 
@@ -243,6 +249,49 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
         local_val_auroc=auroc(hospital.val.labels, predict(model, x_val)),
         control=ArrayRecord(control) if control is not None else None,
     ).reply_to(msg)
+
+
+class _DittoFiles:
+    """The hospital's Ditto states of this run, one file per round: in its own folder of the
+    run's `sites/` in a simulation, in its state-dir when deployed (kept across the run's resumes)."""
+
+    def __init__(self, request: Request, context: Context, hospital: str, site_dir: str):
+        if site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
+            self.folder, self.prefix = Path(site_dir) / safe_name(hospital), "ditto-round"
+        else:
+            run = f"study-{request.study}" if request.study else f"run{context.run_id}"
+            self.folder, self.prefix = _state_dir(context), f"ditto-{safe_name(hospital)}-{run}-round"
+
+    def path(self, server_round: int) -> Path:
+        return self.folder / f"{self.prefix}{server_round}.pt"
+
+    def rounds(self) -> list[int]:
+        return sorted(int(p.stem.removeprefix(self.prefix)) for p in self.folder.glob(f"{self.prefix}*.pt"))
+
+    def latest(self, before: int) -> tuple[int, DittoState | None]:
+        """The latest state kept before round `before`, and its round (0: none)."""
+        rounds = [r for r in self.rounds() if r < before]
+        if not rounds:
+            return 0, None
+        return rounds[-1], DittoState.from_file(torch.load(self.path(rounds[-1]), weights_only=True))
+
+
+def _train_personal(
+    request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM,
+    inputs: tuple[np.ndarray, np.ndarray], seed: int,
+) -> None:  # fmt: skip
+    """Ditto: this round's personal model, kept here beside the state it started from (a rerun
+    of the round after a resume starts from the same one); older states are removed."""
+    files = _DittoFiles(request, context, hospital.name, request.site_dir)
+    started_from, kept = files.latest(request.server_round)
+    state = ditto_round(
+        received, kept, (inputs[0], hospital.train.labels), (inputs[1], hospital.val.labels),
+        server_round=request.server_round, lam=request.ditto_lambda, epochs=request.local_epochs, lr=request.lr,
+        batch_size=request.batch_size, seed=int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0]),
+    )  # fmt: skip
+    save_model_file(files.path(request.server_round), state.to_file())
+    for stale in set(files.rounds()) - {started_from, request.server_round}:
+        files.path(stale).unlink(missing_ok=True)
 
 
 def _weights(model: MortalityLSTM) -> ArrayRecord:
@@ -313,13 +362,29 @@ def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Mes
     ).reply_to(msg)
 
 
+def _personal_model(
+    msg: Message, request: PersonalizeRequest, context: Context, hospital: HospitalData, x_train: np.ndarray,
+    x_val: np.ndarray,
+) -> PersonalModel | None:  # fmt: skip
+    """Fine-tuned now, or the one Ditto kept over the rounds (None: it kept none)."""
+    if request.method == "ditto":
+        _, kept = _DittoFiles(request, context, hospital.name, request.site_dir).latest(request.server_round + 1)
+        return kept_ditto(_model(msg, request), kept, (x_val, hospital.val.labels)) if kept is not None else None
+    seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
+    return finetune(
+        _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),
+        max_epochs=request.max_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
+    )  # fmt: skip
+
+
 @app.query(PersonalizeRequest.action)
 @_speaks_the_contract(PersonalizeRequest)
 def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> Message:
     """The selected model adapted to this hospital and kept here; numbers only go back."""
-    if request.method != "finetune":
+    if request.method not in PERSONALIZATIONS:
+        offered = ", ".join(PERSONALIZATIONS)
         return Message(
-            Error(CONTRACT_REFUSAL, f"personalization {request.method!r}: this site offers finetune"), reply_to=msg
+            Error(CONTRACT_REFUSAL, f"personalization {request.method!r}: this site offers {offered}"), reply_to=msg
         )
     if request.dp:  # the site's own guard: fine-tuning is not covered by the run's DP-SGD accounting
         reason = "personalization under DP-SGD would spend privacy budget the run does not account for"
@@ -327,19 +392,18 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
     set_torch_threads(1)
     hospital = _hospital(request, context)
     x_train, x_val, x_test = _inputs(hospital, request)
-    seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
-    tuned = finetune(
-        _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),
-        max_epochs=request.max_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
-    )  # fmt: skip
+    tuned = _personal_model(msg, request, context, hospital, x_train, x_val)
+    if tuned is None:
+        reason = f"{hospital.name} kept no Ditto personal model for this run (it trained no round)"
+        return Message(Error(CONTRACT_REFUSAL, reason), reply_to=msg)
     threshold = best_threshold(hospital.val.labels, predict(tuned.model, x_val))
-    kept = {  # what scoring with it later needs: the global model's normalization, task and fingerprint too
+    saved = {  # what scoring with it later needs: the global model's normalization, task and fingerprint too
         "model_config": request.model.to_dict(), "state_dict": tuned.model.state_dict(), "threshold": threshold,
         "personalization": request.method, "epochs": tuned.epochs, "task": request.task,
         "norm_mean": request.norm_mean, "norm_std": request.norm_std,
         "started_from": fingerprint(contract.global_model(msg).to_torch_state_dict()),
     }  # fmt: skip
-    save_model_file(_kept_file(request, context, hospital.name, "personal_model.pt"), kept)
+    save_model_file(_kept_file(request, context, hospital.name, "personal_model.pt"), saved)
     labels, scores = hospital.test.labels, predict(tuned.model, x_test)
     return PersonalizeReply(
         hospital=hospital.name, method=request.method, epochs=tuned.epochs, val_auroc_global=tuned.val_auroc_global,

@@ -346,6 +346,8 @@ class FederatedRun:
             augment_mask=c.augment_mask,
             augment_shift=c.augment_shift,
             member=c.member,
+            ditto_lambda=c.ditto_lambda if c.personalization == "ditto" else 0.0,
+            site_dir=self._site_dir(),
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
@@ -556,8 +558,8 @@ class FederatedRun:
         c, name = self.config, f"personal/{self.config.personalization}"
         request = PersonalizeRequest(
             **{**vars(self.evaluate_request), "server_round": self.state.completed},
-            method=c.personalization, max_epochs=c.finetune_epochs, lr=c.lr, batch_size=c.batch_size,
-            site_dir=self._site_dir(),
+            method=c.personalization, max_epochs=c.finetune_epochs if c.personalization == "finetune" else 0,
+            lr=c.lr, batch_size=c.batch_size, site_dir=self._site_dir(),
         )  # fmt: skip
         best = ArrayRecord(self.run_dir.load_model(BEST_MODEL)["state_dict"])
         messages = [request.message(node, best) for node in self.names]

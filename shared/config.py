@@ -22,7 +22,9 @@ from fedicu.shared.tasks import DEFAULT_TASK, check_name
 from fedicu.shared.variables import TIME_SERIES
 
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedmedian", "trimmed-mean", "krum")
-PERSONALIZATIONS = ("finetune",)  # after training, each hospital adapts the selected model to its own stays
+# finetune: after training, each hospital adapts the selected model to its own stays; ditto: every
+# round, each hospital also trains a personal model pulled towards the global one (client/personalization.py)
+PERSONALIZATIONS = ("finetune", "ditto")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunConfig:
     augment_shift: int = 0  # shared/augmentation.py: move each stay by up to this many hours
     personalization: str = ""  # one of PERSONALIZATIONS; empty: none
     finetune_epochs: int = 5  # the most local epochs a hospital fine-tunes for (it keeps the best on validation)
+    ditto_lambda: float = 0.1  # Ditto: the weight of the pull of each personal model towards the global model
     # Differential privacy (DP-SGD at every hospital; privacy unit: one ICU stay)
     dp: bool = False
     target_epsilon: float = 0.0  # per hospital, for the whole run; 0: none (give a noise multiplier)
@@ -116,10 +119,11 @@ class RunConfig:
                 f"--personalization must be one of {', '.join(PERSONALIZATIONS)} (or empty: none)",
             ),
             (self.finetune_epochs >= 1, "--finetune-epochs must be at least 1"),
+            (self.ditto_lambda > 0, "--ditto-lambda must be positive"),
             (
                 not (self.personalization and self.dp),
-                "--personalization cannot be combined with --dp yet: fine-tuning on the training stays would "
-                "spend privacy budget that the run's DP-SGD accounting does not cover",
+                "--personalization cannot be combined with --dp yet: training personal models on the training "
+                "stays would spend privacy budget that the run's DP-SGD accounting does not cover",
             ),
             (
                 not (self.freeze_body and self.dp),
@@ -128,7 +132,7 @@ class RunConfig:
             ),
             (
                 not (self.freeze_body and self.personalization),
-                "--freeze-body cannot be combined with --personalization yet: fine-tuning trains the whole model",
+                "--freeze-body cannot be combined with --personalization yet: personal models train the whole model",
             ),
             (0 <= self.augment_mask < 1, f"--augment-mask must lie in [0, 1), not {self.augment_mask}"),
             (
@@ -291,6 +295,7 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
     ("accountant", _dp_accounting, lambda c: "without --dp or --hospital-dp-noise"),
     ("hospital_dp_clip", lambda c: c.hospital_dp_noise > 0, lambda c: "without --hospital-dp-noise"),
     ("finetune_epochs", lambda c: c.personalization == "finetune", lambda c: "without --personalization finetune"),
+    ("ditto_lambda", lambda c: c.personalization == "ditto", lambda c: "without --personalization ditto"),
     ("freeze_body", lambda c: bool(c.init_from), lambda c: "without --init-from: a new model's body is random"),
     ("max_update_ratio", lambda c: not c.secagg, lambda c: "with --secagg: the server never sees one hospital's update"),
 )  # fmt: skip

@@ -32,7 +32,7 @@ from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
 CONTRACT_VERSION = (
-    9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member
+    9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member, Ditto
 )
 try:
     FEDICU_VERSION = version("fedicu")
@@ -272,6 +272,8 @@ class TrainRequest(EvaluateRequest):
     augment_mask: float  # `shared.augmentation`: 0 and 0, none
     augment_shift: int
     member: int  # ensemble member: seeds the training draws with the run's seed (`shared.config.member_seed`)
+    ditto_lambda: float  # Ditto: the hospital also trains its personal model, pulled this hard (0: none)
+    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
     # SCAFFOLD (server/scaffold.py): c - c_i, added to every local gradient; the server attaches
     # each hospital's own to its message (`with_correction`). None: another strategy.
     correction: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)
@@ -444,7 +446,9 @@ class PersonalizeReply(Reply):
     describes = "personalize reply"
 
     method: str = _in(SITE)
-    epochs: int = _in(METRICS)  # chosen on the hospital's validation stays; 0: it kept the global model
+    # Chosen on the hospital's validation stays: finetune, its epochs (0: it kept the global
+    # model); ditto, the round whose personal model it kept.
+    epochs: int = _in(METRICS)
     val_auroc_global: float = _in(METRICS)
     val_auroc: float = _in(METRICS)  # the personal model's
     test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)

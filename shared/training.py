@@ -50,11 +50,13 @@ def train_epochs(
     after_epoch: Callable[[int], None] | None = None,
     epoch_inputs: Callable[[int], np.ndarray] | None = None,
     correction: dict[str, torch.Tensor] | None = None,
+    anchor: list[torch.Tensor] | None = None,
 ) -> float:
     """Train in place with Adam; return the mean training loss of the last epoch.
 
     `proximal_mu > 0` adds FedProx's term mu/2 * ||w - w_start||^2, which keeps a
-    hospital's update close to the global model it started from. `after_epoch(epoch)` (from 1)
+    hospital's update close to the global model it started from (`anchor`: close to these
+    weights, in `model.parameters()` order, instead: Ditto's pull of a personal model). `after_epoch(epoch)` (from 1)
     is called after each epoch, with the optimizer's state kept across them. With
     `epoch_inputs` (`shared.augmentation`), epoch e trains on `epoch_inputs(e)`, the same stays
     in the same order as `x`, instead of on `x`. SCAFFOLD's `correction` (parameter name -> c - c_i)
@@ -66,7 +68,7 @@ def train_epochs(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
-    start = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    start = (anchor or [p.detach().clone() for p in model.parameters()]) if proximal_mu > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     epoch_loss = float("nan")

@@ -121,6 +121,7 @@ def _train_message(torch_state: dict, **settings) -> Message:
             "augment_mask": 0.0,
             "augment_shift": 0,
             "member": 0,
+            "ditto_lambda": 0.0,
             **settings,
         }
     )

@@ -65,6 +65,7 @@ NO_EFFECT: list[tuple[dict[str, Any], tuple[str, str]]] = [  # (options, the two
     (dict(hospital_dp_clip=2.0), ("--hospital-dp-clip", "--hospital-dp-noise")),
     (dict(secagg=True, max_update_ratio=5.0), ("--max-update-ratio", "--secagg")),
     (dict(finetune_epochs=3), ("--finetune-epochs", "--personalization")),
+    (dict(personalization="finetune", ditto_lambda=0.3), ("--ditto-lambda", "--personalization ditto")),
     (dict(freeze_body=True), ("--freeze-body", "--init-from")),
 ]  # fmt: skip
 

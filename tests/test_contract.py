@@ -71,6 +71,8 @@ TRAIN: dict[str, Any] = dict(
     augment_mask=0.1,
     augment_shift=2,
     member=3,
+    ditto_lambda=0.2,
+    site_dir="/tmp/run/sites",
 )
 rng = np.random.default_rng(0)
 EVERY_MESSAGE = [

@@ -77,8 +77,12 @@ OPTION_HELP = {
     "epoch (0: off).",
     "augment_shift": "Local training moves each stay by up to this many hours, earlier or later, a new draw "
     "every epoch (0: off).",
-    "personalization": "After training, each hospital adapts the selected model to its own stays and keeps it: "
-    "finetune (local epochs from the model, the number chosen on the hospital's validation stays).",
+    "personalization": "Each hospital also gets a model of its own, which it keeps: finetune (after training, "
+    "local epochs from the selected model, their number chosen on the hospital's validation stays) or ditto "
+    "(every round, a personal model trained with a pull of --ditto-lambda towards the global model; the round "
+    "kept chosen on validation).",
+    "ditto_lambda": "Ditto's lambda: how strongly each personal model is pulled towards the global model "
+    "(--personalization ditto).",
     "finetune_epochs": "The most epochs a hospital fine-tunes for (--personalization finetune); it keeps the "
     "epoch, 0 included, whose model scores best on its validation stays.",
     "dp": "Train with DP-SGD at every hospital (privacy unit: one ICU stay).",
@@ -353,15 +357,15 @@ def leave_out_table(report: dict, seed: int) -> Table:
 
 
 def personalization_table(run_dir: Path) -> Table:
-    """Each hospital's personal model against the best global model it started from: the
-    epochs it chose, then AUROC on its validation stays (where it chose) and on its test stays."""
+    """Each hospital's personal model against the best global model: the epochs (finetune) or
+    the round (ditto) it chose, then AUROC on its validation stays (where it chose) and on its test stays."""
     chosen = json.loads((run_dir / PERSONALIZATION_JSON).read_text())
     matrix = json.loads((run_dir / CROSS_SITE_JSON).read_text())
     personal = f"personal/{chosen[0]['method']}"
     test = {(r["model"], r["hospital"]): r["auroc"] for r in matrix}
     table = Table(title=f"{personal}: each hospital's own model, against the best global one")
     table.add_column("hospital", no_wrap=True)
-    table.add_column("epochs", justify="right")
+    table.add_column("round" if chosen[0]["method"] == "ditto" else "epochs", justify="right")
     for split in ("val", "test"):
         table.add_column(f"{split} AUROC\nglobal", justify="right")
         table.add_column(f"{split} AUROC\npersonal", justify="right")
