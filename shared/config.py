@@ -52,6 +52,7 @@ class RunConfig:
     layers: int = 1
     dropout: float = 0.2
     attention: bool = False
+    input_decay: bool = False  # shared/model.py InputDecay: stale values decay towards the mean, as in GRU-D
     # Federated training
     strategy: str = "fedavg"
     rounds: int = 10
@@ -124,6 +125,10 @@ class RunConfig:
                 not (self.personalization and self.dp),
                 "--personalization cannot be combined with --dp yet: training personal models on the training "
                 "stays would spend privacy budget that the run's DP-SGD accounting does not cover",
+            ),
+            (
+                not (self.input_decay and self.dp),
+                "--input-decay cannot be combined with --dp yet: its layer records no per-stay gradients",
             ),
             (
                 not (self.freeze_body and self.dp),
@@ -302,7 +307,7 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
 # Options that act in every configuration.
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "member",
-    "ensemble", "hidden_size",
+    "ensemble", "hidden_size", "input_decay",
     "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
     "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise",
     "secagg", "sites", "test_dir", "out",

@@ -32,6 +32,7 @@ class ModelConfig:
     dropout: float = 0.2
     attention: bool = False
     variables: str = ",".join(TIME_SERIES)  # the time series it reads, comma-separated, in channel order
+    input_decay: bool = False  # GRU-D's decay of stale values towards the mean (`InputDecay`)
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -56,13 +57,34 @@ def model_config_of(config: RunConfig) -> ModelConfig:
         dropout=config.dropout,
         attention=config.attention,
         variables=",".join(config.model_variables),
+        input_decay=config.input_decay,
     )
+
+
+class InputDecay(nn.Module):
+    """GRU-D's input decay (Che et al., Scientific Reports 2018): a value last measured δ ago
+    counts for γ = exp(-max(0, w·δ + b)) of itself, the rest going to the mean (0 once
+    standardized), one (w, b) per time series. It reads the value, observed and hours-since
+    channels of `shared.preprocessing.to_features` and changes only the values."""
+
+    def __init__(self, variables: int):
+        super().__init__()
+        # w = 1 per 48 hours (the hours-since channel's unit): e^-1 after two days, and a slope to learn from
+        self.weight = nn.Parameter(torch.ones(variables))
+        self.bias = nn.Parameter(torch.zeros(variables))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.weight.numel()
+        values, observed, since = x[..., :n], x[..., n : 2 * n], x[..., 2 * n : 3 * n]
+        kept = torch.exp(-torch.relu(self.weight * since + self.bias))
+        return torch.cat([values * (observed + (1 - observed) * kept), x[..., n:]], dim=-1)
 
 
 class MortalityLSTM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.decay = InputDecay(len(config.channels)) if config.input_decay else None
         self.lstm: nn.LSTM | PerSampleLSTM = nn.LSTM(  # PerSampleLSTM for DP training (to_dp_model)
             config.n_features,
             config.hidden_size,
@@ -76,7 +98,7 @@ class MortalityLSTM(nn.Module):
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits `[batch]` and attention weights `[batch, time]` (None without attention)."""
-        hidden, _ = self.lstm(x)
+        hidden, _ = self.lstm(self.decay(x) if self.decay is not None else x)
         if self.attention is None:
             summary, weights = hidden[:, -1], None
         else:

@@ -41,3 +41,35 @@ def test_training_learns_a_simple_signal_and_is_seeded():
 def test_bad_model_config_is_rejected():
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(n_features=3, dropout=1.5)
+
+
+def test_input_decay_moves_only_unobserved_values_towards_the_mean_by_their_age():
+    from fedicu.shared.model import InputDecay
+
+    decay = InputDecay(2)
+    with torch.no_grad():
+        decay.weight.copy_(torch.tensor([2.0, 0.5]))
+        decay.bias.copy_(torch.tensor([-0.5, 0.0]))
+    values, observed, since = torch.tensor([3.0, -1.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.75, 0.5])
+    others = torch.tensor([7.0, 8.0])
+    x = torch.cat([values, observed, since, others]).reshape(1, 1, -1)
+    out = decay(x).reshape(-1)
+    # variable 0, unmeasured for 0.75 of 48 h: exp(-(2 * 0.75 - 0.5)); variable 1 was measured this hour
+    torch.testing.assert_close(out[:2], torch.tensor([3.0 * float(np.exp(-1.0)), -1.0]))
+    torch.testing.assert_close(out[2:], x.reshape(-1)[2:])
+    with torch.no_grad():
+        decay.bias.fill_(-10.0)  # w * since + b < 0: no decay at all
+    torch.testing.assert_close(decay(x), x)
+
+
+def test_input_decay_is_a_model_option_that_leaves_the_plain_model_as_it_was():
+    from fedicu.shared.config import RunConfig
+    from fedicu.shared.model import model_config_of
+
+    plain = MortalityLSTM(ModelConfig(n_features=3 * 2 + 12, variables="HR,Temp"))
+    decaying = MortalityLSTM(ModelConfig(n_features=3 * 2 + 12, variables="HR,Temp", input_decay=True))
+    assert set(decaying.state_dict()) - set(plain.state_dict()) == {"decay.weight", "decay.bias"}
+    assert decaying.state_dict()["decay.weight"].shape == (2,)
+    assert model_config_of(RunConfig(input_decay=True)).input_decay
+    with pytest.raises(ValueError, match="--input-decay cannot be combined with --dp"):
+        RunConfig(input_decay=True, dp=True, target_epsilon=4.0)

@@ -49,6 +49,8 @@ OPTION_HELP = {
     "test_fraction": "Share of stays (0 to 1) held out as the test split, scored at the server and never trained on.",
     "val_fraction": "Share (0 to 1) of each hospital's remaining stays kept for validation (model selection).",
     "seed": "Random seed of the synthetic cohort, the splits and training (initialization, batches, noise).",
+    "input_decay": "Let a value measured long ago decay towards the mean before the LSTM reads it, at a learnt "
+    "rate per time series (GRU-D's input decay).",
     "member": "Ensemble member k: other starting weights and training draws than member 0 (the run of --seed), "
     "on the same hospitals and data split.",
     "ensemble": "Train this many models (members 0..K-1, in RUN_DIR/member-k) and score the mean of their risks: "
