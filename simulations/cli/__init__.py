@@ -28,7 +28,7 @@ COMMANDS = {
     "simulate": ("training", "simulate"),
     "centralized": ("training", "centralized"),
     "local": ("training", "local_"),
-    "compare": ("training", "compare"),
+    "compare": ("comparison", "compare"),
     "validate": ("training", "validate"),
     "evaluate": ("evaluation", "evaluate"),
     "cross-site": ("evaluation", "cross_site_"),

@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedicu.server.checkpoint import RunState, interrupted_run
 from fedicu.server.server_app import default_run_dir
-from fedicu.shared import cross_site
 from fedicu.shared.config import RunConfig, with_recipe
 from fedicu.shared.ensemble import COMBINATION, member_name, scorer, write_ensemble
 from fedicu.shared.federation import Federation, prepare
@@ -28,7 +27,6 @@ from fedicu.shared.transfer import starting_weights
 from fedicu.simulations.cli.common import (
     RayAddress,
     best_round_tables,
-    cross_site_table,
     leave_out_table,
     personalization_table,
     report_skipped,
@@ -40,10 +38,7 @@ from fedicu.simulations.cli.common import (
     use_ray_cluster,
 )
 from fedicu.simulations.cli.terminal import RunFailed, RunInterrupted, UserError, console
-from fedicu.simulations.cross_site import matrix
 from fedicu.simulations.tracking import NO_TRACKING, Backend, Track, Tracking, TrackingUri
-
-COMPARISON_FILE = "comparison.json"  # `compare`: the best rows of the three settings side by side
 
 
 def _prepare(config: RunConfig, resuming: bool = False) -> Federation:
@@ -359,37 +354,6 @@ def local_(config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "
     run_dir = _run_dir(config, "-local")
     _local(config, federation, run_dir, tracking)
     console.print(f"Run directory: [bold]{run_dir.path}[/]")
-
-
-@run_options
-def compare(
-    config: RunConfig, track: Track = None, tracking_uri: TrackingUri = "", ray_address: RayAddress = ""
-) -> None:
-    """Federated vs centralized vs local-only, on one test split, in one table."""
-    use_ray_cluster(ray_address)
-    tracking = _tracking(track, tracking_uri)
-    federation = _prepare(config)
-    root = _run_dir(config, "-compare").path
-    tracking = tracking.within(root.name)
-    federated = _federated(config, federation, RunDirectory(root / "federated").create(), tracking=tracking)
-    central = _centralized(config, federation, RunDirectory(root / "centralized").create(), tracking)
-    local = _local(config, federation, RunDirectory(root / "local").create(), tracking)
-    best_federated = RunDirectory(root / "federated").read_json(METRICS_JSON)[federated["best_round"] - 1]
-    results = {
-        f"federated ({config.strategy}, best round)": best_federated,
-        "centralized (best round)": central,
-        "local only (mean of hospitals)": local["mean"],
-    }
-    RunDirectory(root).write_json(COMPARISON_FILE, results)
-    console.print(results_table(results, config.seed))
-    with console.status("Scoring every model at every hospital"):
-        models = {"federated": root / "federated", "centralized": root / "centralized"} | {
-            f"local/{r['run_dir']}": root / "local" / r["run_dir"] for r in local["hospitals"]
-        }
-        rows = matrix(models, federation, config.seed)
-    cross_site.write(RunDirectory(root), rows)
-    console.print(cross_site_table(rows))
-    console.print(f"Run directories under [bold]{root}[/]")
 
 
 @run_options

@@ -1,0 +1,69 @@
+"""compare: several strategies, personalizations and seeds in one table, each number traceable
+to the run directories it summarizes."""
+
+import json
+import math
+
+import pytest
+
+from fedicu.shared.config import RunConfig
+from fedicu.shared.run_dir import CROSS_SITE_JSON, METRICS_JSON, MODEL_CARD
+from fedicu.simulations.cli.comparison import COMPARISON_FILE, _mean_sd, adjusted
+from tests.test_simulation import fedicu as fedicu_process
+from tests.test_site_check import fedicu as fedicu_here
+
+TINY = ["--hospitals", "2", "--synthetic-stays", "300", "--rounds", "1", "--hidden-size", "8"]
+
+
+def test_a_changed_strategy_drops_the_options_that_no_longer_act():
+    prox = RunConfig(strategy="fedprox", proximal_mu=0.3, seed=2)
+    assert adjusted(prox, strategy="scaffold") == RunConfig(strategy="scaffold", seed=2)
+    assert adjusted(prox, seed=5).proximal_mu == 0.3
+
+
+def test_the_summary_is_the_mean_and_sd_over_seeds_of_what_each_seed_has():
+    rows = [dict(auroc=0.8, auprc=0.4, worst_auroc=0.7, mean_ece=math.nan),
+            dict(auroc=0.9, auprc=0.5, worst_auroc=0.6, mean_ece=0.05)]  # fmt: skip
+    summary = _mean_sd(rows)
+    assert summary["auroc"] == pytest.approx(0.85) and summary["auroc_sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert summary["mean_ece"] == 0.05 and math.isnan(summary["mean_ece_sd"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--strategies", "fedsgd"], "--strategies: fedsgd not among"), (["--seeds", "1,x"], "--seeds must be"),
+     (["--personalizations", "fedrep"], "--personalizations: fedrep not among")],
+    ids=["strategy", "seeds", "personalization"],
+)  # fmt: skip
+def test_bad_lists_are_refused_before_anything_is_written(options, message, monkeypatch, capsys, tmp_path):
+    code, _, stderr = fedicu_here(monkeypatch, capsys, "compare", *options, "--out", str(tmp_path / "cmp"))
+    assert code == 2 and message in stderr and not (tmp_path / "cmp").exists()
+
+
+def test_every_setting_at_every_seed_is_summarized_from_its_own_run(tmp_path):
+    out = tmp_path / "cmp"
+    result = fedicu_process(
+        "compare", *TINY, "--strategies", "scaffold", "--personalizations", "ditto", "--seeds", "1,2", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / COMPARISON_FILE).read_text())
+    names = ["federated (fedavg)", "federated (scaffold)", "personal/ditto (fedavg)", "centralized",
+             "local only (mean of hospitals)"]  # fmt: skip
+    assert list(report["summary"]) == names and sorted(report["seeds"]) == ["1", "2"]
+    for seed, rows in report["seeds"].items():
+        folder = out / f"seed-{seed}"
+        assert json.loads((folder / "federated-scaffold" / "config.json").read_text())["seed"] == int(seed)
+        card = json.loads((folder / "federated-scaffold" / MODEL_CARD).read_text())
+        best = json.loads((folder / "federated-scaffold" / METRICS_JSON).read_text())[card["best_round"] - 1]
+        assert rows["federated (scaffold)"]["auroc"] == best["test_auroc"]
+        matrix = json.loads((folder / CROSS_SITE_JSON).read_text())
+        worst = min(r["auroc"] for r in matrix if r["model"] == "federated-scaffold" and r["auroc"] is not None)
+        assert rows["federated (scaffold)"]["worst_auroc"] == worst
+        personal = json.loads((folder / "personal-ditto" / CROSS_SITE_JSON).read_text())
+        assert rows["personal/ditto (fedavg)"]["worst_auroc"] == min(
+            r["auroc"] for r in personal if r["model"] == "personal/ditto" and r["auroc"] is not None
+        )
+        assert rows["personal/ditto (fedavg)"]["auroc"] is None  # each hospital scores its own model
+    mean = (report["seeds"]["1"]["centralized"]["auroc"] + report["seeds"]["2"]["centralized"]["auroc"]) / 2
+    assert report["summary"]["centralized"]["auroc"] == pytest.approx(mean)
+    assert "mean ± sd over seeds 1, 2" in " ".join(result.stderr.split())
