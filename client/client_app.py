@@ -77,7 +77,7 @@ from fedicu.shared.files import safe_name
 from fedicu.shared.metrics import ScoreHistogram, auroc, best_threshold, binary_metrics, event1
 from fedicu.shared.model import MortalityLSTM, fingerprint, freeze_body
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
-from fedicu.shared.run_dir import save_model_file
+from fedicu.shared.run_dir import PERSONAL_MODEL, save_model_file
 from fedicu.shared.training import mean_gradient, predict, set_torch_threads, train_epochs
 
 app = ClientApp()
@@ -403,7 +403,7 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
         "norm_mean": request.norm_mean, "norm_std": request.norm_std,
         "started_from": fingerprint(contract.global_model(msg).to_torch_state_dict()),
     }  # fmt: skip
-    save_model_file(_kept_file(request, context, hospital.name, "personal_model.pt"), saved)
+    save_model_file(_kept_file(request, context, hospital.name, PERSONAL_MODEL), saved)
     labels, scores = hospital.test.labels, predict(tuned.model, x_test)
     return PersonalizeReply(
         hospital=hospital.name, method=request.method, epochs=tuned.epochs, val_auroc_global=tuned.val_auroc_global,

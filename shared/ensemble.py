@@ -11,7 +11,9 @@ data split with its own starting weights and training draws (`--member k`), and
   validation stays' score histograms): the hospitals never scored the ensemble itself.
 
 `scorer` reads a run directory, an ensemble run directory, or several run directories (an
-ensemble of them) into one `Ensemble`; a single run is an ensemble of one.
+ensemble of them) into one `Ensemble`; a single run is an ensemble of one. A hospital's personal
+model file (`--personalization`: `sites/<hospital>/personal_model.pt` of a simulated run) counts
+as a run: several of them score as the ensemble of those hospitals' personal models.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import Normalization, Sequences, to_features
 from fedicu.shared.run_dir import ENSEMBLE_FILE, RUN_FILE, RunDirectory, load_trained, trained_task
 from fedicu.shared.training import predict
@@ -36,10 +39,33 @@ def member_name(member: int) -> str:
 
 @dataclass(frozen=True)
 class Member:
-    path: Path
+    path: Path  # a run directory, or a personal model file
     model: MortalityLSTM
     norm: Normalization
     threshold: float
+    task: str
+
+    @staticmethod
+    def read(path: Path, which: str) -> Member:
+        if path.is_file():
+            return Member.personal(path)
+        model, norm, threshold = load_trained(path, which)
+        return Member(path, model, norm, threshold, trained_task(path))
+
+    @staticmethod
+    def personal(path: Path) -> Member:
+        """A hospital's personal model file: its weights and threshold, with the normalization of
+        the global model it started from."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many kinds for a file that is no model
+            raise ValueError(f"RUN_DIR {path}: not a model file ({type(error).__name__})") from None
+        if not isinstance(saved, dict) or "personalization" not in saved:
+            raise ValueError(f"RUN_DIR {path}: not a hospital's personal model (--personalization)")
+        model = MortalityLSTM(ModelConfig(**saved["model_config"]))
+        model.load_state_dict(saved["state_dict"])
+        norm = Normalization(np.asarray(saved["norm_mean"], np.float64), np.asarray(saved["norm_std"], np.float64))
+        return Member(path, model, norm, float(saved["threshold"]), str(saved["task"]))
 
 
 @dataclass(frozen=True)
@@ -92,11 +118,8 @@ def member_paths(paths: list[Path]) -> list[Path]:
 
 def scorer(paths: list[Path], which: str = "best") -> Ensemble:
     """The models of `paths` (see `member_paths`), as one ensemble; errors name the directory."""
-    members = []
-    for path in member_paths(paths):
-        model, norm, threshold = load_trained(path, which)
-        members.append(Member(path, model, norm, threshold))
-    tasks = {trained_task(m.path) for m in members}
+    members = [Member.read(path, which) for path in member_paths(paths)]
+    tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise ValueError(f"RUN_DIR: these models predict different tasks ({', '.join(sorted(tasks))})")
     return Ensemble(tuple(members))

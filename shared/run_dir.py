@@ -41,6 +41,7 @@ CROSS_SITE_CSV, CROSS_SITE_JSON = "cross_site.csv", "cross_site.json"  # every m
 CROSS_SITE_PNG = "cross_site.png"
 PERSONALIZATION_JSON = "personalization.json"  # --personalization: what each hospital chose
 SITES_DIR = "sites"  # simulated runs: what each virtual hospital keeps on its own disk
+PERSONAL_MODEL = "personal_model.pt"  # --personalization: a hospital's own model, in its folder of `sites/`
 ENSEMBLE_FILE = "ensemble.json"  # an ensemble run directory: its members and how they combine
 STAYS_FILE = "stays.json"  # the stay ids that trained, validated and tested the model (simulated runs)
 

@@ -2,6 +2,7 @@
 the global one, keeps the round best on its validation stays, and sends numbers only; the global
 model trains as without it, and a resumed run ends as an uninterrupted one."""
 
+import json
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,17 @@ from fedicu.shared.federation import prepare
 from fedicu.shared.metrics import auroc
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
-from fedicu.shared.run_dir import CROSS_SITE_JSON, MODEL_CARD, PERSONALIZATION_JSON, SITES_DIR, RunDirectory
+from fedicu.shared.run_dir import (
+    CROSS_SITE_JSON,
+    MODEL_CARD,
+    PERSONAL_MODEL,
+    PERSONALIZATION_JSON,
+    SITES_DIR,
+    RunDirectory,
+)
 from fedicu.shared.training import predict
 from fedicu.simulations.inprocess import run_in_process
+from tests.test_site_check import fedicu as fedicu_here
 
 SETTINGS: dict[str, Any] = dict(hospitals=3, synthetic_stays=900, rounds=3, seed=3, hidden_size=16)
 DITTO = RunConfig(**SETTINGS, personalization="ditto", ditto_lambda=0.5)
@@ -162,3 +171,19 @@ def test_ditto_options_are_checked():
         RunConfig(personalization="ditto", ditto_lambda=0.0)
     with pytest.raises(ValueError, match="cannot be combined with --dp"):
         RunConfig(personalization="ditto", dp=True, target_epsilon=4.0)
+
+
+def test_evaluate_scores_a_personal_model_on_its_hospitals_test_stays_as_the_hospital_did(
+    ditto_run, monkeypatch, capsys
+):
+    run_dir, _ = ditto_run
+    matrix = {(r["model"], r["hospital"]): r for r in run_dir.read_json(CROSS_SITE_JSON)}
+    files = sorted((run_dir.path / SITES_DIR).glob(f"*/{PERSONAL_MODEL}"))
+    for path in files:
+        code, stdout, stderr = fedicu_here(monkeypatch, capsys, "evaluate", str(path), "--split", "test", "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["auroc"] == pytest.approx(matrix[("personal/ditto", path.parent.name)]["auroc"])
+    code, _, stderr = fedicu_here(monkeypatch, capsys, "evaluate", *map(str, files), "--split", "test")
+    assert code == 2 and "--split test scores one personal model" in stderr
+    code, _, stderr = fedicu_here(monkeypatch, capsys, "evaluate", str(files[0].parent / "recalibration.json"))
+    assert code == 2 and "not a model file" in stderr

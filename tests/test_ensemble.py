@@ -43,7 +43,7 @@ def test_an_ensembles_risk_is_the_mean_of_its_members_each_on_its_own_normalizat
         stats = FeatureStats.of(seqs)
         norm = Normalization.from_stats(stats)
         norm = Normalization(mean=norm.mean + shift, std=norm.std, histogram=None) if shift else norm
-        members.append(Member(tmp_path / f"m{k}", model, norm, threshold=0.2 + 0.2 * k))
+        members.append(Member(tmp_path / f"m{k}", model, norm, threshold=0.2 + 0.2 * k, task="in_hospital_death"))
     ensemble = Ensemble(tuple(members))
     expected = np.mean([predict(m.model, to_features(seqs, m.norm, m.model.config.channels)) for m in members], 0)
     np.testing.assert_allclose(ensemble.risks(seqs), expected)

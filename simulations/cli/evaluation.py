@@ -18,6 +18,7 @@ from fedicu.shared.contract import SiteTest
 from fedicu.shared.datasets import load_cohort
 from fedicu.shared.ensemble import COMBINATION, scorer
 from fedicu.shared.federation import load_folder, prepare
+from fedicu.shared.files import safe_name
 from fedicu.shared.metrics import CI_KEYS, binary_metrics, bootstrap_intervals, ci_method, event1
 from fedicu.shared.model import fingerprint
 from fedicu.shared.partition import assign_hospitals
@@ -27,10 +28,10 @@ from fedicu.shared.run_dir import (
     CROSS_SITE_CSV,
     CROSS_SITE_PNG,
     MODEL_CARD,
+    SITES_DIR,
     STAYS_FILE,
     RunDirectory,
     json_safe,
-    trained_task,
 )
 from fedicu.shared.tasks import check_same
 from fedicu.simulations.cli.common import (
@@ -124,8 +125,8 @@ def evaluate(
         recalibrated_by = (
             site_map(recalibration, fingerprint(first.model.state_dict()), model) if recalibration else None
         )
-        run_dir, threshold = first.path, scoring.threshold
-        trained_for = trained_task(run_dir)
+        run_dir, threshold = _run_of(first.path), scoring.threshold
+        trained_for = first.task
         check_same(trained_for, task or trained_for)
         if split and split not in SPLITS:
             raise ValueError(f"--split must be {', '.join(SPLITS)}, not {split!r}")
@@ -203,8 +204,19 @@ def _per_group(
     return rows
 
 
+def _run_of(path: Path) -> Path:
+    """The run directory a model comes from: itself, or for a hospital's personal model file the
+    simulated run whose sites/ folder holds it (a deployed site's file: the folder it is in)."""
+    if not path.is_file():
+        return path
+    run = path.parents[2] if len(path.parents) > 2 else path.parent
+    return run if path.parents[1].name == SITES_DIR and (run / CONFIG_FILE).is_file() else path.parent
+
+
 def _run_seed(run_dir: Path) -> int:
     """The run's seed, which also seeds the intervals of whatever its model scores."""
+    if not (run_dir / MODEL_CARD).is_file():  # a deployed site's personal model: no run here
+        return RunConfig.seed
     return int(RunDirectory(run_dir).read_json(MODEL_CARD).get("training", {}).get("seed", RunConfig.seed))
 
 
@@ -236,7 +248,9 @@ SPLIT_FIELDS = ("dataset", "data_dir", "sets", "labels", "mapping", "task", "str
 
 def _own_test_split(run_dirs: list[Path]) -> tuple[Sequences, str]:
     """The runs' held-out test split, as their configuration builds it again (same data, same
-    seed); several runs (an ensemble) must share it."""
+    seed); several runs (an ensemble) must share it. A personal model: its hospital's own."""
+    if any(path.is_file() for path in run_dirs):
+        return _hospitals_test_split(run_dirs)
     try:
         configs = [RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())) for run_dir in run_dirs]
         config, run_dir = configs[0], run_dirs[0]
@@ -257,10 +271,25 @@ def _own_test_split(run_dirs: list[Path]) -> tuple[Sequences, str]:
         raise UserError(f"RUN_DIR {run_dir}: cannot rebuild its test split: {error}") from error
 
 
+def _hospitals_test_split(paths: list[Path]) -> tuple[Sequences, str]:
+    """The test stays of the hospital that keeps this personal model, rebuilt from its run."""
+    if len(paths) > 1:
+        raise UserError("--split test scores one personal model, on its hospital's test stays; give a cohort instead")
+    path, run_dir = paths[0], _run_of(paths[0])
+    try:
+        config = RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text()))
+        hospital = next((h for h in prepare(config).hospitals if safe_name(h.name) == path.parent.name), None)
+    except (OSError, ValueError) as error:
+        raise UserError(f"RUN_DIR {path}: cannot rebuild its hospital's test split: {error}") from error
+    if hospital is None:
+        raise UserError(f"RUN_DIR {path}: not in a simulated run's {SITES_DIR}/<hospital>/ folder; give a cohort")
+    return hospital.test, f"{hospital.name}'s own test split ({config.data_source().describe()})"
+
+
 def _warn_about_stays_it_learnt_from(run_dirs: list[Path], config: RunConfig, seqs: Sequences) -> None:
     """Scores on stays that trained or selected a model are optimistic: say how many."""
     used: dict[str, list[int]] = {"train": [], "validation": []}
-    for run_dir in run_dirs:
+    for run_dir in map(_run_of, run_dirs):
         if not (run_dir / STAYS_FILE).is_file():
             continue  # a deployment: the server never knew the sites' stays
         if same_data(RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())), config):
