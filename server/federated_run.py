@@ -335,7 +335,7 @@ class FederatedRun:
         return TrainRequest(
             **{**vars(self.evaluate_request), "server_round": rnd},
             local_epochs=c.local_epochs,
-            lr=c.lr,
+            lr=c.round_lr(rnd),
             batch_size=c.batch_size,
             planned_rounds=c.rounds,
             target_epsilon=c.target_epsilon,

@@ -8,6 +8,7 @@ and validates, so a typo or a bad value fails before any training starts.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -21,6 +22,7 @@ from fedicu.shared.preprocessing import HOURS
 from fedicu.shared.tasks import DEFAULT_TASK, check_name
 from fedicu.shared.variables import TIME_SERIES
 
+LR_SCHEDULES = ("constant", "cosine")  # cosine: lr * (1 + cos(pi * (round - 1) / rounds)) / 2
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedmedian", "trimmed-mean", "krum")
 # finetune: after training, each hospital adapts the selected model to its own stays; ditto: every
 # round, each hospital also trains a personal model pulled towards the global one (client/personalization.py)
@@ -58,6 +60,7 @@ class RunConfig:
     rounds: int = 10
     local_epochs: int = 1
     lr: float = 0.003
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES: the local learning rate of each round
     batch_size: int = 64
     proximal_mu: float = 0.01
     server_lr: float = 0.01
@@ -106,6 +109,7 @@ class RunConfig:
             (not (self.ensemble > 1 and self.member), "--member names one member; --ensemble trains them all"),
             (self.local_epochs >= 1, "--local-epochs must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.proximal_mu >= 0, "--proximal-mu must not be negative"),
             (self.server_lr > 0, "--server-lr must be positive"),
@@ -216,6 +220,13 @@ class RunConfig:
         chosen = self._chosen_variables()
         return tuple(v for v in TIME_SERIES if v in chosen) or TIME_SERIES
 
+    def round_lr(self, rnd: int) -> float:
+        """The local learning rate of round `rnd` (from 1): decayed along a half cosine over the
+        planned rounds under `lr_schedule` cosine, so that late rounds refine instead of jump."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1 + math.cos(math.pi * (rnd - 1) / self.rounds)) / 2
+
     @property
     def augmentation(self) -> Augmentation:
         return Augmentation(mask=self.augment_mask, shift=self.augment_shift)
@@ -308,7 +319,8 @@ EFFECTIVE_ONLY: tuple[tuple[str, Callable[[RunConfig], bool], Callable[[RunConfi
 ALWAYS_EFFECTIVE = frozenset({
     "dataset", "partition", "task", "variables", "strict", "test_fraction", "val_fraction", "seed", "member",
     "ensemble", "hidden_size", "input_decay",
-    "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "batch_size", "round_timeout",
+    "layers", "dropout", "attention", "strategy", "rounds", "local_epochs", "lr", "lr_schedule", "batch_size",
+    "round_timeout",
     "min_hospitals", "init_from", "augment_mask", "augment_shift", "personalization", "dp", "hospital_dp_noise",
     "secagg", "sites", "test_dir", "out",
 })  # fmt: skip

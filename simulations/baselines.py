@@ -75,7 +75,8 @@ def fit(
         augmented = config.augmentation.epoch_inputs(train, norm, config.model_variables, seed)
         loss = train_epochs(
             model, x_train, train.labels,
-            epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, seed=seed, epoch_inputs=augmented,
+            epochs=config.local_epochs, lr=config.round_lr(rnd), batch_size=config.batch_size, seed=seed,
+            epoch_inputs=augmented,
         )  # fmt: skip
         val_scores = predict(model, x_val)
         threshold = best_threshold(val.labels, val_scores)

@@ -92,3 +92,14 @@ def test_options_that_act_are_accepted():
     RunConfig(dataset="physionet2012", data_dir="/d", sets="c", partition="iid", hospitals=3)
     without = RunConfig(dp=True, target_epsilon=2.0, max_grad_norm=0.5, delta=1e-6).without_dp()
     assert (without.dp, without.target_epsilon, without.max_grad_norm, without.delta) == (False, 0.0, 1.0, 1e-5)
+
+
+def test_a_cosine_schedule_decays_the_local_learning_rate_over_the_planned_rounds():
+    import math
+
+    cosine = RunConfig(rounds=4, lr=0.01, lr_schedule="cosine")
+    assert [cosine.round_lr(r) for r in (1, 3)] == [0.01, pytest.approx(0.005)]
+    assert cosine.round_lr(4) == pytest.approx(0.01 * (1 + math.cos(3 * math.pi / 4)) / 2)
+    assert {RunConfig(rounds=4, lr=0.01).round_lr(r) for r in range(1, 5)} == {0.01}
+    with pytest.raises(ValueError, match="--lr-schedule must be one of constant, cosine"):
+        RunConfig(lr_schedule="step")

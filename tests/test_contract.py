@@ -254,6 +254,15 @@ def test_fedprox_reaches_the_hospitals_and_changes_their_training(tmp_path):
     assert prox.read_json("metrics.json")[-1]["train_loss"] != avg.read_json("metrics.json")[-1]["train_loss"]
 
 
+def test_each_round_sends_the_learning_rate_of_its_schedule(tmp_path):
+    seen: list[TrainRequest] = []
+    _run(tmp_path, _spy(seen), rounds=3, lr=0.01, lr_schedule="cosine")
+    assert [r.lr for r in seen] == [
+        RunConfig(rounds=3, lr=0.01, lr_schedule="cosine").round_lr(r) for r in (1, 1, 1, 2, 2, 2, 3, 3, 3)
+    ]
+    assert seen[0].lr > seen[3].lr > seen[6].lr
+
+
 def test_fedavg_sends_no_proximal_term(tmp_path):
     seen: list[TrainRequest] = []
     _run(tmp_path, _spy(seen), strategy="fedavg", rounds=1)  # the default mu (0.01) stays FedProx's

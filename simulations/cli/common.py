@@ -51,6 +51,8 @@ OPTION_HELP = {
     "seed": "Random seed of the synthetic cohort, the splits and training (initialization, batches, noise).",
     "input_decay": "Let a value measured long ago decay towards the mean before the LSTM reads it, at a learnt "
     "rate per time series (GRU-D's input decay).",
+    "lr_schedule": "The local learning rate round by round: constant (--lr every round) or cosine (from --lr down "
+    "towards 0 along a half cosine over --rounds).",
     "member": "Ensemble member k: other starting weights and training draws than member 0 (the run of --seed), "
     "on the same hospitals and data split.",
     "ensemble": "Train this many models (members 0..K-1, in RUN_DIR/member-k) and score the mean of their risks: "
