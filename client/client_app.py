@@ -48,7 +48,14 @@ import torch
 from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fedicu.client.personalization import DittoState, PersonalModel, ditto_round, finetune, kept_ditto
+from fedicu.client.personalization import (
+    DittoState,
+    PersonalModel,
+    ditto_round,
+    ditto_states_to_keep,
+    finetune,
+    kept_ditto,
+)
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
 from fedicu.shared.augmentation import Augmentation
@@ -280,18 +287,19 @@ def _train_personal(
     request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM,
     inputs: tuple[np.ndarray, np.ndarray], seed: int,
 ) -> None:  # fmt: skip
-    """Ditto: this round's personal model, kept here beside the state it started from (a rerun
-    of the round after a resume starts from the same one); older states are removed."""
+    """Ditto: this round's personal model, kept here beside the states a rerun of this round
+    or of the one before could start from (the server sends a round before it checkpoints the
+    last, so a resume may go back two); older states are removed."""
     files = _DittoFiles(request, context, hospital.name, request.site_dir)
-    started_from, kept = files.latest(request.server_round)
+    _, kept = files.latest(request.server_round)
     state = ditto_round(
         received, kept, (inputs[0], hospital.train.labels), (inputs[1], hospital.val.labels),
         server_round=request.server_round, lam=request.ditto_lambda, epochs=request.local_epochs, lr=request.lr,
         batch_size=request.batch_size, seed=int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0]),
     )  # fmt: skip
     save_model_file(files.path(request.server_round), state.to_file())
-    for stale in set(files.rounds()) - {started_from, request.server_round}:
-        files.path(stale).unlink(missing_ok=True)
+    for stale in set(files.rounds()) - ditto_states_to_keep(files.rounds(), request.server_round):
+        files.path(stale).unlink()
 
 
 def _weights(model: MortalityLSTM) -> ArrayRecord:

@@ -102,3 +102,13 @@ def kept_ditto(global_model: MortalityLSTM, kept: DittoState, val: tuple[np.ndar
     personal = copy.deepcopy(global_model)
     personal.load_state_dict(kept.best)
     return PersonalModel(personal, kept.best_round, auroc(val[1], predict(global_model, val[0])), kept.best_val_auroc)
+
+
+def ditto_states_to_keep(rounds: list[int], server_round: int) -> set[int]:
+    """The rounds whose Ditto states a hospital keeps once it has trained `server_round`: that
+    round's, and the latest before it and before the round preceding it. The server sends a
+    round before it checkpoints the one before, so a resume may run either again, and each must
+    start from what it started from the first time."""
+    earlier = sorted(r for r in rounds if r < server_round)
+    before_previous = [r for r in earlier if r < server_round - 1]
+    return {server_round, *earlier[-1:], *before_previous[-1:]}

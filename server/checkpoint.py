@@ -55,7 +55,7 @@ class RunState:
             c["strategy"],
             json.loads(c["privacy"]),
             json.loads(c["hospital_privacy"]),
-            c["controls"],
+            c.get("controls", {}),  # checkpoints from before SCAFFOLD have none
         )
 
 

@@ -47,7 +47,7 @@ from fedicu.server.round_metrics import round_metrics
 from fedicu.server.scaffold import ControlVariates
 from fedicu.server.secure_aggregation import secure_train, unmask_threshold
 from fedicu.server.strategies import EQUAL_WEIGHT, fit_to_replies, make_strategy
-from fedicu.server.update_checks import update_problems
+from fedicu.server.update_checks import control_problems, update_problems
 from fedicu.shared import compat, cross_site
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import (
@@ -394,10 +394,13 @@ class FederatedRun:
         updates = {hospital: reply.weights for hospital, reply in trained.replies.items()}
         steps = {h: self.config.local_epochs * math.ceil(self.train_stays[h] / self.config.batch_size) for h in updates}
         rejected = update_problems(updates, self.arrays, self.config.max_update_ratio, steps)
+        if self.controls is not None:
+            controls = {h: reply.control for h, reply in trained.replies.items() if h not in rejected}
+            rejected |= control_problems(controls, self.arrays)
         if rejected:
             trained = trained.without(rejected, stage, self.config.min_hospitals)
         if self.controls is not None:
-            self.controls.update({hospital: reply.control for hospital, reply in trained.replies.items()})
+            self.controls.update({h: cast(ArrayRecord, reply.control) for h, reply in trained.replies.items()})
             for msg in trained.messages.values():
                 TrainReply.take_control(msg)
         if self.config.hospital_dp_noise:

@@ -50,13 +50,11 @@ class ControlVariates:
         own = self.own.get(hospital, self.zeros)
         return ArrayRecord({name: federation[name] - own[name] for name in self.zeros})
 
-    def update(self, replies: dict[str, ArrayRecord | None]) -> None:
-        """Take the new c_i of the hospitals whose updates were accepted this round."""
+    def update(self, replies: dict[str, ArrayRecord]) -> None:
+        """Take the new c_i of the hospitals whose updates and controls were accepted this round
+        (`server.update_checks.control_problems`)."""
         for hospital, control in replies.items():
-            received = control.to_torch_state_dict() if control is not None else {}
-            if {n: t.shape for n, t in received.items()} != {n: t.shape for n, t in self.zeros.items()}:
-                raise RuntimeError(f"{hospital} sent no SCAFFOLD control variate of the model's parameters")
-            self.own[hospital] = received
+            self.own[hospital] = control.to_torch_state_dict()
 
     def state(self) -> dict[str, Controls]:
         return dict(self.own)

@@ -48,6 +48,22 @@ def update_problems(
     return problems
 
 
+def control_problems(controls: dict[str, ArrayRecord | None], model: ArrayRecord) -> dict[str, str]:
+    """Hospital -> why its SCAFFOLD control variate must not be taken: none sent, or not a finite
+    float per parameter of the model (a NaN in c would spoil every later correction)."""
+    reference = {name: array.numpy() for name, array in model.items()}
+    problems = {}
+    for hospital, control in controls.items():
+        problem = (
+            _malformed({name: array.numpy() for name, array in control.items()}, reference)
+            if control is not None
+            else "update rejected: no SCAFFOLD control variate sent"
+        )
+        if problem:
+            problems[hospital] = problem.replace("update rejected:", "control variate rejected:", 1)
+    return problems
+
+
 def _malformed(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> str | None:
     if arrays.keys() != reference.keys():
         missing, extra = sorted(reference.keys() - arrays.keys()), sorted(arrays.keys() - reference.keys())

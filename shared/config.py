@@ -267,13 +267,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def with_recipe(config: RunConfig, name: str) -> tuple[RunConfig, dict[str, Any]]:
-    """`config` with recipe `name`'s value for every option it leaves at the default (an option
-    given explicitly keeps its value), and the values taken."""
+def with_recipe(config: RunConfig, name: str, given: set[str]) -> tuple[RunConfig, dict[str, Any]]:
+    """`config` with recipe `name`'s value for every option not `given` explicitly (those keep
+    theirs), and the values taken."""
     if name not in RECIPES:
         raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, not {name!r}")
-    defaults = RunConfig()
-    taken = {k: v for k, v in RECIPES[name].items() if getattr(config, k) == getattr(defaults, k)}
+    taken = {k: v for k, v in RECIPES[name].items() if k not in given}
     return replace(config, **taken), taken
 
 

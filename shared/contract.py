@@ -283,7 +283,10 @@ class TrainRequest(EvaluateRequest):
         """A strategy's train message for one hospital, with that hospital's correction (a new
         message: Flower's strategies give every hospital's message the same content object)."""
         content = RecordDict({**msg.content, CONTROL: correction})
-        return Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type)
+        meta = msg.metadata
+        return Message(
+            content, dst_node_id=meta.dst_node_id, message_type=meta.message_type, ttl=meta.ttl, group_id=meta.group_id
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

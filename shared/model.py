@@ -122,6 +122,8 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
 
 HEAD = "head."  # the output layer's parameters; everything else is the body
 INPUT_WEIGHTS = "lstm.weight_ih_l0"  # the first layer's weights on the input features, one column each
+# Weights that belong to one input variable each: they mean another thing in a model of other variables.
+PER_VARIABLE = (INPUT_WEIGHTS, "decay.weight", "decay.bias")
 
 
 def freeze_body(model: MortalityLSTM) -> None:

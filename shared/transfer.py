@@ -12,10 +12,13 @@ from __future__ import annotations
 import torch
 
 from fedicu.shared.config import RunConfig, member_seed
-from fedicu.shared.model import HEAD, INPUT_WEIGHTS, ModelConfig, MortalityLSTM, transfer_weights
+from fedicu.shared.model import HEAD, PER_VARIABLE, ModelConfig, MortalityLSTM, transfer_weights
 from fedicu.shared.run_dir import load_trained
 
-SAME_SHAPE = (("hidden_size", "--hidden-size"), ("num_layers", "--layers"), ("attention", "--attention"))
+SAME_SHAPE = (
+    ("hidden_size", "--hidden-size"), ("num_layers", "--layers"), ("attention", "--attention"),
+    ("input_decay", "--input-decay"),
+)  # fmt: skip
 
 
 def starting_weights(config: RunConfig, model_config: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -35,7 +38,7 @@ def starting_weights(config: RunConfig, model_config: ModelConfig) -> tuple[dict
             )
     weights = trained.state_dict()
     if trained.config.channels != model_config.channels:  # same shape, other meaning
-        weights = {name: tensor for name, tensor in weights.items() if name != INPUT_WEIGHTS}
+        weights = {name: tensor for name, tensor in weights.items() if name not in PER_VARIABLE}
     not_taken = transfer_weights(start, weights)
     body_not_taken = [name for name in not_taken if not name.startswith(HEAD)]
     if config.freeze_body and body_not_taken:

@@ -32,8 +32,10 @@ def test_the_summary_is_the_mean_and_sd_over_seeds_of_what_each_seed_has():
 @pytest.mark.parametrize(
     ("options", "message"),
     [(["--strategies", "fedsgd"], "--strategies: fedsgd not among"), (["--seeds", "1,x"], "--seeds must be"),
-     (["--personalizations", "fedrep"], "--personalizations: fedrep not among")],
-    ids=["strategy", "seeds", "personalization"],
+     (["--personalizations", "fedrep"], "--personalizations: fedrep not among"),
+     (["--dp", "--target-epsilon", "1", "--personalizations", "ditto"],
+      "--personalization ditto: --personalization cannot be combined with --dp")],
+    ids=["strategy", "seeds", "personalization", "personalization-under-dp"],
 )  # fmt: skip
 def test_bad_lists_are_refused_before_anything_is_written(options, message, monkeypatch, capsys, tmp_path):
     code, _, stderr = fedicu_here(monkeypatch, capsys, "compare", *options, "--out", str(tmp_path / "cmp"))
@@ -67,3 +69,12 @@ def test_every_setting_at_every_seed_is_summarized_from_its_own_run(tmp_path):
     mean = (report["seeds"]["1"]["centralized"]["auroc"] + report["seeds"]["2"]["centralized"]["auroc"]) / 2
     assert report["summary"]["centralized"]["auroc"] == pytest.approx(mean)
     assert "mean ± sd over seeds 1, 2" in " ".join(result.stderr.split())
+
+
+def test_a_recipe_leaves_the_options_given_on_the_command_line(monkeypatch, capsys, tmp_path):
+    code, _, stderr = fedicu_here(
+        monkeypatch, capsys, "simulate", "--recipe", "best", "--rounds", "10", "--dataset", "physionet2012",
+        "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    printed = " ".join(stderr.split())
+    assert code == 2 and "Recipe best: --strategy scaffold, --ensemble 5" in printed and "--rounds 20" not in printed

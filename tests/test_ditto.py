@@ -12,7 +12,7 @@ from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from fedicu.client.client_app import app as hospital_app
-from fedicu.client.personalization import DittoState, ditto_round
+from fedicu.client.personalization import DittoState, ditto_round, ditto_states_to_keep
 from fedicu.server.checkpoint import interrupted_run
 from fedicu.server.federated_run import LogProgress
 from fedicu.shared.config import RunConfig
@@ -146,7 +146,7 @@ def test_no_reply_carries_a_personal_model(ditto_run):
         torch.load(path, weights_only=True) for path in sorted((run_dir.path / SITES_DIR).glob("*/ditto-round*.pt"))
     ]
     states = [s[key] for s in personal for key in ("latest", "best")]
-    assert len(personal) == 2 * 3 and replies
+    assert len(personal) == 3 * 3 and replies  # three rounds kept at each of three hospitals
     for kind, reply in replies:
         for record in reply.content.array_records.values():
             sent = record.to_torch_state_dict()
@@ -187,3 +187,14 @@ def test_evaluate_scores_a_personal_model_on_its_hospitals_test_stays_as_the_hos
     assert code == 2 and "--split test scores one personal model" in stderr
     code, _, stderr = fedicu_here(monkeypatch, capsys, "evaluate", str(files[0].parent / "recalibration.json"))
     assert code == 2 and "not a model file" in stderr
+
+
+@pytest.mark.parametrize(
+    ("rounds", "training", "kept"),
+    [([], 1, {1}), ([1], 2, {1, 2}), ([1, 2], 3, {1, 2, 3}), ([1, 2, 3], 4, {2, 3, 4}),
+     ([1, 3], 5, {3, 5}), ([2, 3, 4, 5], 5, {3, 4, 5})],
+    ids=["first", "second", "third", "fourth", "after-missed-rounds", "a-rerun"],
+)  # fmt: skip
+def test_a_hospital_keeps_the_states_a_rerun_of_this_round_or_the_last_starts_from(rounds, training, kept):
+    """The server sends round r + 1 before it checkpoints round r: a resume may run either again."""
+    assert ditto_states_to_keep(rounds, training) == kept

@@ -15,6 +15,7 @@ from fedicu.client.client_app import app as hospital_app
 from fedicu.server.checkpoint import interrupted_run
 from fedicu.server.federated_run import LogProgress
 from fedicu.server.scaffold import ControlVariates
+from fedicu.server.update_checks import control_problems
 from fedicu.shared.config import RunConfig
 from fedicu.shared.contract import FeatureStatsRequest, TrainReply, TrainRequest
 from fedicu.shared.federation import prepare
@@ -43,12 +44,16 @@ def test_the_federations_control_is_the_stays_weighted_mean_and_each_correction_
     torch.testing.assert_close(again.federation()["w"], federation["w"])
 
 
-@pytest.mark.parametrize("sent", [None, ArrayRecord({"w": torch.zeros(3), "b": torch.zeros(1)})], ids=["none", "shape"])
-def test_a_control_variate_not_of_the_models_parameters_is_refused_naming_the_hospital(sent):
-    controls = ControlVariates({"w": torch.ones(2), "b": torch.ones(1)}, {"north": 1})
-    with pytest.raises(RuntimeError, match="north sent no SCAFFOLD control variate"):
-        controls.update({"north": sent})
-    assert controls.state() == {}
+def test_a_control_variate_that_is_missing_misshapen_or_not_finite_rejects_that_hospital_alone():
+    model = ArrayRecord({"w": torch.ones(2), "b": torch.ones(1)})
+    problems = control_problems(
+        {"none": None, "shape": _controls([1.0, 2.0, 3.0], 0.0), "nan": _controls([float("nan"), 0.0], 0.0),
+         "good": _controls([0.5, -0.5], 0.1)},
+        model,
+    )  # fmt: skip
+    assert sorted(problems) == ["nan", "none", "shape"]
+    assert problems["nan"] == "control variate rejected: w holds NaN or infinite values"
+    assert problems["none"] == "control variate rejected: no SCAFFOLD control variate sent"
 
 
 def _model_and_data(seed: int = 0) -> tuple[MortalityLSTM, np.ndarray, np.ndarray]:

@@ -42,19 +42,23 @@ def test_a_run_starts_from_the_trained_best_model(pretrained):
     assert not torch.equal(fresh["head.weight"], best["head.weight"])  # without --init-from: a new model
 
 
+@pytest.mark.parametrize("decay", [False, True], ids=["plain", "input-decay"])
 @pytest.mark.parametrize("variables", ["HR,MAP,Temp", "HR,MAP"])
-def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrained, tmp_path, variables):
-    """Other variables, as many (same shape, other meaning) or not: new input weights."""
-    source = dataclasses.replace(PRETRAIN, variables="HR,Temp")
+def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrained, tmp_path, variables, decay):
+    """Other variables, as many (same shape, other meaning) or not: new input weights, and new
+    decay rates (one per variable)."""
+    source = dataclasses.replace(PRETRAIN, variables="HR,Temp", input_decay=decay)
     pretrained_on_two = RunDirectory(tmp_path / "two").create()
     run_in_process(source, prepare(source), pretrained_on_two, LogProgress())
-    config = dataclasses.replace(TUNE, init_from=str(pretrained_on_two.path), variables=variables)
+    config = dataclasses.replace(TUNE, init_from=str(pretrained_on_two.path), variables=variables, input_decay=decay)
     start, not_taken = starting_weights(config, model_config_of(config))
     best = pretrained_on_two.load_model(BEST_MODEL)["state_dict"]
     fresh, _ = starting_weights(dataclasses.replace(config, init_from=""), model_config_of(config))
-    assert not_taken == [INPUT_WEIGHTS] and torch.equal(start[INPUT_WEIGHTS], fresh[INPUT_WEIGHTS])
+    per_variable = [INPUT_WEIGHTS, *(["decay.weight", "decay.bias"] if decay else [])]
+    assert sorted(not_taken) == sorted(per_variable)
+    assert all(torch.equal(start[name], fresh[name]) for name in per_variable)
     assert all(torch.equal(start[name], best[name]) for name in best if name not in not_taken)
-    with pytest.raises(ValueError, match=r"--freeze-body: lstm.weight_ih_l0 of --init-from .* do not fit"):
+    with pytest.raises(ValueError, match=r"--freeze-body: .*lstm.weight_ih_l0 of --init-from .* do not fit"):
         starting_weights(dataclasses.replace(config, freeze_body=True), model_config_of(config))
 
 
@@ -62,7 +66,8 @@ def test_a_model_reading_other_variables_takes_all_but_its_input_weights(pretrai
     ("changes", "message"),
     [({"hidden_size": 32}, r"hidden size 64, this run asks for 32 \(--hidden-size\)"),
      ({"attention": True}, r"attention False, this run asks for True \(--attention\)"),
-     ({"layers": 2}, r"num layers 1, this run asks for 2 \(--layers\)")],
+     ({"layers": 2}, r"num layers 1, this run asks for 2 \(--layers\)"),
+     ({"input_decay": True}, r"input decay False, this run asks for True \(--input-decay\)")],
 )  # fmt: skip
 def test_another_architecture_is_refused_naming_the_option(pretrained, changes, message):
     config = dataclasses.replace(TUNE, init_from=str(pretrained.path), **changes)

@@ -59,7 +59,11 @@ def adjusted(config: RunConfig, **changes: Any) -> RunConfig:
     for name, applies, _ in EFFECTIVE_ONLY:
         if not applies(stand_in):  # type: ignore[arg-type]
             values[name] = getattr(RunConfig, name)
-    return RunConfig(**values)
+    try:
+        return RunConfig(**values)
+    except ValueError as error:  # a setting these options cannot run, such as a personalization under --dp
+        changed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changes.items())
+        raise UserError(f"{changed}: {error}") from error
 
 
 @run_options
@@ -72,7 +76,8 @@ def compare(
         str,
         typer.Option(
             help="Also train federated (with --strategy) with each of these personalizations, comma-separated: "
-            f"{', '.join(PERSONALIZATIONS)}; the hospitals' own models are scored at their hospitals."
+            f"{', '.join(PERSONALIZATIONS)}, with their own options at the defaults; the hospitals' own models are "
+            "scored at their hospitals."
         ),
     ] = "",
     seeds: Annotated[
@@ -92,29 +97,37 @@ def compare(
     extra = _names("--strategies", strategies, STRATEGIES)
     personal = _names("--personalizations", personalizations, PERSONALIZATIONS)
     seed_list = _seeds(seeds, config.seed)
+    plans = {seed: _settings(adjusted(config, seed=seed), extra, personal) for seed in seed_list}  # all checked now
     root = _run_dir(config, "-compare").path
-    tracking = tracking.within(root.name)
     per_seed: dict[int, dict[str, dict]] = {}
-    for seed in seed_list:
+    for seed, settings in plans.items():
         folder = root if len(seed_list) == 1 else root / f"seed-{seed}"
         folder.mkdir(exist_ok=True)
-        per_seed[seed] = _compare_at(adjusted(config, seed=seed), folder, extra, personal, tracking)
+        within = tracking.within(root.name if folder == root else f"{root.name}/{folder.name}")
+        per_seed[seed] = _compare_at(settings, folder, within)
     summary = {name: _mean_sd([per_seed[s][name] for s in seed_list]) for name in per_seed[seed_list[0]]}
     RunDirectory(root).write_json(COMPARISON_FILE, {"seeds": per_seed, "summary": summary})
     console.print(_summary_table(summary, seed_list))
     console.print(f"Run directories under [bold]{root}[/]")
 
 
-def _compare_at(
-    config: RunConfig, root: Path, strategies: list[str], personalizations: list[str], tracking: Tracking
-) -> dict[str, dict]:
-    """Every setting at one seed, into `root`: their rows of the summary (`SUMMARY`)."""
-    federation = _prepare(config)
+Settings = dict[str, tuple[str, RunConfig]]  # a federated setting's name -> its folder and configuration
+
+
+def _settings(config: RunConfig, strategies: list[str], personalizations: list[str]) -> Settings:
+    """The federated runs of a comparison: `config`'s, one per other strategy, one per personalization."""
     runs = {f"federated ({config.strategy})": ("federated", config)}
     runs |= {f"federated ({s})": (f"federated-{s}", adjusted(config, strategy=s)) for s in strategies
              if s != config.strategy}  # fmt: skip
     runs |= {f"personal/{m} ({config.strategy})": (f"personal-{m}", adjusted(config, personalization=m))
              for m in personalizations}  # fmt: skip
+    return runs
+
+
+def _compare_at(runs: Settings, root: Path, tracking: Tracking) -> dict[str, dict]:
+    """Every setting at one seed, into `root`: their rows of the summary (`SUMMARY`)."""
+    config = runs[next(iter(runs))][1]
+    federation = _prepare(config)
     pooled: dict[str, dict] = {}  # each setting's best row on the pooled test split; personal models have none
     for name, (folder, run_config) in runs.items():
         result = _federated(run_config, federation, RunDirectory(root / folder).create(), tracking=tracking)
@@ -124,26 +137,27 @@ def _compare_at(
     local = _local(config, federation, RunDirectory(root / "local").create(), tracking)
     pooled["local only (mean of hospitals)"] = local["mean"]
     console.print(results_table({n: r for n, r in pooled.items() if r}, config.seed))
+    own = {(f"local/{r['run_dir']}", r["hospital"]) for r in local["hospitals"]}  # each hospital's own model
     with console.status("Scoring every model at every hospital"):
         models = {folder: root / folder for folder, _ in runs.values()} | {"centralized": root / "centralized"}
-        models |= {f"local/{r['run_dir']}": root / "local" / r["run_dir"] for r in local["hospitals"]}
+        models |= {model: root / model for model, _ in own}
         rows = matrix(models, federation, config.seed)
     cross_site.write(RunDirectory(root), rows)
     console.print(cross_site_table(rows))
-    return {name: _summary_row(pooled[name], _at_hospitals(name, runs, root, rows)) for name in pooled}
+    at_hospitals = {name: _at_hospitals(name, runs, root, rows) for name in runs}
+    at_hospitals["centralized"] = [r for r in rows if r["model"] == "centralized"]
+    at_hospitals["local only (mean of hospitals)"] = [r for r in rows if (r["model"], r["hospital"]) in own]
+    return {name: _summary_row(pooled[name], at_hospitals[name]) for name in pooled}
 
 
-def _at_hospitals(name: str, runs: dict[str, tuple[str, RunConfig]], root: Path, rows: list[dict]) -> list[dict]:
-    """A setting's rows of the cross-site matrix at the hospitals' own test splits: its model at
-    each; for local-only, each hospital's own model; for personalization, the personal models as
-    their hospitals scored them."""
+def _at_hospitals(name: str, runs: Settings, root: Path, rows: list[dict]) -> list[dict]:
+    """A federated setting's rows at the hospitals' own test splits: its model at each, or for a
+    personalization the personal models as their hospitals scored them."""
+    folder = runs[name][0]
     if name.startswith("personal/"):
-        folder, method = runs[name][0], name.split()[0]
+        method = name.split()[0]
         return [r for r in RunDirectory(root / folder).read_json(CROSS_SITE_JSON) if r["model"] == method]
-    if name.startswith("local only"):
-        return [r for r in rows if r["model"] == f"local/{r['hospital']}"]
-    model = runs[name][0] if name in runs else name
-    return [r for r in rows if r["model"] == model]
+    return [r for r in rows if r["model"] == folder]
 
 
 def _summary_row(pooled: dict, at_hospitals: list[dict]) -> dict:

@@ -251,9 +251,10 @@ def _own_test_split(run_dirs: list[Path]) -> tuple[Sequences, str]:
     seed); several runs (an ensemble) must share it. A personal model: its hospital's own."""
     if any(path.is_file() for path in run_dirs):
         return _hospitals_test_split(run_dirs)
+    run_dir = run_dirs[0]
     try:
-        configs = [RunConfig.from_flower(json.loads((run_dir / CONFIG_FILE).read_text())) for run_dir in run_dirs]
-        config, run_dir = configs[0], run_dirs[0]
+        configs = [RunConfig.from_flower(json.loads((path / CONFIG_FILE).read_text())) for path in run_dirs]
+        config = configs[0]
         for other, path in zip(configs[1:], run_dirs[1:], strict=True):
             differ = [f for f in SPLIT_FIELDS if getattr(other, f) != getattr(config, f)]
             if differ:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedicu.server.checkpoint import RunState, interrupted_run
@@ -217,6 +218,7 @@ def _resume(path: Path) -> tuple[RunConfig, RunDirectory, RunState | None]:
 
 @run_options(ensembles=True)
 def simulate(
+    ctx: typer.Context,
     config: RunConfig,
     resume: Annotated[
         Path | None,
@@ -241,7 +243,8 @@ def simulate(
     tracking = _tracking(track, tracking_uri)
     state = None
     if recipe:
-        config = _with_recipe(config, recipe, resume)
+        given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE}
+        config = _with_recipe(config, recipe, given, resume)
     if resume is not None:
         config, run_dir, state = _resume(resume)
     if config.ensemble > 1:
@@ -256,11 +259,12 @@ def simulate(
     )
 
 
-def _with_recipe(config: RunConfig, recipe: str, resume: Path | None) -> RunConfig:
+def _with_recipe(config: RunConfig, recipe: str, given: set[str], resume: Path | None) -> RunConfig:
+    """The recipe's options, except those given on the command line."""
     if resume is not None:
         raise UserError("--recipe has no effect with --resume: the run's own configuration applies")
     try:
-        config, taken = with_recipe(config, recipe)
+        config, taken = with_recipe(config, recipe, given)
     except ValueError as error:
         raise UserError(str(error)) from error
     settings = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in taken.items()) or "nothing (every option given)"
@@ -275,6 +279,7 @@ def _ensemble(config: RunConfig, root: RunDirectory, tracking: Tracking) -> None
     federation = _prepare(config)
     root.write_json(CONFIG_FILE, config.to_flower())
     root.set_status("running", ensemble=True)
+    tracking = tracking.within(root.path.name)
     for k in range(config.ensemble):
         member = replace(config, ensemble=1, member=k, out=str(root.path / member_name(k)))
         run_dir = RunDirectory(member.out)
