@@ -7,8 +7,10 @@ data split with its own starting weights and training draws (`--member k`), and
 
 - the risk of a stay is the mean of the members' risks (each member standardizes the stay with
   its own normalization);
-- the decision threshold is the mean of the members' thresholds (each chosen on the pooled
-  validation stays' score histograms): the hospitals never scored the ensemble itself.
+- the decision threshold maximizes Event-1 on the pooled histograms of the ensemble's risks on
+  each hospital's validation stays, as a round chooses one model's (`validation_threshold`);
+  an ensemble of runs given together, with no validation stays at hand, takes the mean of the
+  members' thresholds.
 
 `scorer` reads a run directory, an ensemble run directory, or several run directories (an
 ensemble of them) into one `Ensemble`; a single run is an ensemble of one. A hospital's personal
@@ -24,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedicu.shared.metrics import ScoreHistogram
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import Normalization, Sequences, to_features
 from fedicu.shared.run_dir import ENSEMBLE_FILE, RUN_FILE, RunDirectory, load_trained, trained_task
 from fedicu.shared.training import predict
 
 COMBINATION = "mean of the members' predicted risks"
-THRESHOLD_RULE = "mean of the members' decision thresholds"
+THRESHOLD_RULE = "maximizes Event-1 = min(Se, +P) on the pooled histograms of the ensemble's validation risks"
 
 
 def member_name(member: int) -> str:
@@ -71,10 +74,19 @@ class Member:
 @dataclass(frozen=True)
 class Ensemble:
     members: tuple[Member, ...]
+    chosen_threshold: float | None = None  # on validation stays; None: the mean of the members'
 
     @property
     def threshold(self) -> float:
+        if self.chosen_threshold is not None:
+            return self.chosen_threshold
         return float(np.mean([m.threshold for m in self.members]))
+
+    def validation_threshold(self, validation: list[Sequences]) -> float:
+        """The threshold maximizing Event-1 on the summed score histograms of each hospital's
+        validation stays (`metrics.ScoreHistogram`, what a hospital sends for one model)."""
+        parts = [ScoreHistogram.of(stays.labels, self.risks(stays)) for stays in validation]
+        return ScoreHistogram.sum(parts).best_threshold()
 
     def risks(self, seqs: Sequences) -> np.ndarray:
         """Each stay's mean risk over the members."""
@@ -83,14 +95,15 @@ class Ensemble:
         )
 
 
-def write_ensemble(root: RunDirectory, members: list[int], metrics: dict) -> None:
-    """`ensemble.json` for the complete members in `root`, with the ensemble's `metrics` on
-    their test split; the ensemble is then complete."""
+def write_ensemble(root: RunDirectory, members: list[int], threshold: float, metrics: dict) -> None:
+    """`ensemble.json` for the complete members in `root`, with its threshold and its `metrics`
+    on their test split; the ensemble is then complete."""
     root.write_json(
         ENSEMBLE_FILE,
         {
             "members": [member_name(k) for k in members],
             "combination": COMBINATION,
+            "threshold": threshold,
             "threshold_rule": THRESHOLD_RULE,
             "metrics": metrics,
         },
@@ -122,4 +135,6 @@ def scorer(paths: list[Path], which: str = "best") -> Ensemble:
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise ValueError(f"RUN_DIR: these models predict different tasks ({', '.join(sorted(tasks))})")
-    return Ensemble(tuple(members))
+    card = paths[0] / ENSEMBLE_FILE
+    chosen = RunDirectory(paths[0]).read_json(ENSEMBLE_FILE).get("threshold") if card.is_file() else None
+    return Ensemble(tuple(members), chosen if which == "best" else None)

@@ -12,10 +12,18 @@ import torch
 from fedicu.shared.config import RunConfig, member_seed
 from fedicu.shared.ensemble import Ensemble, Member, scorer
 from fedicu.shared.federation import prepare
-from fedicu.shared.metrics import auroc
+from fedicu.shared.metrics import ScoreHistogram, auroc
 from fedicu.shared.model import MortalityLSTM, model_config_of
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
-from fedicu.shared.run_dir import CONFIG_FILE, ENSEMBLE_FILE, RUN_FILE, STAYS_FILE, TEST_PREDICTIONS, RunDirectory
+from fedicu.shared.run_dir import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    MODEL_CARD,
+    RUN_FILE,
+    STAYS_FILE,
+    TEST_PREDICTIONS,
+    RunDirectory,
+)
 from fedicu.shared.training import predict
 from fedicu.shared.transfer import starting_weights
 from tests.test_simulation import fedicu as fedicu_process
@@ -47,7 +55,11 @@ def test_an_ensembles_risk_is_the_mean_of_its_members_each_on_its_own_normalizat
     ensemble = Ensemble(tuple(members))
     expected = np.mean([predict(m.model, to_features(seqs, m.norm, m.model.config.channels)) for m in members], 0)
     np.testing.assert_allclose(ensemble.risks(seqs), expected)
-    assert ensemble.threshold == pytest.approx(0.3)
+    assert ensemble.threshold == pytest.approx(0.3)  # none chosen on validation: the members' mean
+    halves = [seqs.take(np.arange(30)), seqs.take(np.arange(30, len(seqs)))]
+    pooled = ScoreHistogram.sum([ScoreHistogram.of(h.labels, ensemble.risks(h)) for h in halves])
+    assert ensemble.validation_threshold(halves) == pooled.best_threshold()
+    assert ScoreHistogram.of(seqs.labels, expected).best_threshold() == pooled.best_threshold()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +81,17 @@ def test_the_members_are_runs_on_one_split_and_evaluate_scores_their_mean(ensemb
     assert not np.allclose(risks[0]["risk"], risks[1]["risk"])
     mean_auroc = auroc(risks[0]["label"].to_numpy(), (risks[0]["risk"] + risks[1]["risk"]).to_numpy() / 2)
     assert card["metrics"]["test"]["test_auroc"] == pytest.approx(mean_auroc, abs=1e-9)
-    for given in ([str(out)], [str(out / "member-0"), str(out / "member-1")]):
+    federation = prepare(RunConfig.from_flower(configs[0]))
+    validation = Ensemble(scorer([out]).members).validation_threshold([h.val for h in federation.hospitals])
+    assert card["threshold"] == validation
+    member_thresholds = [json.loads((out / m / MODEL_CARD).read_text())["threshold"]["best"] for m in card["members"]]
+    for given, threshold in (([str(out)], validation), ([str(out / "member-0"), str(out / "member-1")],
+                                                        np.mean(member_thresholds))):  # fmt: skip
         code, stdout, stderr = fedicu_here(monkeypatch, capsys, "evaluate", *given, "--split", "test", "--json")
         assert code == 0, stderr
-        assert json.loads(stdout)["auroc"] == pytest.approx(mean_auroc, abs=1e-9)
+        scored = json.loads(stdout)
+        assert scored["auroc"] == pytest.approx(mean_auroc, abs=1e-9)
+        assert scored["threshold"] == pytest.approx(threshold)
 
 
 def test_evaluate_refuses_what_it_cannot_score_as_one_ensemble(ensemble_run, monkeypatch, capsys, tmp_path):

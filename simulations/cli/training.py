@@ -299,11 +299,14 @@ def _ensemble(config: RunConfig, root: RunDirectory, tracking: Tracking) -> None
         except RunFailed as failed:
             root.set_status("failed", error=f"{member_name(k)}: {failed}")
             raise
-    ensemble = scorer([root.path / member_name(k) for k in range(config.ensemble)])
+    members = scorer([root.path / member_name(k) for k in range(config.ensemble)])
+    # The hospitals' validation histograms of the ensemble's risks, pooled as a round pools them.
+    threshold = members.validation_threshold([h.val for h in federation.hospitals])
+    ensemble = replace(members, chosen_threshold=threshold)
     labels, risks = federation.test.labels, ensemble.risks(federation.test)
     pooled, hospitals = site_tests(labels, risks, np.array(federation.test_hospitals()), config.seed)
-    pooled["test_event1"] = event1(labels, risks, ensemble.threshold)[0]
-    write_ensemble(root, list(range(config.ensemble)), {"test": pooled, "hospitals": hospitals})
+    pooled["test_event1"] = event1(labels, risks, threshold)[0]
+    write_ensemble(root, list(range(config.ensemble)), threshold, {"test": pooled, "hospitals": hospitals})
     console.print(*split_tables(f"Ensemble of {config.ensemble} ({COMBINATION})", pooled, hospitals, config.seed))
     console.print(
         f"Event-1 at the ensemble's threshold {ensemble.threshold:.3f}: {pooled['test_event1']:.3f}. "
