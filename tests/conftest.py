@@ -49,7 +49,10 @@ SLOW = {
         "test_a_sweep_directory_is_not_mixed_with_other_settings",
     ],
     "test_secure_aggregation.py": ["test_secure_aggregation_works_with_fedadam_and_dp_sgd"],
-    "test_compare.py": ["test_every_setting_at_every_seed_is_summarized_from_its_own_run"],
+    "test_compare.py": [
+        "test_every_setting_is_summarized_from_its_own_run",
+        "test_each_seed_is_compared_in_its_own_folder_and_the_summary_is_their_mean",
+    ],
     "test_ensemble.py": [
         "test_the_members_are_runs_on_one_split_and_evaluate_scores_their_mean",
         "test_evaluate_refuses_what_it_cannot_score_as_one_ensemble",

@@ -42,30 +42,46 @@ def test_bad_lists_are_refused_before_anything_is_written(options, message, monk
     assert code == 2 and message in stderr and not (tmp_path / "cmp").exists()
 
 
-def test_every_setting_at_every_seed_is_summarized_from_its_own_run(tmp_path):
+def test_every_setting_is_summarized_from_its_own_run(tmp_path):
     out = tmp_path / "cmp"
     result = fedicu_process(
-        "compare", *TINY, "--strategies", "scaffold", "--personalizations", "ditto", "--seeds", "1,2", "--out", str(out)
+        "compare", *TINY, "--strategies", "scaffold", "--personalizations", "ditto", "--seed", "1", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / COMPARISON_FILE).read_text())
     names = ["federated (fedavg)", "federated (scaffold)", "personal/ditto (fedavg)", "centralized",
              "local only (mean of hospitals)"]  # fmt: skip
-    assert list(report["summary"]) == names and sorted(report["seeds"]) == ["1", "2"]
-    for seed, rows in report["seeds"].items():
-        folder = out / f"seed-{seed}"
-        assert json.loads((folder / "federated-scaffold" / "config.json").read_text())["seed"] == int(seed)
-        card = json.loads((folder / "federated-scaffold" / MODEL_CARD).read_text())
-        best = json.loads((folder / "federated-scaffold" / METRICS_JSON).read_text())[card["best_round"] - 1]
-        assert rows["federated (scaffold)"]["auroc"] == best["test_auroc"]
-        matrix = json.loads((folder / CROSS_SITE_JSON).read_text())
-        worst = min(r["auroc"] for r in matrix if r["model"] == "federated-scaffold" and r["auroc"] is not None)
-        assert rows["federated (scaffold)"]["worst_auroc"] == worst
-        personal = json.loads((folder / "personal-ditto" / CROSS_SITE_JSON).read_text())
-        assert rows["personal/ditto (fedavg)"]["worst_auroc"] == min(
-            r["auroc"] for r in personal if r["model"] == "personal/ditto" and r["auroc"] is not None
-        )
-        assert rows["personal/ditto (fedavg)"]["auroc"] is None  # each hospital scores its own model
+    assert list(report["summary"]) == names and list(report["seeds"]) == ["1"]
+    rows = report["seeds"]["1"]
+    card = json.loads((out / "federated-scaffold" / MODEL_CARD).read_text())
+    best = json.loads((out / "federated-scaffold" / METRICS_JSON).read_text())[card["best_round"] - 1]
+    assert (
+        rows["federated (scaffold)"]["auroc"]
+        == best["test_auroc"]
+        == report["summary"]["federated (scaffold)"]["auroc"]
+    )
+    matrix = json.loads((out / CROSS_SITE_JSON).read_text())
+    worst = min(r["auroc"] for r in matrix if r["model"] == "federated-scaffold" and r["auroc"] is not None)
+    assert rows["federated (scaffold)"]["worst_auroc"] == worst
+    personal = json.loads((out / "personal-ditto" / CROSS_SITE_JSON).read_text())
+    assert rows["personal/ditto (fedavg)"]["worst_auroc"] == min(
+        r["auroc"] for r in personal if r["model"] == "personal/ditto" and r["auroc"] is not None
+    )
+    assert rows["personal/ditto (fedavg)"]["auroc"] is None  # each hospital scores its own model
+    local = json.loads((out / "local" / "local_metrics.json").read_text())
+    own = {(f"local/{r['run_dir']}", r["hospital"]) for r in local}
+    aurocs = [r["auroc"] for r in matrix if (r["model"], r["hospital"]) in own and r["auroc"] is not None]
+    assert rows["local only (mean of hospitals)"]["worst_auroc"] == min(aurocs)
+
+
+def test_each_seed_is_compared_in_its_own_folder_and_the_summary_is_their_mean(tmp_path):
+    out = tmp_path / "cmp"
+    result = fedicu_process("compare", *TINY, "--seeds", "1,2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / COMPARISON_FILE).read_text())
+    assert sorted(report["seeds"]) == ["1", "2"]
+    for seed in ("1", "2"):
+        assert json.loads((out / f"seed-{seed}" / "federated" / "config.json").read_text())["seed"] == int(seed)
     mean = (report["seeds"]["1"]["centralized"]["auroc"] + report["seeds"]["2"]["centralized"]["auroc"]) / 2
     assert report["summary"]["centralized"]["auroc"] == pytest.approx(mean)
     assert "mean ± sd over seeds 1, 2" in " ".join(result.stderr.split())
