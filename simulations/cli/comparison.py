@@ -91,7 +91,7 @@ def compare(
     tracking_uri: TrackingUri = "",
     ray_address: RayAddress = "",
 ) -> None:
-    """Federated vs centralized vs local-only, on one test split, in one table."""
+    """Federated (each strategy, each personalization) vs centralized vs local-only, per seed, in one table."""
     use_ray_cluster(ray_address)
     tracking = _tracking(track, tracking_uri)
     extra = _names("--strategies", strategies, STRATEGIES)

@@ -231,7 +231,7 @@ def simulate(
         str,
         typer.Option(
             help="A named configuration: best (the strongest federated model found on PhysioNet 2012, README: The "
-            "best federated model). It sets the options it names that are left at their defaults."
+            "best federated model). It sets the options it names, except those given on the command line."
         ),
     ] = "",
     track: Track = None,
