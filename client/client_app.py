@@ -124,10 +124,14 @@ def _state_dir(context: Context) -> Path:
     return Path(str(context.node_config.get("state-dir") or Path.home() / ".fedicu" / "state"))
 
 
+def _study_tag(context: Context, request: Request) -> str:
+    """What names the run in a deployed site's state-dir across the run's resumes (its `study`)."""
+    return f"study-{request.study}" if request.study else f"run{context.run_id}"
+
+
 def _ledger_file(context: Context, request: Request, hospital: str) -> Path:
-    """The site's privacy ledger for this run, kept across the run's resumes (its `study`)."""
-    run = f"study-{request.study}" if request.study else f"run{context.run_id}"
-    return _state_dir(context) / f"privacy-{safe_name(hospital)}-{run}.json"
+    """The site's privacy ledger for this run, kept across the run's resumes."""
+    return _state_dir(context) / f"privacy-{safe_name(hospital)}-{_study_tag(context, request)}.json"
 
 
 def _kept_file(request: CrossSiteRequest | PersonalizeRequest, context: Context, hospital: str, kind: str) -> Path:
@@ -266,8 +270,8 @@ class _DittoFiles:
         if site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
             self.folder, self.prefix = Path(site_dir) / safe_name(hospital), "ditto-round"
         else:
-            run = f"study-{request.study}" if request.study else f"run{context.run_id}"
-            self.folder, self.prefix = _state_dir(context), f"ditto-{safe_name(hospital)}-{run}-round"
+            tag = _study_tag(context, request)
+            self.folder, self.prefix = _state_dir(context), f"ditto-{safe_name(hospital)}-{tag}-round"
 
     def path(self, server_round: int) -> Path:
         return self.folder / f"{self.prefix}{server_round}.pt"

@@ -45,6 +45,7 @@ from fedicu.simulations.cli.common import (
     cross_site_table,
     fmt_ci,
     report_skipped,
+    site_tests,
     split_tables,
     titled,
 )
@@ -182,9 +183,8 @@ def evaluate(
         through += f", {len(scoring.members)} members: {COMBINATION}"
     console.print(titled(f"{scored} ({model} model{through}, task {trained_for}) on {described}", table))
     console.print(ci_caption(run_seed), style="table.caption", highlight=False)  # wider than the table
-    if by_group is not None:
-        pooled = {f"test_{k}": v for k, v in asdict(SiteTest.of(seqs.labels, scores, run_seed)).items()}
-        rows = [{"hospital": g["group"], **{f"test_{k}": v for k, v in g.items()}} for g in by_group]
+    if groups is not None:
+        pooled, rows = site_tests(seqs.labels, scores, groups, run_seed)
         console.print(*split_tables(f"Each {per}", pooled, rows, run_seed, column=per))
 
 
