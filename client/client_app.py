@@ -13,10 +13,12 @@ What leaves the hospital, per message:
   and steps per round) and epsilon so far, or, when its budget is spent, a
   refusal saying so. Under DP nothing computed from the training stays is sent
   except the DP-SGD weights (and the number of stays, which sets the sample rate).
+  With FedRep (`--personalization fedrep`) the weights are the body trained under the
+  hospital's own head, sent with the head it received: its own head never leaves.
   With secure aggregation (`secagg`) the weights leave masked, so that the server
   learns only their sum over hospitals (client/secure_aggregation.py), along with
   the keys and key shares the protocol exchanges;
-- `evaluate`: the global model's validation metrics (n, AUROC, AUPRC, Brier,
+- `evaluate`: the global model's (FedRep: the global body's under the hospital's head) validation metrics (n, AUROC, AUPRC, Brier,
   loss) and a 1,000-bin histogram of its validation scores per class; and its metrics on
   the hospital's own test stays (discrimination with intervals, calibration), before and
   after the hospital's recalibration maps (fitted on its validation stays, never sent);
@@ -49,18 +51,20 @@ from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedicu.client.personalization import (
-    DittoState,
     PersonalModel,
+    PersonalState,
     ditto_round,
-    ditto_states_to_keep,
+    fedrep_round,
     finetune,
-    kept_ditto,
+    kept_personal,
+    states_to_keep,
+    with_personal_head,
 )
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.shared import contract
 from fedicu.shared.augmentation import Augmentation
 from fedicu.shared.calibration import SiteRecalibration, recalibrated
-from fedicu.shared.config import PERSONALIZATIONS, member_seed
+from fedicu.shared.config import FEDREP, PERSONALIZATIONS, member_seed
 from fedicu.shared.contract import (
     CONTRACT_REFUSAL,
     PRIVACY_REFUSAL,
@@ -211,10 +215,12 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     augmented = Augmentation(mask=request.augment_mask, shift=request.augment_shift).epoch_inputs(
         hospital.train, _normalization(request), request.model.channels, seed
     )
+    if (request.ditto_lambda or request.personal_head) and request.dp:  # the site's own guard, as for fine-tuning
+        reason = "a personal model under DP-SGD would spend privacy budget the run does not account for"
+        return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {reason}"), reply_to=msg)
+    if request.personal_head:
+        return _train_fedrep(msg, request, context, hospital, model, (x_train, x_val), seed, augmented)
     if request.ditto_lambda:
-        if request.dp:  # the site's own guard, as for fine-tuning
-            reason = "Ditto's personal model under DP-SGD would spend privacy budget the run does not account for"
-            return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {reason}"), reply_to=msg)
         _train_personal(request, context, hospital, model, (x_train, x_val), seed)
     if request.dp:
         from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
@@ -262,16 +268,18 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     ).reply_to(msg)
 
 
-class _DittoFiles:
-    """The hospital's Ditto states of this run, one file per round: in its own folder of the
-    run's `sites/` in a simulation, in its state-dir when deployed (kept across the run's resumes)."""
+class _PersonalFiles:
+    """The hospital's personal states (ditto, fedrep) of this run, one file per round: in its own
+    folder of the run's `sites/` in a simulation, in its state-dir when deployed (kept across the
+    run's resumes)."""
 
-    def __init__(self, request: Request, context: Context, hospital: str, site_dir: str):
-        if site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
-            self.folder, self.prefix = Path(site_dir) / safe_name(hospital), "ditto-round"
+    def __init__(self, request: EvaluateRequest, context: Context, hospital: str):
+        method = FEDREP if request.personal_head else "ditto"
+        if request.site_dir and "data-dir" not in context.node_config:  # a deployed site never writes where told
+            self.folder, self.prefix = Path(request.site_dir) / safe_name(hospital), f"{method}-round"
         else:
             tag = _study_tag(context, request)
-            self.folder, self.prefix = _state_dir(context), f"ditto-{safe_name(hospital)}-{tag}-round"
+            self.folder, self.prefix = _state_dir(context), f"{method}-{safe_name(hospital)}-{tag}-round"
 
     def path(self, server_round: int) -> Path:
         return self.folder / f"{self.prefix}{server_round}.pt"
@@ -279,31 +287,55 @@ class _DittoFiles:
     def rounds(self) -> list[int]:
         return sorted(int(p.stem.removeprefix(self.prefix)) for p in self.folder.glob(f"{self.prefix}*.pt"))
 
-    def latest(self, before: int) -> tuple[int, DittoState | None]:
-        """The latest state kept before round `before`, and its round (0: none)."""
+    def latest(self, before: int) -> PersonalState | None:
+        """The latest state kept before round `before` (None: none)."""
         rounds = [r for r in self.rounds() if r < before]
         if not rounds:
-            return 0, None
-        return rounds[-1], DittoState.from_file(torch.load(self.path(rounds[-1]), weights_only=True))
+            return None
+        return PersonalState.from_file(torch.load(self.path(rounds[-1]), weights_only=True))
+
+    def keep(self, server_round: int, state: PersonalState) -> None:
+        """Round `server_round`'s state, beside those a rerun of it or of the round before could
+        start from (the server sends a round before it checkpoints the last, so a resume may go
+        back two); older states are removed."""
+        save_model_file(self.path(server_round), state.to_file())
+        for stale in set(self.rounds()) - states_to_keep(self.rounds(), server_round):
+            self.path(stale).unlink()
 
 
 def _train_personal(
     request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM,
     inputs: tuple[np.ndarray, np.ndarray], seed: int,
 ) -> None:  # fmt: skip
-    """Ditto: this round's personal model, kept here beside the states a rerun of this round
-    or of the one before could start from (the server sends a round before it checkpoints the
-    last, so a resume may go back two); older states are removed."""
-    files = _DittoFiles(request, context, hospital.name, request.site_dir)
-    _, kept = files.latest(request.server_round)
+    """Ditto: this round's personal model, kept here."""
+    files = _PersonalFiles(request, context, hospital.name)
     state = ditto_round(
-        received, kept, (inputs[0], hospital.train.labels), (inputs[1], hospital.val.labels),
-        server_round=request.server_round, lam=request.ditto_lambda, epochs=request.local_epochs, lr=request.lr,
-        batch_size=request.batch_size, seed=int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0]),
+        received, files.latest(request.server_round), (inputs[0], hospital.train.labels),
+        (inputs[1], hospital.val.labels), server_round=request.server_round, lam=request.ditto_lambda,
+        epochs=request.local_epochs, lr=request.lr, batch_size=request.batch_size,
+        seed=int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0]),
     )  # fmt: skip
-    save_model_file(files.path(request.server_round), state.to_file())
-    for stale in set(files.rounds()) - ditto_states_to_keep(files.rounds(), request.server_round):
-        files.path(stale).unlink()
+    files.keep(request.server_round, state)
+
+
+def _train_fedrep(
+    msg: Message, request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM,
+    inputs: tuple[np.ndarray, np.ndarray], seed: int, augmented: Callable[[int], np.ndarray] | None,
+) -> Message:  # fmt: skip
+    """FedRep: the hospital's head trained on the received body (kept here), then the body
+    under it; the body goes back with the head received, never the hospital's own."""
+    files = _PersonalFiles(request, context, hospital.name)
+    done = fedrep_round(
+        received, files.latest(request.server_round), (inputs[0], hospital.train.labels),
+        (inputs[1], hospital.val.labels), server_round=request.server_round, epochs=request.local_epochs,
+        lr=request.lr, batch_size=request.batch_size, seed=seed, proximal_mu=request.proximal_mu,
+        epoch_inputs=augmented,
+    )  # fmt: skip
+    files.keep(request.server_round, done.state)
+    return TrainReply(
+        hospital=hospital.name, weights=_weights(done.reply), train_stays=len(hospital.train),
+        train_loss=done.train_loss, local_val_auroc=done.local_val_auroc,
+    ).reply_to(msg)  # fmt: skip
 
 
 def _weights(model: MortalityLSTM) -> ArrayRecord:
@@ -331,6 +363,10 @@ def evaluate(msg: Message, request: EvaluateRequest, context: Context) -> Messag
     hospital = _hospital(request, context)
     _, x_val, x_test = _inputs(hospital, request)
     model = _model(msg, request)
+    if request.personal_head:  # the body under this hospital's latest head
+        model = with_personal_head(
+            model, _PersonalFiles(request, context, hospital.name).latest(request.server_round + 1)
+        )
     scores = predict(model, x_val)
     labels = hospital.val.labels
     m = binary_metrics(labels, scores, threshold=0.5)
@@ -378,10 +414,13 @@ def _personal_model(
     msg: Message, request: PersonalizeRequest, context: Context, hospital: HospitalData, x_train: np.ndarray,
     x_val: np.ndarray,
 ) -> PersonalModel | None:  # fmt: skip
-    """Fine-tuned now, or the one Ditto kept over the rounds (None: it kept none)."""
-    if request.method == "ditto":
-        _, kept = _DittoFiles(request, context, hospital.name, request.site_dir).latest(request.server_round + 1)
-        return kept_ditto(_model(msg, request), kept, (x_val, hospital.val.labels)) if kept is not None else None
+    """Fine-tuned now, or the one Ditto or FedRep kept over the rounds (None: it kept none)."""
+    if request.method in ("ditto", FEDREP):
+        kept = _PersonalFiles(request, context, hospital.name).latest(request.server_round + 1)
+        if kept is None:
+            return None
+        received = _model(msg, request)
+        return kept_personal(received, kept, (x_val, hospital.val.labels), None if request.personal_head else received)
     seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
     return finetune(
         _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),
@@ -406,7 +445,7 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
     x_train, x_val, x_test = _inputs(hospital, request)
     tuned = _personal_model(msg, request, context, hospital, x_train, x_val)
     if tuned is None:
-        reason = f"{hospital.name} kept no Ditto personal model for this run (it trained no round)"
+        reason = f"{hospital.name} kept no {request.method} personal model for this run (it trained no round)"
         return Message(Error(CONTRACT_REFUSAL, reason), reply_to=msg)
     threshold = best_threshold(hospital.val.labels, predict(tuned.model, x_val))
     saved = {  # what scoring with it later needs: the global model's normalization, task and fingerprint too

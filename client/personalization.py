@@ -16,26 +16,36 @@ of the round before (the global model in the first round). It keeps the personal
 round with the best AUROC on its validation stays, and each round's state in a file of its own,
 so that a resumed run trains exactly as an uninterrupted one. The global model is trained and
 aggregated as without Ditto.
+
+`fedrep` (Collins et al., ICML 2021): the LSTM body is federated, the output head is the
+hospital's own. Every round the hospital puts its head (the received one in the first round) on
+the body it received and trains the head alone for the round's local epochs; that pair is the
+round's personal model, scored on its validation stays and kept as for Ditto. Then it trains the
+body alone, under its head, for the same epochs, and sends the body with the head it *received*
+in place of its own: the server's head never moves, and no reply carries anything of a personal
+head. The run's global model is therefore a body, not a model: its scores (per round, at each
+hospital) are those of the body under each hospital's own head.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from fedicu.shared.metrics import auroc
-from fedicu.shared.model import MortalityLSTM
+from fedicu.shared.model import HEAD, MortalityLSTM, freeze_body
 from fedicu.shared.training import predict, train_epochs
 
 
 @dataclass(frozen=True)
 class PersonalModel:
     model: MortalityLSTM
-    # finetune: its epochs (0: no epoch beat the global model on the validation stays); ditto: its round
+    # finetune: its epochs (0: no epoch beat the global model on the validation stays); ditto, fedrep: its round
     epochs: int
     val_auroc_global: float
     val_auroc: float
@@ -62,8 +72,8 @@ def finetune(
 
 
 @dataclass(frozen=True)
-class DittoState:
-    """What a hospital keeps of its personal model after a round."""
+class PersonalState:
+    """What a hospital keeps of its personal model after a round (ditto, fedrep)."""
 
     latest: dict[str, torch.Tensor]
     best: dict[str, torch.Tensor]  # the round's with the best validation AUROC so far
@@ -74,15 +84,25 @@ class DittoState:
         return asdict(self)
 
     @staticmethod
-    def from_file(saved: dict) -> DittoState:
-        return DittoState(**saved)
+    def from_file(saved: dict) -> PersonalState:
+        return PersonalState(**saved)
+
+
+def _kept_after(
+    kept: PersonalState | None, server_round: int, personal: MortalityLSTM, val: tuple[np.ndarray, np.ndarray]
+) -> PersonalState:
+    """The state once round `server_round` trained `personal`, the best one kept as well."""
+    score, latest = auroc(val[1], predict(personal, val[0])), copy.deepcopy(personal.state_dict())
+    if kept is None or math.isnan(kept.best_val_auroc) or score > kept.best_val_auroc:
+        return PersonalState(latest, latest, server_round, score)
+    return PersonalState(latest, kept.best, kept.best_round, kept.best_val_auroc)
 
 
 def ditto_round(
-    global_model: MortalityLSTM, kept: DittoState | None, train: tuple[np.ndarray, np.ndarray],
+    global_model: MortalityLSTM, kept: PersonalState | None, train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray], *, server_round: int, lam: float, epochs: int, lr: float, batch_size: int,
     seed: int,
-) -> DittoState:  # fmt: skip
+) -> PersonalState:  # fmt: skip
     """Round `server_round` of Ditto at a hospital; `global_model` (the one it received) is not changed."""
     personal = copy.deepcopy(global_model)
     if kept is not None:
@@ -90,22 +110,65 @@ def ditto_round(
     anchor = [p.detach().clone() for p in global_model.parameters()]
     train_epochs(personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, proximal_mu=lam,
                  anchor=anchor)  # fmt: skip
-    score = auroc(val[1], predict(personal, val[0]))
-    latest = copy.deepcopy(personal.state_dict())
-    if kept is None or math.isnan(kept.best_val_auroc) or score > kept.best_val_auroc:
-        return DittoState(latest, latest, server_round, score)
-    return DittoState(latest, kept.best, kept.best_round, kept.best_val_auroc)
+    return _kept_after(kept, server_round, personal, val)
 
 
-def kept_ditto(global_model: MortalityLSTM, kept: DittoState, val: tuple[np.ndarray, np.ndarray]) -> PersonalModel:
-    """The personal model Ditto kept (that of the round best on validation), beside `global_model`."""
-    personal = copy.deepcopy(global_model)
+def with_personal_head(received: MortalityLSTM, kept: PersonalState | None) -> MortalityLSTM:
+    """FedRep: the body received with the hospital's latest head on it (the received head
+    before the hospital has one); `received` is not changed."""
+    personal = copy.deepcopy(received)
+    if kept is not None:
+        personal.load_state_dict({**personal.state_dict(), **_head(kept.latest)})
+    return personal
+
+
+def _head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in state.items() if name.startswith(HEAD)}
+
+
+@dataclass(frozen=True)
+class FedRepRound:
+    state: PersonalState  # what the hospital keeps
+    reply: MortalityLSTM  # what it sends: the body trained under its head, with the received head
+    train_loss: float  # the body's last epoch
+    local_val_auroc: float  # the trained body under the hospital's head
+
+
+def fedrep_round(
+    received: MortalityLSTM, kept: PersonalState | None, train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray], *, server_round: int, epochs: int, lr: float, batch_size: int, seed: int,
+    proximal_mu: float = 0.0, epoch_inputs: Callable[[int], np.ndarray] | None = None,
+) -> FedRepRound:  # fmt: skip
+    """Round `server_round` of FedRep at a hospital; `received` is not changed."""
+    personal = with_personal_head(received, kept)
+    freeze_body(personal)
+    train_epochs(personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, epoch_inputs=epoch_inputs)
+    state = _kept_after(kept, server_round, personal, val)
+    for name, parameter in personal.named_parameters():  # now the body alone, under this head
+        parameter.requires_grad_(not name.startswith(HEAD))
+    loss = train_epochs(  # another seed: other batches than the head's
+        personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed + 1, proximal_mu=proximal_mu,
+        anchor=[p.detach().clone() for p in received.parameters()], epoch_inputs=epoch_inputs,
+    )  # fmt: skip
+    personal.requires_grad_(True)
+    local_val_auroc = auroc(val[1], predict(personal, val[0]))
+    personal.load_state_dict({**personal.state_dict(), **_head(received.state_dict())})
+    return FedRepRound(state, personal, loss, local_val_auroc)
+
+
+def kept_personal(
+    template: MortalityLSTM, kept: PersonalState, val: tuple[np.ndarray, np.ndarray], global_model: MortalityLSTM | None
+) -> PersonalModel:
+    """The personal model a hospital kept over the rounds (that of the round best on
+    validation), beside `global_model` (None: FedRep, whose global model has no head of its own)."""
+    personal = copy.deepcopy(template)
     personal.load_state_dict(kept.best)
-    return PersonalModel(personal, kept.best_round, auroc(val[1], predict(global_model, val[0])), kept.best_val_auroc)
+    start = auroc(val[1], predict(global_model, val[0])) if global_model is not None else math.nan
+    return PersonalModel(personal, kept.best_round, start, kept.best_val_auroc)
 
 
-def ditto_states_to_keep(rounds: list[int], server_round: int) -> set[int]:
-    """The rounds whose Ditto states a hospital keeps once it has trained `server_round`: that
+def states_to_keep(rounds: list[int], server_round: int) -> set[int]:
+    """The rounds whose personal states (ditto, fedrep) a hospital keeps once it has trained `server_round`: that
     round's, and the latest before it and before the round preceding it. The server sends a
     round before it checkpoints the one before, so a resume may run either again, and each must
     start from what it started from the first time."""

@@ -215,6 +215,7 @@ class FederatedRun:
             raise ValueError("--secagg needs at least 2 hospitals: the sum of one hospital's update is that update")
         self.grid, self.config, self.data, self.run_dir, self.resume = grid, config, data, run_dir, resume
         self.model_config = model_config_of(config)
+        self.personal_head = config.personalization == "fedrep"
         self.model = MortalityLSTM(self.model_config)
         self.start_weights = {} if resume is not None else self._start_weights()
         self.strategy = make_strategy(config, data.hospitals)
@@ -261,8 +262,8 @@ class FederatedRun:
         norm = self.state.norm
         self.test = (
             (to_features(self.data.test, norm, self.model_config.channels), self.data.test.labels)
-            if self.data.test is not None
-            else None
+            if self.data.test is not None and not self.personal_head
+            else None  # FedRep's global body has no head to score it with here
         )
         self.evaluate_request = EvaluateRequest(
             **self.settings,
@@ -270,6 +271,8 @@ class FederatedRun:
             norm_mean=norm.mean.tolist(),
             norm_std=norm.std.tolist(),
             model=self.model_config,
+            personal_head=self.personal_head,
+            site_dir=self._site_dir(),
         )
 
     def _start_weights(self) -> dict[str, torch.Tensor]:
@@ -347,7 +350,6 @@ class FederatedRun:
             augment_shift=c.augment_shift,
             member=c.member,
             ditto_lambda=c.ditto_lambda if c.personalization == "ditto" else 0.0,
-            site_dir=self._site_dir(),
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
@@ -369,8 +371,9 @@ class FederatedRun:
         arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if arrays is None:  # only without replies, which `min_hospitals` >= 1 rules out
             raise RuntimeError(f"round {rnd}: the strategy aggregated no model")
-        if self.config.freeze_body:  # an average of equal bodies equals them only up to rounding
-            arrays = ArrayRecord({name: self.arrays[name] if not name.startswith(HEAD) else array
+        if self.config.freeze_body or self.personal_head:  # an average of equal parts equals them only up to rounding
+            # The part no hospital trains stays as sent: the body under --freeze-body, FedRep's head.
+            arrays = ArrayRecord({name: self.arrays[name] if name.startswith(HEAD) == self.personal_head else array
                                   for name, array in arrays.items()})  # fmt: skip
         self.arrays = arrays
         return arrays
@@ -531,9 +534,10 @@ class FederatedRun:
     def _cross_site(self) -> list[dict]:
         """The best and the final global model scored by every hospital on its own test stays
         (only the numbers come back); for the best one each hospital also keeps its
-        recalibration maps. A hospital that fails here is recorded, the run still completes."""
+        recalibration maps. A hospital that fails here is recorded, the run still completes.
+        (FedRep's global model is a body, which no hospital but under its own head can score.)"""
         rows = []
-        for which, saved in (("best", BEST_MODEL), ("final", FINAL_MODEL)):
+        for which, saved in () if self.personal_head else (("best", BEST_MODEL), ("final", FINAL_MODEL)):
             name = f"federated/{which}"
             model = self.run_dir.load_model(saved)
             request = CrossSiteRequest(
@@ -541,7 +545,6 @@ class FederatedRun:
                 model_name=name,
                 threshold=float(model["threshold"]),
                 keep_recalibration=which == "best",
-                site_dir=self._site_dir(),
             )
             messages = [request.message(node, ArrayRecord(model["state_dict"])) for node in self.names]
             scored = exchange(self.grid, messages, CrossSiteReply, self.config.round_timeout,
@@ -562,7 +565,7 @@ class FederatedRun:
         request = PersonalizeRequest(
             **{**vars(self.evaluate_request), "server_round": self.state.completed},
             method=c.personalization, max_epochs=c.finetune_epochs if c.personalization == "finetune" else 0,
-            lr=c.lr, batch_size=c.batch_size, site_dir=self._site_dir(),
+            lr=c.lr, batch_size=c.batch_size,
         )  # fmt: skip
         best = ArrayRecord(self.run_dir.load_model(BEST_MODEL)["state_dict"])
         messages = [request.message(node, best) for node in self.names]

@@ -25,8 +25,10 @@ from fedicu.shared.variables import TIME_SERIES
 LR_SCHEDULES = ("constant", "cosine")  # cosine: lr * (1 + cos(pi * (round - 1) / rounds)) / 2
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadam", "fedmedian", "trimmed-mean", "krum")
 # finetune: after training, each hospital adapts the selected model to its own stays; ditto: every
-# round, each hospital also trains a personal model pulled towards the global one (client/personalization.py)
-PERSONALIZATIONS = ("finetune", "ditto")
+# round, each hospital also trains a personal model pulled towards the global one; fedrep: the body is
+# federated, each hospital keeps its own output head (client/personalization.py)
+FEDREP = "fedrep"
+PERSONALIZATIONS = ("finetune", "ditto", FEDREP)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,16 @@ class RunConfig:
                 not (self.freeze_body and self.dp),
                 "--freeze-body cannot be combined with --dp yet: DP-SGD trains its own per-stay copy of the LSTM, "
                 "which would not stay frozen",
+            ),
+            (
+                not (self.personalization == FEDREP and self.strategy == "scaffold"),
+                "--personalization fedrep cannot be combined with --strategy scaffold: a hospital's control "
+                "variate would be a gradient under the global head, which FedRep never trains",
+            ),
+            (
+                not (self.personalization == FEDREP and self.ensemble > 1),
+                "--ensemble averages global models, and FedRep's has no output head of its own (each hospital "
+                "keeps its own); ensemble the hospitals' personal models with fedicu evaluate instead",
             ),
             (
                 not (self.freeze_body and self.personalization),

@@ -31,9 +31,9 @@ from fedicu.shared.metrics import ScoreHistogram, binary_metrics, bootstrap_inte
 from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
-CONTRACT_VERSION = (
-    9  # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member, Ditto
-)
+# 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member, Ditto;
+# 10: FedRep (EvaluateRequest.personal_head, site_dir)
+CONTRACT_VERSION = 10
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -251,6 +251,9 @@ class EvaluateRequest(Request):
     norm_mean: list[float]
     norm_std: list[float]
     model: ModelConfig
+    # FedRep: the model sent is a body; the hospital trains and scores it under its own head.
+    personal_head: bool = False
+    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,7 +276,6 @@ class TrainRequest(EvaluateRequest):
     augment_shift: int
     member: int  # ensemble member: seeds the training draws with the run's seed (`shared.config.member_seed`)
     ditto_lambda: float  # Ditto: the hospital also trains its personal model, pulled this hard (0: none)
-    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
     # SCAFFOLD (server/scaffold.py): c - c_i, added to every local gradient; the server attaches
     # each hospital's own to its message (`with_correction`). None: another strategy.
     correction: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)
@@ -303,7 +305,6 @@ class CrossSiteRequest(EvaluateRequest):
     # The model the run selected: the hospital also fits its recalibration maps for it on its
     # validation stays and keeps them (in `site_dir` in a simulation, its state-dir when deployed).
     keep_recalibration: bool
-    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,7 +321,6 @@ class PersonalizeRequest(EvaluateRequest):
     max_epochs: int  # finetune: epochs tried, the best on the hospital's validation stays kept (0 included)
     lr: float
     batch_size: int
-    site_dir: str = ""  # simulation: the folder that stands for the hospitals' own disks
 
 
 def global_model(msg: Message) -> ArrayRecord:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from fedicu.shared.config import FEDREP
 from fedicu.shared.files import atomic_write_bytes
 from fedicu.shared.metrics import ci_method
 from fedicu.shared.model import ModelConfig, MortalityLSTM
@@ -149,8 +150,21 @@ def write_model_card(
             "metrics": {"best": best, "final": rows[-1], "confidence_intervals": ci_method(training["seed"])},
             "training": training,
             "data": data,
+            **({"global_model": HEADLESS} if training.get("personalization") == FEDREP else {}),
         },
     )
+
+
+HEADLESS = (
+    "FedRep: the saved global model is the federated LSTM body with the output head it started with, which no "
+    f"hospital trained; each hospital's own model (its head on this body) is {SITES_DIR}/<hospital>/{PERSONAL_MODEL}"
+)
+
+
+def headless(path: str | Path) -> bool:
+    """A completed run whose global model is a body without a trained head (FedRep): only its
+    hospitals' own models score stays."""
+    return RunDirectory(path).read_json(MODEL_CARD).get("training", {}).get("personalization") == FEDREP
 
 
 def trained_task(path: str | Path) -> str:
@@ -190,6 +204,12 @@ def load_trained(
     if which not in ("best", "final"):
         raise ValueError(f"--model must be 'best' or 'final', not {which!r}")
     card = run_dir.read_json(MODEL_CARD)
+    if headless(run_dir.path):
+        raise ValueError(
+            f"{option} {run_dir.path}: trained with --personalization fedrep, so it has no model to score as a whole "
+            f"(the global model is a body without a trained head); give a hospital's own model instead, "
+            f"{run_dir.path / SITES_DIR}/<hospital>/{PERSONAL_MODEL}"
+        )
     state = run_dir.load_model(BEST_MODEL if which == "best" else FINAL_MODEL)
     model = MortalityLSTM(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["state_dict"])

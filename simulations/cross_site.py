@@ -20,7 +20,7 @@ from fedicu.shared.contract import SiteTest
 from fedicu.shared.federation import Federation, HospitalData
 from fedicu.shared.metrics import event1
 from fedicu.shared.preprocessing import to_features
-from fedicu.shared.run_dir import CONFIG_FILE, MODEL_CARD, STAYS_FILE, load_trained, trained_task
+from fedicu.shared.run_dir import CONFIG_FILE, MODEL_CARD, STAYS_FILE, headless, load_trained, trained_task
 from fedicu.shared.training import predict
 
 
@@ -46,9 +46,15 @@ def models_in(run_dirs: list[Path]) -> dict[str, Path]:
     for given in run_dirs:
         if not given.is_dir():
             raise ValueError(f"RUN_DIR {given}: no such directory")
-        runs = sorted(card.parent for card in given.rglob(MODEL_CARD))
-        if not runs:
+        completed = sorted(card.parent for card in given.rglob(MODEL_CARD))
+        if not completed:
             raise ValueError(f"RUN_DIR {given}: holds no completed run (no {MODEL_CARD})")
+        runs = [run for run in completed if not headless(run)]
+        if not runs:
+            raise ValueError(
+                f"RUN_DIR {given}: trained with --personalization fedrep, whose global model is a body without a "
+                "trained head; its hospitals already scored their own models (cross_site.csv in the run)"
+            )
         for run in runs:
             below = run.relative_to(given).as_posix()
             parts = [given.resolve().name] if len(run_dirs) > 1 or below == "." else []

@@ -32,7 +32,7 @@ def test_the_summary_is_the_mean_and_sd_over_seeds_of_what_each_seed_has():
 @pytest.mark.parametrize(
     ("options", "message"),
     [(["--strategies", "fedsgd"], "--strategies: fedsgd not among"), (["--seeds", "1,x"], "--seeds must be"),
-     (["--personalizations", "fedrep"], "--personalizations: fedrep not among"),
+     (["--personalizations", "fedper"], "--personalizations: fedper not among"),
      (["--dp", "--target-epsilon", "1", "--personalizations", "ditto"],
       "--personalization ditto: --personalization cannot be combined with --dp")],
     ids=["strategy", "seeds", "personalization", "personalization-under-dp"],

@@ -12,7 +12,7 @@ from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from fedicu.client.client_app import app as hospital_app
-from fedicu.client.personalization import DittoState, ditto_round, ditto_states_to_keep
+from fedicu.client.personalization import PersonalState, ditto_round, states_to_keep
 from fedicu.server.checkpoint import interrupted_run
 from fedicu.server.federated_run import LogProgress
 from fedicu.shared.config import RunConfig
@@ -73,7 +73,7 @@ def test_a_round_worse_on_validation_keeps_the_best_personal_model_but_trains_on
     torch.manual_seed(0)
     received = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
     start = {k: v.clone() for k, v in received.state_dict().items()}
-    unbeatable = DittoState(latest=start, best=start, best_round=4, best_val_auroc=1.0)
+    unbeatable = PersonalState(latest=start, best=start, best_round=4, best_val_auroc=1.0)
     state = ditto_round(received, unbeatable, train, val, server_round=5, lam=0.1, epochs=1, lr=0.02, batch_size=32,
                         seed=0)  # fmt: skip
     assert state.best_round == 4 and state.best is start and state.best_val_auroc == 1.0
@@ -197,4 +197,4 @@ def test_evaluate_scores_a_personal_model_on_its_hospitals_test_stays_as_the_hos
 )  # fmt: skip
 def test_a_hospital_keeps_the_states_a_rerun_of_this_round_or_the_last_starts_from(rounds, training, kept):
     """The server sends round r + 1 before it checkpoints round r: a resume may run either again."""
-    assert ditto_states_to_keep(rounds, training) == kept
+    assert states_to_keep(rounds, training) == kept

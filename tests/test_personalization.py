@@ -114,7 +114,7 @@ def test_finetune_keeps_the_global_model_when_no_epoch_beats_it_on_validation():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--personalization", "fedrep"], "--personalization must be one of finetune, ditto"),
+        (["--personalization", "fedper"], "--personalization must be one of finetune, ditto, fedrep"),
         (["--finetune-epochs", "3"], "--finetune-epochs has no effect without --personalization finetune"),
         (["--personalization", "finetune", "--dp", "--target-epsilon", "4"], "cannot be combined with --dp"),
     ],
@@ -147,7 +147,7 @@ def test_the_epoch_kept_is_the_one_best_on_validation():
 
 @pytest.mark.parametrize(
     ("change", "refusal"),
-    [(dict(dp=True), "privacy budget"), (dict(method="fedrep"), "this site offers finetune, ditto")],
+    [(dict(dp=True), "privacy budget"), (dict(method="fedper"), "this site offers finetune, ditto, fedrep")],
     ids=["under-dp", "unknown-method"],
 )
 def test_a_site_refuses_what_it_cannot_personalize_honestly(change, refusal, tmp_path):

@@ -82,9 +82,10 @@ OPTION_HELP = {
     "augment_shift": "Local training moves each stay by up to this many hours, earlier or later, a new draw "
     "every epoch (0: off).",
     "personalization": "Each hospital also gets a model of its own, which it keeps: finetune (after training, "
-    "local epochs from the selected model, their number chosen on the hospital's validation stays) or ditto "
+    "local epochs from the selected model, their number chosen on the hospital's validation stays), ditto "
     "(every round, a personal model trained with a pull of --ditto-lambda towards the global model; the round "
-    "kept chosen on validation).",
+    "kept chosen on validation) or fedrep (the LSTM body federated, each hospital's output head its own; the "
+    "global model is then a body, scored only under the hospitals' heads).",
     "ditto_lambda": "Ditto's lambda: how strongly each personal model is pulled towards the global model "
     "(--personalization ditto).",
     "finetune_epochs": "The most epochs a hospital fine-tunes for (--personalization finetune); it keeps the "
@@ -367,9 +368,14 @@ def personalization_table(run_dir: Path) -> Table:
     matrix = json.loads((run_dir / CROSS_SITE_JSON).read_text())
     personal = f"personal/{chosen[0]['method']}"
     test = {(r["model"], r["hospital"]): r["auroc"] for r in matrix}
-    table = Table(title=f"{personal}: each hospital's own model, against the best global one")
+    against = (
+        "(the global model is a body: no score of its own)"
+        if personal == "personal/fedrep"
+        else ("against the best global one")
+    )
+    table = Table(title=f"{personal}: each hospital's own model, {against}")
     table.add_column("hospital", no_wrap=True)
-    table.add_column("round" if chosen[0]["method"] == "ditto" else "epochs", justify="right")
+    table.add_column("epochs" if chosen[0]["method"] == "finetune" else "round", justify="right")
     for split in ("val", "test"):
         table.add_column(f"{split} AUROC\nglobal", justify="right")
         table.add_column(f"{split} AUROC\npersonal", justify="right")

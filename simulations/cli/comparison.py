@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from fedicu.shared import cross_site
-from fedicu.shared.config import EFFECTIVE_ONLY, PERSONALIZATIONS, STRATEGIES, RunConfig
+from fedicu.shared.config import EFFECTIVE_ONLY, FEDREP, PERSONALIZATIONS, STRATEGIES, RunConfig
 from fedicu.shared.run_dir import CROSS_SITE_JSON, METRICS_JSON, RunDirectory
 from fedicu.simulations.cli.common import (
     RayAddress,
@@ -139,7 +139,8 @@ def _compare_at(runs: Settings, root: Path, tracking: Tracking) -> dict[str, dic
     console.print(results_table({n: r for n, r in pooled.items() if r}, config.seed))
     own = {(f"local/{r['run_dir']}", r["hospital"]) for r in local["hospitals"]}  # each hospital's own model
     with console.status("Scoring every model at every hospital"):
-        models = {folder: root / folder for folder, _ in runs.values()} | {"centralized": root / "centralized"}
+        models = {folder: root / folder for folder, run_config in runs.values() if run_config.personalization != FEDREP}
+        models |= {"centralized": root / "centralized"}
         models |= {model: root / model for model, _ in own}
         rows = matrix(models, federation, config.seed)
     cross_site.write(RunDirectory(root), rows)
