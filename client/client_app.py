@@ -43,7 +43,7 @@ import json
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from fedicu.client.personalization import (
     fedrep_round,
     finetune,
     kept_personal,
+    plain_training,
     states_to_keep,
     with_personal_head,
 )
@@ -90,6 +91,9 @@ from fedicu.shared.model import MortalityLSTM, fingerprint, freeze_body
 from fedicu.shared.preprocessing import FeatureStats, Normalization, to_features
 from fedicu.shared.run_dir import PERSONAL_MODEL, save_model_file
 from fedicu.shared.training import mean_gradient, predict, set_torch_threads, train_epochs
+
+if TYPE_CHECKING:
+    from fedicu.client import private_training
 
 app = ClientApp()
 _features: dict[tuple, tuple[HospitalData, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -215,35 +219,18 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
     augmented = Augmentation(mask=request.augment_mask, shift=request.augment_shift).epoch_inputs(
         hospital.train, _normalization(request), request.model.channels, seed
     )
-    if (request.ditto_lambda or request.personal_head) and request.dp:  # the site's own guard, as for fine-tuning
-        reason = "a personal model under DP-SGD would spend privacy budget the run does not account for"
-        return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {reason}"), reply_to=msg)
     if request.personal_head:
         return _train_fedrep(msg, request, context, hospital, model, (x_train, x_val), seed, augmented)
-    if request.ditto_lambda:
-        _train_personal(request, context, hospital, model, (x_train, x_val), seed)
     if request.dp:
-        from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
+        return _train_private(msg, request, context, hospital, model, (x_train, x_val), seed, augmented)
+    if request.ditto_lambda:
 
-        deployed = "data-dir" in context.node_config
-        try:
-            model, ledger = private_training.train_round(
-                request,
-                context,
-                model,
-                x_train,
-                hospital.train.labels,
-                seed,
-                secure_rng=deployed,
-                state_file=_ledger_file(context, request, hospital.name) if deployed else None,
-                epoch_inputs=augmented,
-            )
-        except private_training.BudgetExhausted as refusal:
-            return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
-        reply = TrainReply(
-            hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train), ledger=ledger
-        )
-        return reply.reply_to(msg)
+        def ditto(personal: MortalityLSTM, anchor: list[torch.Tensor]) -> float:
+            return train_epochs(personal, x_train, hospital.train.labels, epochs=request.local_epochs, lr=request.lr,
+                                batch_size=request.batch_size, seed=_ditto_seed(seed),
+                                proximal_mu=request.ditto_lambda, anchor=anchor)  # fmt: skip
+
+        _train_personal(request, context, hospital, model, x_val, ditto)
     # SCAFFOLD: the control variate is taken at the global model, before it moves.
     control = mean_gradient(model, x_train, hospital.train.labels) if request.correction is not None else None
     loss = train_epochs(
@@ -303,19 +290,55 @@ class _PersonalFiles:
             self.path(stale).unlink()
 
 
+def _ditto_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0])
+
+
 def _train_personal(
-    request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM,
-    inputs: tuple[np.ndarray, np.ndarray], seed: int,
+    request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM, x_val: np.ndarray,
+    train: Callable[[MortalityLSTM, list[torch.Tensor]], float],
 ) -> None:  # fmt: skip
-    """Ditto: this round's personal model, kept here."""
+    """Ditto: this round's personal model, trained by `train` (personal model, anchor), kept here."""
     files = _PersonalFiles(request, context, hospital.name)
-    state = ditto_round(
-        received, files.latest(request.server_round), (inputs[0], hospital.train.labels),
-        (inputs[1], hospital.val.labels), server_round=request.server_round, lam=request.ditto_lambda,
-        epochs=request.local_epochs, lr=request.lr, batch_size=request.batch_size,
-        seed=int(np.random.SeedSequence([seed, *b"ditto"]).generate_state(1)[0]),
-    )  # fmt: skip
+    state = ditto_round(received, files.latest(request.server_round), (x_val, hospital.val.labels),
+                        server_round=request.server_round, train=train)  # fmt: skip
     files.keep(request.server_round, state)
+
+
+def _train_private(
+    msg: Message, request: TrainRequest, context: Context, hospital: HospitalData, model: MortalityLSTM,
+    inputs: tuple[np.ndarray, np.ndarray], seed: int, augmented: Callable[[int], np.ndarray] | None,
+) -> Message:  # fmt: skip
+    """DP-SGD: the global model and, with Ditto, first the personal model, both counted in the
+    hospital's ledger; its reply carries the weights and the ledger only."""
+    from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
+    from fedicu.shared.privacy.per_sample_lstm import to_dp_model
+
+    x, y = inputs[0], hospital.train.labels
+    try:
+        private = _private_round(request, context, hospital, passes=2 if request.ditto_lambda else 1)
+    except private_training.BudgetExhausted as refusal:
+        return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
+    model = to_dp_model(model)
+    if request.ditto_lambda:
+        _train_personal(request, context, hospital, model, inputs[1], lambda personal, anchor: private.train(
+            personal, x, y, _ditto_seed(seed), proximal_mu=request.ditto_lambda, anchor=anchor))  # fmt: skip
+    private.train(model, x, y, seed, augmented)
+    reply = TrainReply(hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train),
+                       ledger=private.finish())  # fmt: skip
+    return reply.reply_to(msg)
+
+
+def _private_round(
+    request: TrainRequest, context: Context, hospital: HospitalData, passes: int = 1
+) -> private_training.PrivateRound:
+    """The round's DP-SGD (client/private_training.py); a deployed site draws its noise from
+    the operating system and keeps its ledger in its state-dir."""
+    from fedicu.client import private_training
+
+    deployed = "data-dir" in context.node_config
+    state_file = _ledger_file(context, request, hospital.name) if deployed else None
+    return private_training.PrivateRound(request, context, len(hospital.train), deployed, state_file, passes)
 
 
 def _train_fedrep(
@@ -323,19 +346,34 @@ def _train_fedrep(
     inputs: tuple[np.ndarray, np.ndarray], seed: int, augmented: Callable[[int], np.ndarray] | None,
 ) -> Message:  # fmt: skip
     """FedRep: the hospital's head trained on the received body (kept here), then the body
-    under it; the body goes back with the head received, never the hospital's own."""
-    files = _PersonalFiles(request, context, hospital.name)
+    under it; the body goes back with the head received, never the hospital's own. Under
+    DP-SGD both trainings are private and counted in the hospital's ledger."""
+    files, rnd = _PersonalFiles(request, context, hospital.name), request.server_round
+    x, y, val = inputs[0], hospital.train.labels, (inputs[1], hospital.val.labels)
+    if not request.dp:
+        train = plain_training(x, y, epochs=request.local_epochs, lr=request.lr, batch_size=request.batch_size,
+                               seed=seed, proximal_mu=request.proximal_mu, epoch_inputs=augmented)  # fmt: skip
+        done = fedrep_round(received, files.latest(rnd), val, server_round=rnd, train=train)
+        files.keep(rnd, done.state)
+        return TrainReply(
+            hospital=hospital.name, weights=_weights(done.reply), train_stays=len(hospital.train),
+            train_loss=done.train_loss, local_val_auroc=done.local_val_auroc,
+        ).reply_to(msg)  # fmt: skip
+    from fedicu.client import private_training
+    from fedicu.shared.privacy.per_sample_lstm import to_dp_model
+
+    try:
+        private = _private_round(request, context, hospital, passes=2)
+    except private_training.BudgetExhausted as refusal:
+        return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
     done = fedrep_round(
-        received, files.latest(request.server_round), (inputs[0], hospital.train.labels),
-        (inputs[1], hospital.val.labels), server_round=request.server_round, epochs=request.local_epochs,
-        lr=request.lr, batch_size=request.batch_size, seed=seed, proximal_mu=request.proximal_mu,
-        epoch_inputs=augmented,
+        to_dp_model(received), files.latest(rnd), val, server_round=rnd,
+        train=lambda model, phase: private.train(model, x, y, seed + phase, augmented, proximal_mu=None if phase else 0.0),
     )  # fmt: skip
-    files.keep(request.server_round, done.state)
-    return TrainReply(
-        hospital=hospital.name, weights=_weights(done.reply), train_stays=len(hospital.train),
-        train_loss=done.train_loss, local_val_auroc=done.local_val_auroc,
-    ).reply_to(msg)  # fmt: skip
+    ledger = private.finish()  # spent before anything is kept
+    files.keep(rnd, done.state)
+    return TrainReply(hospital=hospital.name, weights=_weights(done.reply), train_stays=len(hospital.train),
+                      ledger=ledger).reply_to(msg)  # fmt: skip
 
 
 def _weights(model: MortalityLSTM) -> ArrayRecord:
@@ -437,8 +475,8 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
         return Message(
             Error(CONTRACT_REFUSAL, f"personalization {request.method!r}: this site offers {offered}"), reply_to=msg
         )
-    if request.dp:  # the site's own guard: fine-tuning is not covered by the run's DP-SGD accounting
-        reason = "personalization under DP-SGD would spend privacy budget the run does not account for"
+    if request.dp and request.method == "finetune":  # the site's own guard: not covered by the run's accounting
+        reason = "fine-tuning under DP-SGD would spend privacy budget the run does not account for"
         return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     set_torch_threads(1)
     hospital = _hospital(request, context)

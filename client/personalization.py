@@ -25,6 +25,15 @@ body alone, under its head, for the same epochs, and sends the body with the hea
 in place of its own: the server's head never moves, and no reply carries anything of a personal
 head. The run's global model is therefore a body, not a model: its scores (per round, at each
 hospital) are those of the body under each hospital's own head.
+
+Ditto and FedRep under DP-SGD (`--dp`; finetune refuses it): both trainings of a round (Ditto:
+the personal model and the global one; FedRep: the head and the body) are DP-SGD on the
+hospital's training stays with the run's noise multiplier and sampling rate, and both are
+counted in the hospital's one privacy ledger (a round takes twice the steps, and the noise is
+calibrated for all of them). Privacy unit: one ICU stay. What the hospital sends and the
+personal model it keeps are both post-processing of those steps, so each has the
+(epsilon, delta) the ledger reports for that hospital; which round's model it keeps is chosen on
+its validation stays, which the guarantee does not cover (as for every validation metric).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import numpy as np
 import torch
 
 from fedicu.shared.metrics import auroc
-from fedicu.shared.model import HEAD, MortalityLSTM, freeze_body
+from fedicu.shared.model import HEAD, MortalityLSTM
 from fedicu.shared.training import predict, train_epochs
 
 
@@ -99,17 +108,16 @@ def _kept_after(
 
 
 def ditto_round(
-    global_model: MortalityLSTM, kept: PersonalState | None, train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray], *, server_round: int, lam: float, epochs: int, lr: float, batch_size: int,
-    seed: int,
+    global_model: MortalityLSTM, kept: PersonalState | None, val: tuple[np.ndarray, np.ndarray], *,
+    server_round: int, train: Callable[[MortalityLSTM, list[torch.Tensor]], float],
 ) -> PersonalState:  # fmt: skip
-    """Round `server_round` of Ditto at a hospital; `global_model` (the one it received) is not changed."""
+    """Round `server_round` of Ditto at a hospital: `train(personal, anchor)` trains the personal
+    model in place with lambda's pull towards `anchor` (the weights of `global_model`, the one it
+    received, which is not changed)."""
     personal = copy.deepcopy(global_model)
     if kept is not None:
         personal.load_state_dict(kept.latest)
-    anchor = [p.detach().clone() for p in global_model.parameters()]
-    train_epochs(personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, proximal_mu=lam,
-                 anchor=anchor)  # fmt: skip
+    train(personal, [p.detach().clone() for p in global_model.parameters()])
     return _kept_after(kept, server_round, personal, val)
 
 
@@ -134,26 +142,45 @@ class FedRepRound:
     local_val_auroc: float  # the trained body under the hospital's head
 
 
+# Trains the parameters of a model that train, in place, and returns the last epoch's loss;
+# FedRep calls it twice a round: phase 0 trains the head, phase 1 the body.
+Training = Callable[[MortalityLSTM, int], float]
+
+
 def fedrep_round(
-    received: MortalityLSTM, kept: PersonalState | None, train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray], *, server_round: int, epochs: int, lr: float, batch_size: int, seed: int,
-    proximal_mu: float = 0.0, epoch_inputs: Callable[[int], np.ndarray] | None = None,
+    received: MortalityLSTM, kept: PersonalState | None, val: tuple[np.ndarray, np.ndarray], *, server_round: int,
+    train: Training,
 ) -> FedRepRound:  # fmt: skip
     """Round `server_round` of FedRep at a hospital; `received` is not changed."""
     personal = with_personal_head(received, kept)
-    freeze_body(personal)
-    train_epochs(personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, epoch_inputs=epoch_inputs)
+    _train_only(personal, head=True)
+    train(personal, 0)
     state = _kept_after(kept, server_round, personal, val)
-    for name, parameter in personal.named_parameters():  # now the body alone, under this head
-        parameter.requires_grad_(not name.startswith(HEAD))
-    loss = train_epochs(  # another seed: other batches than the head's
-        personal, *train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed + 1, proximal_mu=proximal_mu,
-        anchor=[p.detach().clone() for p in received.parameters()], epoch_inputs=epoch_inputs,
-    )  # fmt: skip
+    _train_only(personal, head=False)
+    loss = train(personal, 1)
     personal.requires_grad_(True)
     local_val_auroc = auroc(val[1], predict(personal, val[0]))
     personal.load_state_dict({**personal.state_dict(), **_head(received.state_dict())})
     return FedRepRound(state, personal, loss, local_val_auroc)
+
+
+def _train_only(model: MortalityLSTM, head: bool) -> None:
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(HEAD) == head)
+
+
+def plain_training(
+    x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int, seed: int, proximal_mu: float = 0.0,
+    epoch_inputs: Callable[[int], np.ndarray] | None = None,
+) -> Training:  # fmt: skip
+    """FedRep's trainings without DP-SGD: `train_epochs`, a seed per phase, FedProx's pull
+    (towards the body received) on the body only."""
+
+    def train(model: MortalityLSTM, phase: int) -> float:
+        return train_epochs(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed + phase,
+                            proximal_mu=proximal_mu if phase else 0.0, epoch_inputs=epoch_inputs)  # fmt: skip
+
+    return train
 
 
 def kept_personal(

@@ -13,15 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Context
 
 from fedicu.shared.contract import TrainRequest
 from fedicu.shared.files import atomic_write_bytes
 from fedicu.shared.model import MortalityLSTM
 from fedicu.shared.privacy.accounting import BudgetExhausted, PrivacyLedger, calibrate_noise, new_accountant
-from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule, to_dp_model, train_epochs_dp
+from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule, train_epochs_dp
 
-__all__ = ["BudgetExhausted", "restore", "train_round"]
+__all__ = ["BudgetExhausted", "PrivateRound", "restore"]
 
 LEDGER_STATE = "privacy"  # node state record holding the hospital's privacy ledger
 
@@ -34,56 +35,59 @@ def _ledger(context: Context, request: TrainRequest, state_file: Path | None) ->
     return PrivacyLedger(request.accountant, request.delta)
 
 
-def train_round(
-    request: TrainRequest,
-    context: Context,
-    model: MortalityLSTM,
-    x: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-    secure_rng: bool,
-    state_file: Path | None,
-    epoch_inputs: Callable[[int], np.ndarray] | None = None,
-) -> tuple[MortalityLSTM, str]:
-    """DP-SGD for this round, within the hospital's budget for the whole run.
+class PrivateRound:
+    """This round's DP-SGD at a hospital, within its budget for the whole run: `passes`
+    trainings of the round's local epochs each (FedRep: its head, then its body), every step
+    of each counted in the hospital's one ledger.
 
-    Returns the trained model and the updated ledger as JSON. Raises `BudgetExhausted`
-    instead of training when the round would overspend. `secure_rng` draws noise and
-    batches from the operating system's entropy instead of generators seeded by `seed`;
-    `state_file` (a deployed site's) keeps the ledger on disk as well; `epoch_inputs`, each
-    epoch's augmented stays (`shared.augmentation`).
+    Raises `BudgetExhausted` instead of starting when the round would overspend.
+    `secure_rng` draws noise and batches from the operating system's entropy instead of
+    generators seeded by the caller; `state_file` (a deployed site's) keeps the ledger on disk
+    as well.
     """
-    ledger = _ledger(context, request, state_file)
-    schedule = PoissonSchedule.of(len(x), request.batch_size)
-    steps = schedule.steps(request.local_epochs)
-    sigma = request.noise_multiplier
-    if sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
-        planned = request.planned_rounds * steps
-        sigma = calibrate_noise(ledger.accountant, request.target_epsilon, ledger.delta, schedule.sample_rate, planned)
-    ledger.check_budget(sigma, schedule.sample_rate, steps, request.target_epsilon)
-    model = to_dp_model(model)
-    train_epochs_dp(
-        model,
-        x,
-        y,
-        epochs=request.local_epochs,
-        lr=request.lr,
-        batch_size=request.batch_size,
-        seed=seed,
-        noise_multiplier=sigma,
-        max_grad_norm=request.max_grad_norm,
-        accountant=new_accountant(ledger.accountant),
-        proximal_mu=request.proximal_mu,
-        secure_mode=secure_rng,
-        epoch_inputs=epoch_inputs,
-    )
-    ledger.record(sigma, schedule.sample_rate, steps)
-    record = json.dumps(ledger.to_json())
-    context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})
-    if state_file is not None:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(state_file, (record + "\n").encode())
-    return model, record
+
+    def __init__(
+        self, request: TrainRequest, context: Context, n: int, secure_rng: bool, state_file: Path | None,
+        passes: int = 1,
+    ) -> None:  # fmt: skip
+        self.request, self.context, self.secure_rng, self.state_file = request, context, secure_rng, state_file
+        self.ledger = _ledger(context, request, state_file)
+        self.schedule = PoissonSchedule.of(n, request.batch_size)
+        self.steps = passes * self.schedule.steps(request.local_epochs)
+        self.sigma = request.noise_multiplier
+        if self.sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
+            planned = request.planned_rounds * self.steps
+            self.sigma = calibrate_noise(
+                self.ledger.accountant, request.target_epsilon, self.ledger.delta, self.schedule.sample_rate, planned
+            )
+        self.ledger.check_budget(self.sigma, self.schedule.sample_rate, self.steps, request.target_epsilon)
+
+    def train(
+        self, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int,
+        epoch_inputs: Callable[[int], np.ndarray] | None = None, proximal_mu: float | None = None,
+        anchor: list[torch.Tensor] | None = None,
+    ) -> float:  # fmt: skip
+        """One pass of DP-SGD over the parameters of `model` (made by `to_dp_model`) that train,
+        with FedProx's pull (`proximal_mu`, the run's if None) towards their start or `anchor`;
+        the last epoch's training loss (not privatized: it stays here)."""
+        r = self.request
+        return train_epochs_dp(
+            model, x, y, epochs=r.local_epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
+            noise_multiplier=self.sigma, max_grad_norm=r.max_grad_norm, accountant=new_accountant(self.ledger.accountant),
+            proximal_mu=r.proximal_mu if proximal_mu is None else proximal_mu, anchor=anchor,
+            secure_mode=self.secure_rng, epoch_inputs=epoch_inputs,
+        )  # fmt: skip
+
+    def finish(self) -> str:
+        """Record the round's steps in the ledger (the node's state, and the state file); the
+        ledger as JSON."""
+        self.ledger.record(self.sigma, self.schedule.sample_rate, self.steps)
+        record = json.dumps(self.ledger.to_json())
+        self.context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})
+        if self.state_file is not None:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.state_file, (record + "\n").encode())
+        return record
 
 
 def restore(context: Context, ledger: str, state_file: Path | None) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedicu.client.client_app import app as hospital_app
-from fedicu.client.personalization import PersonalState, fedrep_round, with_personal_head
+from fedicu.client.personalization import PersonalState, fedrep_round, plain_training, with_personal_head
 from fedicu.server.checkpoint import interrupted_run
 from fedicu.shared.config import RunConfig
 from fedicu.shared.federation import prepare
@@ -55,7 +55,8 @@ def test_a_round_trains_the_head_on_the_received_body_then_sends_the_body_with_t
     torch.manual_seed(0)
     received = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
     sent = {k: v.clone() for k, v in received.state_dict().items()}
-    done = fedrep_round(received, None, train, val, server_round=1, epochs=2, lr=0.02, batch_size=32, seed=4)
+    training = plain_training(*train, epochs=2, lr=0.02, batch_size=32, seed=4)
+    done = fedrep_round(received, None, val, server_round=1, train=training)
     assert _same(received.state_dict(), sent)  # what was received is left as it was
     kept, reply = done.state.latest, done.reply.state_dict()
     assert _same(_parts(kept, head=False), _parts(sent, head=False))  # the head alone trained first...
@@ -167,9 +168,8 @@ def test_a_round_rerun_after_a_resume_starts_from_the_head_before_it(fedrep_run,
 @pytest.mark.parametrize(
     ("settings", "message"),
     [(dict(strategy="scaffold"), "cannot be combined with --strategy scaffold"),
-     (dict(ensemble=3), "--ensemble averages global models"),
-     (dict(dp=True, target_epsilon=4.0), "cannot be combined with --dp")],
-    ids=["scaffold", "ensemble", "dp"],
+     (dict(ensemble=3), "--ensemble averages global models")],
+    ids=["scaffold", "ensemble"],
 )  # fmt: skip
 def test_what_fedrep_cannot_do_is_refused(settings, message):
     with pytest.raises(ValueError, match=message):

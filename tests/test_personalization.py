@@ -17,16 +17,27 @@ from fedicu.client.personalization import finetune
 from fedicu.server.federated_run import LogProgress
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
-from fedicu.shared.contract import PersonalizeRequest
+from fedicu.shared.contract import PersonalizeRequest, TrainReply, TrainRequest
 from fedicu.shared.datasets import synthetic
 from fedicu.shared.federation import prepare
 from fedicu.shared.metrics import auroc
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
-from fedicu.shared.run_dir import BEST_MODEL, CROSS_SITE_JSON, MODEL_CARD, PERSONALIZATION_JSON, SITES_DIR, RunDirectory
+from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
+from fedicu.shared.run_dir import (
+    BEST_MODEL,
+    CROSS_SITE_JSON,
+    MODEL_CARD,
+    PERSONALIZATION_JSON,
+    PRIVACY_FILE,
+    SITES_DIR,
+    RunDirectory,
+)
 from fedicu.shared.training import predict, train_epochs
 from fedicu.simulations.cli import main
 from fedicu.simulations.inprocess import run_in_process
+from tests.test_ditto import _recording
+from tests.test_ditto import _run as _run_recorded
 
 CONFIG = RunConfig(hospitals=3, synthetic_stays=900, rounds=2, seed=3, personalization="finetune", finetune_epochs=3)
 
@@ -178,3 +189,22 @@ def test_a_deployed_site_keeps_its_personal_model_in_its_own_state_dir(tmp_path)
     deployed = Context(run_id=7, node_id=1, node_config={"data-dir": "/data", "state-dir": str(tmp_path)},
                        state=RecordDict(), run_config={})  # fmt: skip
     assert _kept_file(request, deployed, "north", "personal_model.pt") == tmp_path / "personal_model-north-run7.pt"
+
+
+@pytest.mark.parametrize("method", ["ditto", "fedrep"])
+def test_under_dp_sgd_both_trainings_of_a_round_are_counted_and_replies_carry_weights_and_ledger_only(method, tmp_path):
+    config = RunConfig(hospitals=3, synthetic_stays=900, rounds=2, seed=4, hidden_size=16, personalization=method,
+                       dp=True, target_epsilon=6.0)  # fmt: skip
+    replies: list = []
+    run_dir = _run_recorded(tmp_path / "dp", config, _recording(replies))
+    federation = prepare(config)
+    ledgers = {row["hospital"]: row for row in run_dir.read_json(PRIVACY_FILE)}
+    for hospital in federation.hospitals:
+        steps = 2 * PoissonSchedule.of(len(hospital.train), config.batch_size).steps(config.local_epochs)
+        assert [entry["steps"] for entry in ledgers[hospital.name]["history"]] == [steps] * config.rounds
+        assert 0 < ledgers[hospital.name]["epsilon"] <= config.target_epsilon
+    trained = [TrainReply.from_content(r.content) for kind, r in replies if kind == TrainRequest.message_type]
+    assert len(trained) == config.hospitals * config.rounds
+    assert all(reply.ledger and reply.train_loss is None and reply.local_val_auroc is None for reply in trained)
+    kept = [row for row in run_dir.read_json(PERSONALIZATION_JSON) if "epochs" in row]
+    assert len(kept) == config.hospitals

@@ -511,6 +511,7 @@ def train_epochs_dp(
     max_grad_norm: float,
     accountant: IAccountant,
     proximal_mu: float = 0.0,
+    anchor: Sequence[torch.Tensor] | None = None,
     secure_mode: bool = False,
     epoch_inputs: Callable[[int], np.ndarray] | None = None,
 ) -> float:
@@ -530,7 +531,8 @@ def train_epochs_dp(
     docstring for what is not covered).
 
     `model` must come from `make_dp_model` / `to_dp_model`. `proximal_mu > 0` adds FedProx's
-    term and `epoch_inputs` gives each epoch's augmented stays, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
+    term (towards `anchor`, the trained parameters' weights in order, if given: Ditto's pull) and
+    `epoch_inputs` gives each epoch's augmented stays, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
     dropout masks are all drawn from seeded generators); that is also why Opacus's
     `secure_mode` is off by default: with a known seed the noise can be regenerated, so the
     guarantee then rests on the seed staying secret. `secure_mode=True` seeds the sampler and
@@ -548,7 +550,8 @@ def train_epochs_dp(
     torch.manual_seed(seed)  # dropout masks
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     params = [p for p in model.parameters() if p.requires_grad]
-    proximal = (proximal_mu, [p.detach().clone() for p in params]) if proximal_mu > 0 else None
+    start = list(anchor) if anchor is not None else [p.detach().clone() for p in params]
+    proximal = (proximal_mu, start) if proximal_mu > 0 else None
     optimizer = DPOptimizer(
         torch.optim.Adam(params, lr=lr),
         noise_multiplier=noise_multiplier,
