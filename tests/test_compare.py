@@ -42,15 +42,17 @@ def test_bad_lists_are_refused_before_anything_is_written(options, message, monk
     assert code == 2 and message in stderr and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.timeout(600)  # six trainings through the Simulation Engine, in a process of their own
 def test_every_setting_is_summarized_from_its_own_run(tmp_path):
     out = tmp_path / "cmp"
     result = fedicu_process(
-        "compare", *TINY, "--strategies", "scaffold", "--personalizations", "ditto", "--seed", "1", "--out", str(out)
-    )
+        "compare", *TINY, "--strategies", "scaffold", "--personalizations", "ditto,fedrep", "--seed", "1",
+        "--out", str(out),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / COMPARISON_FILE).read_text())
-    names = ["federated (fedavg)", "federated (scaffold)", "personal/ditto (fedavg)", "centralized",
-             "local only (mean of hospitals)"]  # fmt: skip
+    names = ["federated (fedavg)", "federated (scaffold)", "personal/ditto (fedavg)", "personal/fedrep (fedavg)",
+             "centralized", "local only (mean of hospitals)"]  # fmt: skip
     assert list(report["summary"]) == names and list(report["seeds"]) == ["1"]
     rows = report["seeds"]["1"]
     card = json.loads((out / "federated-scaffold" / MODEL_CARD).read_text())
@@ -68,6 +70,12 @@ def test_every_setting_is_summarized_from_its_own_run(tmp_path):
         r["auroc"] for r in personal if r["model"] == "personal/ditto" and r["auroc"] is not None
     )
     assert rows["personal/ditto (fedavg)"]["auroc"] is None  # each hospital scores its own model
+    assert "personal-fedrep" not in {r["model"] for r in matrix}  # its global model is a body: no row to score
+    assert rows["personal/fedrep (fedavg)"]["worst_auroc"] == min(
+        r["auroc"]
+        for r in json.loads((out / "personal-fedrep" / CROSS_SITE_JSON).read_text())
+        if r["auroc"] is not None
+    )
     local = json.loads((out / "local" / "local_metrics.json").read_text())
     own = {(f"local/{r['run_dir']}", r["hospital"]) for r in local}
     aurocs = [r["auroc"] for r in matrix if (r["model"], r["hospital"]) in own and r["auroc"] is not None]
