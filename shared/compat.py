@@ -25,6 +25,8 @@ Flower
   for a message growing while none comes.
 - `run_superlink`: Flower's `flower-superlink`, its SQLite connections set to wait up to
   `SUPERLINK_BUSY_TIMEOUT_MS` for a lock (`SQLITE_PRAGMAS` of `flwr.supercore.sql_mixin`).
+Opacus
+- `store_grad_sample`: per-stay gradients go to `param.grad_sample`, where `DPOptimizer` reads them.
 Ray
 - `quiet_ray`: the environment variable that keeps Ray from printing an accelerator notice.
 - `ray_keeps_sigterm_handler`: `ray.init` replaces the process's SIGTERM handler through
@@ -473,6 +475,22 @@ def superlink_pragmas() -> tuple[tuple[str, str], ...]:
         (name, str(SUPERLINK_BUSY_TIMEOUT_MS) if name == "busy_timeout" else value)
         for name, value in sql_mixin.SQLITE_PRAGMAS
     )
+
+
+# ---- Opacus ----------------------------------------------------------------------------------
+
+GRAD_SAMPLE = "grad_sample"  # where Opacus's DPOptimizer reads a parameter's per-sample gradients
+
+
+def store_grad_sample(param: torch.Tensor, grad_sample: torch.Tensor) -> None:
+    if not param.requires_grad:
+        return
+    if getattr(param, GRAD_SAMPLE, None) is not None:
+        raise RuntimeError(
+            "per-stay gradients from an earlier backward pass are still stored; call "
+            "optimizer.zero_grad() before the next backward pass"
+        )
+    setattr(param, GRAD_SAMPLE, grad_sample)
 
 
 # ---- Ray -------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ batch size 64 (32 steps), for four settings:
 - `opacus_dplstm_dp`: Opacus's DPLSTM trained with DP-SGD through Opacus's PrivacyEngine
   (GradSampleModule hooks, Poisson sampling, DPOptimizer);
 - `per_sample_dp`: `shared.privacy.per_sample_lstm.train_epochs_dp` (PerSampleLSTM, Poisson
-  sampling, per-stay clipping from Gram matrices, Opacus's DPOptimizerFastGradientClipping and
-  RDP accountant).
+  sampling, Opacus's DPOptimizer and RDP accountant).
 
 Settings run round-robin (after one warm-up epoch each) and the median of the repeats is
 reported; `dp_over_plain_epoch_ratio` is per_sample_dp / plain.

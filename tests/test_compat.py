@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
+import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedicu.shared import compat
@@ -148,6 +150,23 @@ def test_messages_can_be_built_and_numbered_inside_a_task():
         assert msg.metadata.message_id == "message-1" and msg.metadata.run_id == 3
         reply = Message(RecordDict(), reply_to=msg)
     assert reply.metadata.reply_to_message_id == "message-1" and reply.metadata.src_node_id == 7
+
+
+def test_opacus_reads_per_sample_gradients_where_they_are_stored():
+    from opacus.optimizers import DPOptimizer
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = DPOptimizer(
+        torch.optim.SGD([weight], lr=1.0), noise_multiplier=0.0, max_grad_norm=100.0, expected_batch_size=2
+    )
+    compat.store_grad_sample(weight, torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
+    weight.grad = torch.zeros(2)  # Opacus checks that a backward pass ran
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.tensor([-2.0, -1.0])), "DPOptimizer no longer reads param.grad_sample"
+    with pytest.raises(RuntimeError, match="still stored"):
+        compat.store_grad_sample(weight, torch.ones(2, 2))
+    optimizer.zero_grad()  # Opacus clears the per-sample gradients here
+    compat.store_grad_sample(weight, torch.ones(2, 2))
 
 
 def test_ray_still_reads_the_variable_that_quiets_it():

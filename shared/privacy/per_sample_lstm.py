@@ -30,25 +30,19 @@ order, same forward math) whose layers are a custom autograd function: the forwa
 computes the input projection of all hours in one matrix product and runs the recurrence with a
 handful of in-place kernels per hour; the backward pass runs the recurrence backwards by hand
 and keeps the gradients of the loss with respect to the gate pre-activations, delta_t
-(`[time, batch, 4 * hidden]`). Each stay's parameter gradients are sums over hours of outer
-products: dW_ih = sum_t delta_t x_t^T, dW_hh = sum_t delta_t h_{t-1}^T and
+(`[time, batch, 4 * hidden]`). Each stay's parameter gradients are then single batched
+contractions: dW_ih = sum_t delta_t x_t^T, dW_hh = sum_t delta_t h_{t-1}^T and
 db_ih = db_hh = sum_t delta_t. `PerSampleLinear` does the same for the attention scorer and the
-output head (outer products of inputs and output gradients, summed over hours).
+output head (per-stay outer products of inputs and output gradients, summed over hours).
 
 The per-hour loops run on one intra-op thread and, while recording, large temporaries live in
 per-layer buffers reused from step to step (see `_one_thread` and `_Workspace`).
 
-With per-stay recording on (`grad_sample_recording`), a backward pass leaves each trainable
-parameter those factors (`record_factors`: delta and the inputs, per stay and hour) instead of
-its per-stay gradients. `clip_recorded` takes each stay's gradient norm over all parameters
-from them, from the Gram matrices over hours where that is cheaper than forming the gradient
-(for the LSTM's weights: 48 hours against 256 gate rows by 74 inputs or 64 hidden units), and
-then the sum of the clipped gradients as one matrix product per weight, each stay's delta
-scaled by its clip factor: no per-stay gradient is formed. Opacus's
-`DPOptimizerFastGradientClipping` takes that sum as `param.grad`, adds the noise, scales and
-steps, and its step hook advances the accountant. Per-stay gradients are exact because no
-operation of the model mixes stays (no batch normalization); dropout masks are per element and
-therefore per stay.
+With per-stay recording on (`grad_sample_recording`), a backward pass stores each trainable
+parameter's per-stay gradients as `param.grad_sample` (`[batch, *param.shape]`), the layout
+Opacus's `DPOptimizer` reads; it then clips, sums, adds noise, scales and steps, and its step
+hook advances the accountant. Per-stay gradients are exact because no operation of the model
+mixes stays (no batch normalization); dropout masks are per element and therefore per stay.
 """
 
 from __future__ import annotations
@@ -63,10 +57,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus.accountants import IAccountant
-from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+from fedicu.shared.compat import store_grad_sample
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.training import torch_threads
 
@@ -119,57 +114,6 @@ def _taker(workspace: _Workspace | None):
     return workspace.take
 
 
-GRAD_FACTORS = "grad_factors"  # where a recorded backward pass leaves a parameter's per-stay factors
-
-
-def record_factors(param: torch.Tensor, grads: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
-    """Keep what a parameter's per-stay gradients are made of, `[stay, position, ...]`: the
-    gradient of stay b is sum_p grads[b, p] inputs[b, p]^T (a weight) or sum_p grads[b, p] (a
-    bias, `inputs` None). Frozen parameters keep nothing."""
-    if not param.requires_grad:
-        return
-    if getattr(param, GRAD_FACTORS, None) is not None:
-        raise RuntimeError("per-stay gradients of an earlier backward pass were never clipped (clip_recorded)")
-    setattr(param, GRAD_FACTORS, (grads, inputs))
-
-
-def _squared_norms(grads: torch.Tensor, inputs: torch.Tensor | None, grams: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Each stay's squared gradient norm from its factors, without forming the gradient when
-    the Gram matrices over positions are cheaper ("ghost clipping"): ||sum_p g_p a_p^T||^2 =
-    sum_{p,q} (g_p . g_q)(a_p . a_q). `grams` caches a Gram matrix shared by several weights."""
-    if inputs is None:
-        return grads.sum(1).pow(2).sum(1)
-    positions, n_out, n_in = grads.shape[1], grads.shape[2], inputs.shape[2]
-    if positions * (n_out + n_in) >= n_out * n_in:
-        return torch.bmm(grads.transpose(1, 2), inputs).flatten(1).pow(2).sum(1)
-
-    def gram(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in grams:
-            grams[id(t)] = torch.bmm(t, t.transpose(1, 2))
-        return grams[id(t)]
-
-    return (gram(grads) * gram(inputs)).sum((1, 2))
-
-
-def clip_recorded(params: Sequence[torch.Tensor], max_grad_norm: float) -> None:
-    """Clip every stay's gradient over all of `params` jointly to L2 norm `max_grad_norm` and
-    put the sum of the clipped gradients in each `param.grad`, from the factors a recorded
-    backward pass left (`record_factors`); the factors are dropped. The clip factor is
-    Opacus's: min(1, C / (norm + 1e-6)). The clipped sum is one matrix product per weight, with
-    each stay's factors scaled by its clip factor, so no per-stay gradient is ever formed."""
-    factors = [getattr(p, GRAD_FACTORS) for p in params]
-    grams: dict[int, torch.Tensor] = {}
-    norms = torch.stack([_squared_norms(g, a, grams) for g, a in factors]).sum(0).sqrt()
-    clip = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    for p, (grads, inputs) in zip(params, factors, strict=True):
-        weighted = grads * clip[:, None, None]
-        if inputs is None:
-            p.grad = weighted.sum((0, 1))
-        else:
-            p.grad = weighted.reshape(-1, grads.shape[2]).t() @ inputs.reshape(-1, inputs.shape[2])
-        setattr(p, GRAD_FACTORS, None)
-
-
 class _LinearFunction(torch.autograd.Function):
     """`F.linear` whose backward can store per-stay weight and bias gradients."""
 
@@ -190,9 +134,9 @@ class _LinearFunction(torch.autograd.Function):
             g = grad_out.reshape(batch, -1, n_out)  # [stay, positions, out]
             a = inputs.reshape(batch, -1, n_in)
             weight_param, bias_param = ctx.record
-            record_factors(weight_param, g, a)
+            store_grad_sample(weight_param, torch.bmm(g.transpose(1, 2), a))
             if bias_param is not None:
-                record_factors(bias_param, g)
+                store_grad_sample(bias_param, g.sum(1))
             return grad_in, None, None, None
         g = grad_out.reshape(-1, n_out)
         grad_w = g.t() @ inputs.reshape(-1, n_in) if ctx.needs_input_grad[1] else None
@@ -329,15 +273,20 @@ class _LSTMLayerFunction(torch.autograd.Function):
         grad_x = (delta.view(-1, four_h) @ w_ih).view(steps, batch, -1) if needs[0] else None
         if ctx.record is not None:
             # batch-major copies make each stay's matrices contiguous for the batched products
+            n_in = x.shape[2]
             delta_b = take("delta_b", (batch, steps, four_h), acts).copy_(delta.transpose(0, 1))
-            x_b = take("x_b", (batch, steps, x.shape[2]), x).copy_(x.transpose(0, 1))
+            x_b = take("x_b", (batch, steps, n_in), x).copy_(x.transpose(0, 1))
             h_prev_b = take("h_prev_b", (batch, steps, hidden), x)
             torch.mul(hh[:-1].transpose(0, 1), 2.0, out=h_prev_b)
             p_ih, p_hh, p_bih, p_bhh = ctx.record
-            record_factors(p_ih, delta_b, x_b)  # dW_ih of stay b: sum_t delta_bt x_bt^T
-            record_factors(p_hh, delta_b, h_prev_b)
-            record_factors(p_bih, delta_b)
-            record_factors(p_bhh, delta_b)
+            delta_bt = delta_b.transpose(1, 2)  # [B, 4H, T]
+            gs_ih = torch.bmm(delta_bt, x_b, out=take("gs_ih", (batch, four_h, n_in), x))
+            gs_hh = torch.bmm(delta_bt, h_prev_b, out=take("gs_hh", (batch, four_h, hidden), x))
+            store_grad_sample(p_ih, gs_ih)
+            store_grad_sample(p_hh, gs_hh)
+            bias = delta_b.sum(1)
+            store_grad_sample(p_bih, bias)
+            store_grad_sample(p_bhh, bias.clone())  # a separate tensor: Opacus flags each one
             return grad_x, grad_h0, grad_c0, None, None, None, None, None, None
         flat = delta.view(-1, four_h)
         grad_w_ih = flat.t() @ x.reshape(-1, x.shape[2]) if needs[3] else None
@@ -353,8 +302,7 @@ class PerSampleLSTM(nn.Module):
     `bias_hh_l{k}` `[4H]`, in nn.LSTM's order), so state dicts move between the two unchanged;
     same outputs `(output [B, T, H], (h_n [L, B, H], c_n [L, B, H]))`. Dropout between layers
     is applied in training mode as in nn.LSTM (the masks come from a different random draw).
-    With `grad_sample_enabled`, a backward pass records what its per-stay gradients are made of
-    (`record_factors`).
+    With `grad_sample_enabled`, a backward pass stores per-stay gradients as `grad_sample`.
     Unidirectional, with biases and batched inputs only, as the mortality model uses it.
     """
 
@@ -507,32 +455,30 @@ class PoissonSchedule:
 
 def private_step(
     model: MortalityLSTM,
-    optimizer: DPOptimizerFastGradientClipping,
+    optimizer: DPOptimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     proximal: tuple[float, Sequence[torch.Tensor]] | None = None,
 ) -> float:
     """One DP-SGD step on one Poisson batch; returns the summed BCE loss over the batch.
 
-    The loss is summed over stays, so the factors the backward pass records make each stay's
-    gradient of its own loss; `clip_recorded` clips each to the optimizer's `max_grad_norm` and
-    sums them into `param.grad`, and `optimizer` (Opacus's DPOptimizerFastGradientClipping with
-    `loss_reduction="mean"`, which takes `param.grad` as that clipped sum) adds N(0, (sigma C)^2)
-    noise and divides by its `expected_batch_size` (not by the drawn batch size, which would leak
-    it). An empty batch still takes a step on pure noise and is counted by the accountant, as
-    the analysis of Poisson sampling requires. `proximal=(mu, start_weights)` adds FedProx's
-    gradient mu (w - w_start) after privatization; it depends on no stay, so it costs no privacy.
+    The loss is summed over stays, so `param.grad_sample[j]` is the gradient of stay j's own
+    loss; `optimizer` (a DPOptimizer with `loss_reduction="mean"`) clips each to
+    `max_grad_norm`, sums, adds N(0, (sigma C)^2) noise and divides by its
+    `expected_batch_size` (not by the drawn batch size, which would leak it). An empty batch
+    still takes a step on pure noise and is counted by the accountant, as the analysis of
+    Poisson sampling requires. `proximal=(mu, start_weights)` adds FedProx's gradient
+    mu (w - w_start) after privatization; it depends on no stay, so it costs no privacy.
     Per-stay recording must be on (`grad_sample_recording`).
     """
     optimizer.zero_grad(set_to_none=True)
     if len(x) == 0:
         for p in optimizer.params:
-            p.grad = torch.zeros_like(p)
+            p.grad_sample = p.new_zeros((0, *p.shape))
         loss_value = 0.0
     else:
         loss = F.binary_cross_entropy_with_logits(model(x), y, reduction="sum")
         loss.backward()
-        clip_recorded(optimizer.params, optimizer.max_grad_norm)
         loss_value = loss.item()
     if proximal is None:
         optimizer.step()
@@ -576,9 +522,9 @@ def train_epochs_dp(
     `ceil(len(x) / batch_size)` steps; each step draws a Poisson batch with Opacus's
     `UniformWithReplacementSampler` (every stay independently with probability
     q = 1 / steps_per_epoch, the sampler inside Opacus's `DPDataLoader`), computes exact
-    per-stay gradient norms, clips every stay's gradient to `max_grad_norm` (C) and sums them
-    (`clip_recorded`), and lets Opacus's `DPOptimizerFastGradientClipping` add Gaussian noise of
-    standard deviation `noise_multiplier` (sigma) * C, divide by the expected batch size and step. `accountant` (e.g. `opacus.accountants.RDPAccountant`) is stepped with
+    per-stay gradients, and lets Opacus's `DPOptimizer` clip them to `max_grad_norm` (C), add
+    Gaussian noise of standard deviation `noise_multiplier` (sigma) * C, divide by the expected
+    batch size and step. `accountant` (e.g. `opacus.accountants.RDPAccountant`) is stepped with
     (sigma, q) after every step through the optimizer's step hook; keep one per hospital across
     rounds and read `accountant.get_epsilon(delta)` for the sample-level (epsilon, delta)-DP
     guarantee for this hospital's training stays (privacy unit: one ICU stay; see the module
@@ -606,7 +552,7 @@ def train_epochs_dp(
     params = [p for p in model.parameters() if p.requires_grad]
     start = list(anchor) if anchor is not None else [p.detach().clone() for p in params]
     proximal = (proximal_mu, start) if proximal_mu > 0 else None
-    optimizer = DPOptimizerFastGradientClipping(
+    optimizer = DPOptimizer(
         torch.optim.Adam(params, lr=lr),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
@@ -637,8 +583,6 @@ def train_epochs_dp(
                 epoch_loss = total / seen if seen else float("nan")
         finally:
             optimizer.zero_grad(set_to_none=True)
-            for p in params:  # a step stopped between its backward pass and its clipping
-                setattr(p, GRAD_FACTORS, None)
             for module in model.modules():
                 if isinstance(module, PerSampleLSTM):
                     module.release_buffers()
