@@ -230,7 +230,9 @@ def train(msg: Message, request: TrainRequest, context: Context) -> Message:
                                 batch_size=request.batch_size, seed=_ditto_seed(seed),
                                 proximal_mu=request.ditto_lambda, anchor=anchor)  # fmt: skip
 
-        _train_personal(request, context, hospital, model, x_val, ditto)
+        _PersonalFiles(request, context, hospital.name).keep(
+            request.server_round, _train_personal(request, context, hospital, model, x_val, ditto)
+        )
     # SCAFFOLD: the control variate is taken at the global model, before it moves.
     control = mean_gradient(model, x_train, hospital.train.labels) if request.correction is not None else None
     loss = train_epochs(
@@ -297,12 +299,10 @@ def _ditto_seed(seed: int) -> int:
 def _train_personal(
     request: TrainRequest, context: Context, hospital: HospitalData, received: MortalityLSTM, x_val: np.ndarray,
     train: Callable[[MortalityLSTM, list[torch.Tensor]], float],
-) -> None:  # fmt: skip
-    """Ditto: this round's personal model, trained by `train` (personal model, anchor), kept here."""
-    files = _PersonalFiles(request, context, hospital.name)
-    state = ditto_round(received, files.latest(request.server_round), (x_val, hospital.val.labels),
-                        server_round=request.server_round, train=train)  # fmt: skip
-    files.keep(request.server_round, state)
+) -> PersonalState:  # fmt: skip
+    """Ditto: this round's personal state, its model trained by `train` (personal model, anchor)."""
+    kept = _PersonalFiles(request, context, hospital.name).latest(request.server_round)
+    return ditto_round(received, kept, (x_val, hospital.val.labels), server_round=request.server_round, train=train)
 
 
 def _train_private(
@@ -320,13 +320,16 @@ def _train_private(
     except private_training.BudgetExhausted as refusal:
         return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
     model = to_dp_model(model)
+    personal = None
     if request.ditto_lambda:
-        _train_personal(request, context, hospital, model, inputs[1], lambda personal, anchor: private.train(
+        personal = _train_personal(request, context, hospital, model, inputs[1], lambda personal, anchor: private.train(
             personal, x, y, _ditto_seed(seed), proximal_mu=request.ditto_lambda, anchor=anchor))  # fmt: skip
     private.train(model, x, y, seed, augmented)
-    reply = TrainReply(hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train),
-                       ledger=private.finish())  # fmt: skip
-    return reply.reply_to(msg)
+    ledger = private.finish()  # spent before anything is kept
+    if personal is not None:
+        _PersonalFiles(request, context, hospital.name).keep(request.server_round, personal)
+    return TrainReply(hospital=hospital.name, weights=_weights(model), train_stays=len(hospital.train),
+                      ledger=ledger).reply_to(msg)  # fmt: skip
 
 
 def _private_round(

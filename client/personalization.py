@@ -14,8 +14,8 @@ trains its personal model for the round's local epochs on the objective
 loss(v) + lambda/2 * ||v - w||^2, w the global model it received, starting from its personal model
 of the round before (the global model in the first round). It keeps the personal model of the
 round with the best AUROC on its validation stays, and each round's state in a file of its own,
-so that a resumed run trains exactly as an uninterrupted one. The global model is trained and
-aggregated as without Ditto.
+so that a resumed run trains exactly as an uninterrupted one. Without DP-SGD the global model is
+trained and aggregated as without Ditto (with it, see below).
 
 `fedrep` (Collins et al., ICML 2021): the LSTM body is federated, the output head is the
 hospital's own. Every round the hospital puts its head (the received one in the first round) on

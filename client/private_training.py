@@ -61,6 +61,7 @@ class PrivateRound:
                 self.ledger.accountant, request.target_epsilon, self.ledger.delta, self.schedule.sample_rate, planned
             )
         self.ledger.check_budget(self.sigma, self.schedule.sample_rate, self.steps, request.target_epsilon)
+        self.accountant = new_accountant(self.ledger.accountant)  # every step of every pass, to check the count
 
     def train(
         self, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int,
@@ -73,14 +74,17 @@ class PrivateRound:
         r = self.request
         return train_epochs_dp(
             model, x, y, epochs=r.local_epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
-            noise_multiplier=self.sigma, max_grad_norm=r.max_grad_norm, accountant=new_accountant(self.ledger.accountant),
+            noise_multiplier=self.sigma, max_grad_norm=r.max_grad_norm, accountant=self.accountant,
             proximal_mu=r.proximal_mu if proximal_mu is None else proximal_mu, anchor=anchor,
             secure_mode=self.secure_rng, epoch_inputs=epoch_inputs,
         )  # fmt: skip
 
     def finish(self) -> str:
         """Record the round's steps in the ledger (the node's state, and the state file); the
-        ledger as JSON."""
+        ledger as JSON. The steps recorded are those the passes took: all that were planned."""
+        taken = sum(steps for _, _, steps in self.accountant.history)
+        if taken != self.steps:
+            raise RuntimeError(f"DP-SGD took {taken} steps this round where {self.steps} were planned and accounted")
         self.ledger.record(self.sigma, self.schedule.sample_rate, self.steps)
         record = json.dumps(self.ledger.to_json())
         self.context.state[LEDGER_STATE] = ConfigRecord({"ledger": record})

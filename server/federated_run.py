@@ -49,7 +49,7 @@ from fedicu.server.secure_aggregation import secure_train, unmask_threshold
 from fedicu.server.strategies import EQUAL_WEIGHT, fit_to_replies, make_strategy
 from fedicu.server.update_checks import control_problems, update_problems
 from fedicu.shared import compat, cross_site
-from fedicu.shared.config import RunConfig
+from fedicu.shared.config import FEDREP, RunConfig
 from fedicu.shared.contract import (
     METRICS,
     SITE,
@@ -215,7 +215,7 @@ class FederatedRun:
             raise ValueError("--secagg needs at least 2 hospitals: the sum of one hospital's update is that update")
         self.grid, self.config, self.data, self.run_dir, self.resume = grid, config, data, run_dir, resume
         self.model_config = model_config_of(config)
-        self.personal_head = config.personalization == "fedrep"
+        self.personal_head = config.personalization == FEDREP
         self.model = MortalityLSTM(self.model_config)
         self.start_weights = {} if resume is not None else self._start_weights()
         self.strategy = make_strategy(config, data.hospitals)

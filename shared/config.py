@@ -154,7 +154,7 @@ class RunConfig:
             ),
             (
                 not (self.freeze_body and self.personalization),
-                "--freeze-body cannot be combined with --personalization yet: personal models train the whole model",
+                "--freeze-body cannot be combined with --personalization yet: personal models train the LSTM body too",
             ),
             (0 <= self.augment_mask < 1, f"--augment-mask must lie in [0, 1), not {self.augment_mask}"),
             (

@@ -206,9 +206,9 @@ def load_trained(
     card = run_dir.read_json(MODEL_CARD)
     if headless(run_dir.path):
         raise ValueError(
-            f"{option} {run_dir.path}: trained with --personalization fedrep, so it has no model to score as a whole "
-            f"(the global model is a body without a trained head); give a hospital's own model instead, "
-            f"{run_dir.path / SITES_DIR}/<hospital>/{PERSONAL_MODEL}"
+            f"{option} {run_dir.path}: trained with --personalization fedrep, so its global model is a body "
+            "without a trained head and scores no stays; each hospital's own model is "
+            f"{run_dir.path / SITES_DIR}/<hospital>/{PERSONAL_MODEL}, which fedicu evaluate scores"
         )
     state = run_dir.load_model(BEST_MODEL if which == "best" else FINAL_MODEL)
     model = MortalityLSTM(ModelConfig(**state["model_config"]))

@@ -145,7 +145,9 @@ def test_each_hospital_keeps_a_personal_model_that_reproduces_its_numbers(fedrep
 def test_the_global_body_is_refused_where_a_whole_model_is_needed(fedrep_run, monkeypatch, capsys):
     run_dir, _ = fedrep_run
     run = str(run_dir.path)
-    for command in (["evaluate", run], ["predict", run, "--out", "unused.csv"], ["export", run, "--onnx", "x.onnx"]):
+    commands = (["evaluate", run], ["predict", run, "--out", "unused.csv"], ["export", run, "--onnx", "x.onnx"],
+                ["serve", run], ["audit", run], ["report", run], ["simulate", "--init-from", run, "--out", "unused"])  # fmt: skip
+    for command in commands:
         code, _, stderr = fedicu_here(monkeypatch, capsys, *command)
         assert code == 2 and "trained with --personalization fedrep" in stderr and PERSONAL_MODEL in stderr
     code, _, stderr = fedicu_here(monkeypatch, capsys, "cross-site", run)

@@ -362,8 +362,9 @@ def leave_out_table(report: dict, seed: int) -> Table:
 
 
 def personalization_table(run_dir: Path) -> Table:
-    """Each hospital's personal model against the best global model: the epochs (finetune) or
-    the round (ditto) it chose, then AUROC on its validation stays (where it chose) and on its test stays."""
+    """Each hospital's personal model against the best global model (FedRep's has no score of
+    its own): the epochs (finetune) or the round (ditto, fedrep) it chose, then AUROC on its
+    validation stays (where it chose) and on its test stays."""
     chosen = json.loads((run_dir / PERSONALIZATION_JSON).read_text())
     matrix = json.loads((run_dir / CROSS_SITE_JSON).read_text())
     personal = f"personal/{chosen[0]['method']}"
@@ -371,7 +372,7 @@ def personalization_table(run_dir: Path) -> Table:
     against = (
         "(the global model is a body: no score of its own)"
         if personal == "personal/fedrep"
-        else ("against the best global one")
+        else "against the best global one"
     )
     table = Table(title=f"{personal}: each hospital's own model, {against}")
     table.add_column("hospital", no_wrap=True)
