@@ -460,8 +460,7 @@ def _personal_model(
         kept = _PersonalFiles(request, context, hospital.name).latest(request.server_round + 1)
         if kept is None:
             return None
-        received = _model(msg, request)
-        return kept_personal(received, kept, (x_val, hospital.val.labels), None if request.personal_head else received)
+        return kept_personal(_model(msg, request), kept, (x_val, hospital.val.labels), headless=request.personal_head)
     seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
     return finetune(
         _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),

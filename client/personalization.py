@@ -184,13 +184,14 @@ def plain_training(
 
 
 def kept_personal(
-    template: MortalityLSTM, kept: PersonalState, val: tuple[np.ndarray, np.ndarray], global_model: MortalityLSTM | None
+    received: MortalityLSTM, kept: PersonalState, val: tuple[np.ndarray, np.ndarray], *, headless: bool
 ) -> PersonalModel:
     """The personal model a hospital kept over the rounds (that of the round best on
-    validation), beside `global_model` (None: FedRep, whose global model has no head of its own)."""
-    personal = copy.deepcopy(template)
+    validation), beside the global model it `received` (scored unless `headless`: FedRep's,
+    which has no head of its own)."""
+    personal = copy.deepcopy(received)
     personal.load_state_dict(kept.best)
-    start = auroc(val[1], predict(global_model, val[0])) if global_model is not None else math.nan
+    start = math.nan if headless else auroc(val[1], predict(received, val[0]))
     return PersonalModel(personal, kept.best_round, start, kept.best_val_auroc)
 
 

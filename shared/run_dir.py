@@ -161,10 +161,10 @@ HEADLESS = (
 )
 
 
-def headless(path: str | Path) -> bool:
-    """A completed run whose global model is a body without a trained head (FedRep): only its
-    hospitals' own models score stays."""
-    return RunDirectory(path).read_json(MODEL_CARD).get("training", {}).get("personalization") == FEDREP
+def headless(card: dict) -> bool:
+    """Whether the run of this model card has a global model that is a body without a trained
+    head (FedRep): only its hospitals' own models score stays."""
+    return card.get("training", {}).get("personalization") == FEDREP
 
 
 def trained_task(path: str | Path) -> str:
@@ -204,7 +204,7 @@ def load_trained(
     if which not in ("best", "final"):
         raise ValueError(f"--model must be 'best' or 'final', not {which!r}")
     card = run_dir.read_json(MODEL_CARD)
-    if headless(run_dir.path):
+    if headless(card):
         raise ValueError(
             f"{option} {run_dir.path}: trained with --personalization fedrep, so its global model is a body "
             "without a trained head and scores no stays; each hospital's own model is "

@@ -20,7 +20,15 @@ from fedicu.shared.contract import SiteTest
 from fedicu.shared.federation import Federation, HospitalData
 from fedicu.shared.metrics import event1
 from fedicu.shared.preprocessing import to_features
-from fedicu.shared.run_dir import CONFIG_FILE, MODEL_CARD, STAYS_FILE, headless, load_trained, trained_task
+from fedicu.shared.run_dir import (
+    CONFIG_FILE,
+    MODEL_CARD,
+    STAYS_FILE,
+    RunDirectory,
+    headless,
+    load_trained,
+    trained_task,
+)
 from fedicu.shared.training import predict
 
 
@@ -49,7 +57,7 @@ def models_in(run_dirs: list[Path]) -> dict[str, Path]:
         completed = sorted(card.parent for card in given.rglob(MODEL_CARD))
         if not completed:
             raise ValueError(f"RUN_DIR {given}: holds no completed run (no {MODEL_CARD})")
-        runs = [run for run in completed if not headless(run)]
+        runs = [run for run in completed if not headless(RunDirectory(run).read_json(MODEL_CARD))]
         if not runs:
             raise ValueError(
                 f"RUN_DIR {given}: trained with --personalization fedrep, whose global model is a body without a "

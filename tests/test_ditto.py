@@ -68,8 +68,8 @@ def _pulled(train: tuple[np.ndarray, np.ndarray], lam: float, epochs: int, seed:
                                                  proximal_mu=lam, anchor=anchor)  # fmt: skip
 
 
-def _loaded(state: dict[str, torch.Tensor]) -> MortalityLSTM:
-    model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
+def _loaded(state: dict[str, torch.Tensor], hidden: int = 8) -> MortalityLSTM:
+    model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=hidden))
     model.load_state_dict(state)
     return model
 

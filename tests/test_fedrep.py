@@ -29,7 +29,7 @@ from fedicu.shared.run_dir import (
 )
 from fedicu.shared.training import predict
 from fedicu.shared.transfer import starting_weights
-from tests.test_ditto import _data, _recording, _rows, _run
+from tests.test_ditto import _data, _loaded, _recording, _rows, _run
 from tests.test_site_check import fedicu as fedicu_here
 
 SETTINGS: dict[str, Any] = dict(hospitals=3, synthetic_stays=900, rounds=3, seed=4, hidden_size=16)
@@ -42,12 +42,6 @@ def _parts(state: dict[str, torch.Tensor], head: bool) -> dict[str, torch.Tensor
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _model(state: dict[str, torch.Tensor], hidden: int) -> MortalityLSTM:
-    model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=hidden))
-    model.load_state_dict(state)
-    return model
 
 
 def test_a_round_trains_the_head_on_the_received_body_then_sends_the_body_with_the_received_head():
@@ -63,8 +57,8 @@ def test_a_round_trains_the_head_on_the_received_body_then_sends_the_body_with_t
     assert not _same(_parts(kept, head=True), _parts(sent, head=True))
     assert _same(_parts(reply, head=True), _parts(sent, head=True))  # ...then the body, sent with the head received
     assert not _same(_parts(reply, head=False), _parts(sent, head=False))
-    assert done.state.best_val_auroc == auroc(val[1], predict(_model(kept, 8), val[0]))
-    local = _model({**_parts(reply, head=False), **_parts(kept, head=True)}, 8)
+    assert done.state.best_val_auroc == auroc(val[1], predict(_loaded(kept, 8), val[0]))
+    local = _loaded({**_parts(reply, head=False), **_parts(kept, head=True)}, 8)
     assert done.local_val_auroc == auroc(val[1], predict(local, val[0]))
 
 
@@ -118,7 +112,7 @@ def test_each_round_is_scored_with_each_hospitals_head_on_the_global_body(fedrep
     states = _kept_states(run_dir)
     for hospital in federation.hospitals:
         head = _parts(states[(hospital.name, FEDREP.rounds)].latest, head=True)
-        model = _model({**body, **head}, FEDREP.hidden_size)
+        model = _loaded({**body, **head}, FEDREP.hidden_size)
         scores = predict(model, to_features(hospital.val, norm))
         assert auroc(hospital.val.labels, scores) == pytest.approx(rows[(hospital.name, FEDREP.rounds)]["val_auroc"])
     assert all(r["test_auroc"] is None for r in run_dir.read_json(METRICS_JSON))  # no head to score it here
@@ -136,7 +130,7 @@ def test_each_hospital_keeps_a_personal_model_that_reproduces_its_numbers(fedrep
         kept = torch.load(run_dir.path / SITES_DIR / hospital.name / PERSONAL_MODEL, weights_only=True)
         assert kept["personalization"] == "fedrep" and 1 <= kept["epochs"] == row["epochs"] <= FEDREP.rounds
         assert row["val_auroc_global"] is None  # the body alone has no score
-        model = _model(kept["state_dict"], FEDREP.hidden_size)
+        model = _loaded(kept["state_dict"], FEDREP.hidden_size)
         test = matrix[("personal/fedrep", hospital.name)]["auroc"]
         for part, reported in ((hospital.val, row["val_auroc"]), (hospital.test, test)):
             assert auroc(part.labels, predict(model, to_features(part, norm))) == pytest.approx(reported, abs=1e-9)
