@@ -41,7 +41,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedicu.server.checkpoint import RunState
-from fedicu.server.messaging import Sent, send
+from fedicu.server.messaging import Sent, send, sender
 from fedicu.server.replies import Replies, exchange, receive, sort_replies
 from fedicu.server.round_metrics import round_metrics
 from fedicu.server.scaffold import ControlVariates
@@ -416,20 +416,21 @@ class FederatedRun:
         stage = f"round {rnd} training (secure aggregation)"
         instructions = self._instructions(rnd, self.arrays)
         max_weight = float(max(self.train_stays.values()))
-        average, replies = secure_train(self.grid, instructions, rnd, max_weight, self.config.round_timeout)
+        secure = secure_train(self.grid, instructions, rnd, max_weight, self.config.round_timeout)
         # A hospital's masked weights are in the sum from the moment they arrive; it failed only if they did not.
-        masked = [m for m in replies if not m.has_error() and SITE in m.content.config_records]
-        delivered = {m.metadata.src_node_id for m in masked}
-        masked += [m for m in replies if m.has_error() and m.metadata.src_node_id not in delivered]
+        masked = [m for m in secure.replies if not m.has_error() and SITE in m.content.config_records]
+        delivered = {sender(m, secure.senders) for m in masked}
+        masked += [m for m in secure.replies if m.has_error() and sender(m, secure.senders) not in delivered]
         missing = "dropped out during secure aggregation"
-        trained = sort_replies(masked, instructions, TrainReply, missing, stage, self.config.min_hospitals, self.names)
-        if average is None:
+        trained = sort_replies(masked, instructions, TrainReply, missing, stage, self.config.min_hospitals, self.names,
+                               secure.senders)  # fmt: skip
+        if secure.average is None:
             raise RuntimeError(
                 f"{stage}: stopped, fewer than {unmask_threshold(len(instructions))} of {len(instructions)} hospitals "
                 f"stayed to the end of the round ({len(trained.replies)} sent masked weights); SecAgg+ needs more "
                 "than half of them to unmask the sum"
             )
-        return trained, self._aggregate(rnd, [average])
+        return trained, self._aggregate(rnd, [secure.average])
 
     def evaluate(self, rnd: int, arrays: ArrayRecord) -> Replies[EvaluateReply]:
         request = replace(self.evaluate_request, server_round=rnd)

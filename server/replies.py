@@ -17,7 +17,7 @@ from flwr.app import Message
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedicu.server.messaging import Sent, collect, send
+from fedicu.server.messaging import Sent, collect, send, sender
 from fedicu.shared.contract import CONTRACT_REFUSAL, ContractError, ContractMismatch, Reply
 
 R = TypeVar("R", bound=Reply)
@@ -57,17 +57,18 @@ def exchange(
 def receive(grid: Grid, sent: Sent, kind: type[R], stage: str, minimum: int, names: dict[int, str]) -> Replies[R]:
     """Wait until every hospital replied or the timeout passed, and read the replies as `kind`."""
     missing = "no reply" if sent.timeout is None else f"no reply within {sent.timeout:g} s"
-    return sort_replies(collect(grid, sent), sent.messages, kind, missing, stage, minimum, names)
+    return sort_replies(collect(grid, sent), sent.messages, kind, missing, stage, minimum, names, sent.senders)
 
 
 def sort_replies(
     received: Iterable[Message], sent: list[Message], kind: type[R], missing: str, stage: str, minimum: int,
-    names: dict[int, str],
+    names: dict[int, str], senders: dict[str, int],
 ) -> Replies[R]:  # fmt: skip
-    """The replies by hospital; errors, broken replies and missing ones become failures."""
+    """The replies by hospital (`senders`: message id -> node, as `Sent` has it); errors, broken
+    replies and missing ones become failures."""
     messages, replies, failures, answered = {}, {}, {}, set()
     for msg in received:
-        node = msg.metadata.src_node_id
+        node = sender(msg, senders)
         answered.add(node)
         who = names.get(node, f"node {node}")
         if msg.has_error():

@@ -85,22 +85,32 @@ class _RecordingGrid:
     def __init__(self, grid: Grid):
         self.grid = grid
         self.replies: list[Message] = []
+        self.senders: dict[str, int] = {}
 
     def send_and_receive(self, messages, *, timeout=None):
-        replies = collect(self.grid, send(self.grid, messages, timeout))
+        sent = send(self.grid, messages, timeout)
+        replies = collect(self.grid, sent)
         self.replies += replies
+        self.senders |= sent.senders
         return replies
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    """The hospitals' weighted average as one reply the strategy can aggregate (None when the
+    protocol stopped because too few hospitals remained) and every reply received, whose
+    masking-stage ones carry each hospital's metrics with its weights removed."""
+
+    average: Message | None
+    replies: list[Message]
+    senders: dict[str, int]  # message id -> node, for `messaging.sender`
 
 
 def secure_train(
     grid: Grid, instructions: list[Message], server_round: int, max_weight: float, timeout: float
-) -> tuple[Message | None, list[Message]]:
-    """Run SecAgg+ over one round's train instructions.
-
-    Returns the hospitals' weighted average as one reply the strategy can aggregate (None
-    when the protocol stopped because too few hospitals remained) and every reply received,
-    whose masking-stage ones carry each hospital's metrics with its weights removed.
-    `max_weight` must be at least the largest number of training stays."""
+) -> SecureRound:
+    """Run SecAgg+ over one round's train instructions. `max_weight` must be at least the
+    largest number of training stays."""
     arrays = instructions[0].content.array_records[ARRAYS]
     bridge, recording = _Bridge(instructions), _RecordingGrid(grid)
     workflow = compat.secagg_workflow_class()(
@@ -112,7 +122,7 @@ def secure_train(
     )
     workflow(recording, compat.legacy_context(server_round, arrays, bridge))
     if bridge.average is None:
-        return None, recording.replies
+        return SecureRound(None, recording.replies, recording.senders)
     average = ArrayRecord(
         {
             name: Array(value.astype(arrays[name].numpy().dtype))
@@ -120,4 +130,4 @@ def secure_train(
         }
     )
     content = RecordDict({ARRAYS: average, METRICS: MetricRecord({WEIGHT: 1})})
-    return Message(content, reply_to=instructions[0]), recording.replies
+    return SecureRound(Message(content, reply_to=instructions[0]), recording.replies, recording.senders)

@@ -3,6 +3,7 @@ any stages (exact stays-weighted average of the right hospitals, no weights in t
 in simulation: the same model as plain aggregation, and a clear failure when too few remain."""
 
 import copy
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -10,14 +11,17 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedicu.client.client_app import app as hospital_app
 from fedicu.client.client_app import train as hospital_train
 from fedicu.client.secure_aggregation import secure_aggregation_mod
 from fedicu.server.federated_run import LogProgress
+from fedicu.server.replies import sort_replies
 from fedicu.server.secure_aggregation import secure_train
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
+from fedicu.shared.contract import TrainReply
 from fedicu.shared.federation import prepare
 from fedicu.shared.run_dir import FINAL_MODEL, RunDirectory
 from fedicu.simulations.inprocess import run_in_process
@@ -25,18 +29,22 @@ from fedicu.simulations.inprocess import run_in_process
 SMALL = dict(hospitals=3, synthetic_stays=900, rounds=1, seed=5)
 STAGES = compat.secagg_stages()
 SETUP, SHARE_KEYS, COLLECT_MASKED_VECTORS, UNMASK = STAGES
+SERVER_NODE = 1  # the node id Flower's grid gives the server
 
 
 class InProcessSites:
     """A grid whose hospitals answer in this process through the real client mod; hospital i
-    stops answering from stage `gone_from[i]` on. Messages are copied as a network would."""
+    stops answering from stage `gone_from[i]` on, and hospital j dies uploading its reply at
+    stage `lost_at[j]` (the grid then replies for it, as Flower's does, with an error from the
+    server's own node). Messages are copied as a network would."""
 
-    def __init__(self, hospitals: int, gone_from: dict[int, str], seed: int = 0):
+    def __init__(self, hospitals: int, gone_from: dict[int, str], seed: int = 0, lost_at: dict[int, str] | None = None):
         rng = np.random.default_rng(seed)
         self.nodes = [1000 + 17 * i for i in range(hospitals)]
         self.weights = {n: rng.normal(0, 0.3, (6, 4)).astype(np.float32) for n in self.nodes}
         self.stays = {n: int(rng.integers(40, 400)) for n in self.nodes}
         self.gone_from = {self.nodes[i]: STAGES.index(stage) for i, stage in gone_from.items()}
+        self.lost_at = {self.nodes[i]: stage for i, stage in (lost_at or {}).items()}
         self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in self.nodes}
         self.replies: dict[str, Message | None] = {}  # message id -> reply (None: never comes)
 
@@ -57,7 +65,10 @@ class InProcessSites:
             ids.append(f"message-{len(self.replies) + len(ids)}")
             compat.set_message_id(msg, ids[-1])  # as Flower's grids number them
             node, stage = msg.metadata.dst_node_id, compat.secagg_stage(msg)
-            if STAGES.index(str(stage)) < self.gone_from.get(node, len(STAGES)):
+            if self.lost_at.get(node) == stage:
+                self.replies[ids[-1]] = _upload_lost(ids[-1])
+                self.gone_from[node] = STAGES.index(str(stage))
+            elif STAGES.index(str(stage)) < self.gone_from.get(node, len(STAGES)):
                 reply = secure_aggregation_mod(copy.deepcopy(msg), self.contexts[node], self.train)
                 self.replies[ids[-1]] = copy.deepcopy(reply)
             else:
@@ -83,6 +94,13 @@ class InProcessSites:
         return np.sum([self.weights[n] * self.stays[n] for n in nodes], axis=0) / sum(self.stays[n] for n in nodes)
 
 
+def _upload_lost(message_id: str) -> Any:
+    """What Flower's grid returns for a reply whose contents never arrived."""
+    error = SimpleNamespace(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="Reply message objects are unavailable.")
+    metadata = SimpleNamespace(src_node_id=SERVER_NODE, reply_to_message_id=message_id)
+    return SimpleNamespace(metadata=metadata, error=error, has_error=lambda: True)
+
+
 @pytest.fixture
 def in_a_task():
     """Flower builds messages only inside a task: give this process a task identity."""
@@ -105,7 +123,8 @@ def test_the_server_learns_the_weighted_average_of_the_hospitals_that_stayed_and
     in_a_task, hospitals, gone_from, summed
 ):
     sites = InProcessSites(hospitals, gone_from)
-    average, replies = secure_train(cast(Any, sites), sites.instructions(), 1, max_weight=400.0, timeout=1.0)
+    secure = secure_train(cast(Any, sites), sites.instructions(), 1, max_weight=400.0, timeout=1.0)
+    average, replies = secure.average, secure.replies
 
     if summed is None:
         assert average is None
@@ -116,6 +135,20 @@ def test_the_server_learns_the_weighted_average_of_the_hospitals_that_stayed_and
     for reply in replies:  # whatever the stage, no weights travel in the clear
         assert all(len(record) == 0 for record in reply.content.array_records.values())
         assert {"arrays", "fitres.parameters"} >= set(reply.content.array_records)
+
+
+def test_a_hospital_that_dies_uploading_its_key_shares_is_named_and_the_others_are_summed(in_a_task):
+    sites = InProcessSites(3, {}, lost_at={1: SHARE_KEYS})
+    instructions = sites.instructions()
+    secure = secure_train(cast(Any, sites), instructions, 1, max_weight=400.0, timeout=1.0)
+
+    assert secure.average is not None
+    assert np.allclose(secure.average.content.array_records["arrays"]["w"].numpy(), sites.average_of([0, 2]), atol=1e-5)
+    lost = [m for m in secure.replies if m.has_error()]
+    names = {n: f"hospital-{n}" for n in sites.nodes}
+    trained = sort_replies(lost, instructions, TrainReply, "no reply", "round 1", 0, names, secure.senders)
+    assert trained.failures[names[sites.nodes[1]]].startswith("Reply message objects are unavailable")
+    assert f"node {SERVER_NODE}" not in trained.failures
 
 
 def crashing(partitions: set[int], stage: str = COLLECT_MASKED_VECTORS) -> ClientApp:
