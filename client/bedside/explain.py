@@ -77,49 +77,64 @@ def empty_stay() -> Sequences:
     )
 
 
-def explain(model: MortalityLSTM, norm: Normalization, seqs: Sequences) -> Explanation:
-    """Integrated gradients of every stay's risk, grouped by variable and hour."""
-    channels = model.config.channels
-    x = torch.from_numpy(to_features(seqs, norm, channels))
-    baseline = torch.from_numpy(to_features(empty_stay(), norm, channels))
-    model.eval()
+class Explainer:
+    """Integrated gradients for one model and normalization. What no stay changes (the empty
+    stay's input and risk, the variable of each input feature) is computed once, so that a
+    service explaining one stay per request pays only for that stay."""
 
-    def risk(inputs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(model(inputs))
+    def __init__(self, model: MortalityLSTM, norm: Normalization):
+        self.model = model
+        channels = model.config.channels
+        self.baseline = torch.from_numpy(to_features(empty_stay(), norm, channels))
+        self.norm, self.channels = norm, channels
+        model.eval()
+        with torch.no_grad():
+            self.empty_risk = float(self._risk(self.baseline).item())
+        self.variables, grouping = _variable_of_each_feature(channels)
+        self.feature_to_variable = np.eye(len(self.variables))[grouping]  # [features, variables], one-hot rows
+        self.gradients = IntegratedGradients(self._risk)
 
-    gradients = IntegratedGradients(risk)
-    with torch.no_grad():
-        logits, weights = model.forward_with_attention(x) if len(x) else (torch.empty(0), None)
-        risks = torch.sigmoid(logits).double().numpy()
-        empty = float(risk(baseline).item())
+    def _risk(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(inputs))
 
-    def integrate(stays: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, seqs: Sequences) -> Explanation:
+        """Integrated gradients of every stay's risk, grouped by variable and hour."""
+        self.model.eval()
+        x = torch.from_numpy(to_features(seqs, self.norm, self.channels))
+        with torch.no_grad():
+            logits, weights = self.model.forward_with_attention(x) if len(x) else (torch.empty(0), None)
+            risks = torch.sigmoid(logits).double().numpy()
+        attributions, delta = self._integrate(x, np.arange(len(x)), STEPS, risks)
+        for steps in REFINED_STEPS:
+            rough = np.flatnonzero(np.abs(delta) > TOLERANCE)
+            if not len(rough):
+                break
+            again, again_delta = self._integrate(x, rough, steps, risks)
+            better = np.abs(again_delta) < np.abs(delta[rough])
+            attributions[rough[better]], delta[rough[better]] = again[better], again_delta[better]
+        by_hour = attributions @ self.feature_to_variable
+        attention = None if weights is None else weights.double().numpy()  # attention models only
+        return Explanation(self.variables, by_hour, delta, risks, self.empty_risk, attention)
+
+    def _integrate(
+        self, x: torch.Tensor, stays: np.ndarray, steps: int, risks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Attributions of these stays (indices into `x`), and their error: sum - (risk - risk of
-        the empty stay), Captum's convergence delta, from the risks computed once above."""
+        the empty stay), Captum's convergence delta, from the risks computed once."""
         parts = [np.empty((0, *x.shape[1:]))]
         for start in range(0, len(stays), BATCH):
             batch = x[stays[start : start + BATCH]]
-            attributed = gradients.attribute(
-                batch, baselines=baseline.expand_as(batch), n_steps=steps, internal_batch_size=INTERNAL_BATCH
+            attributed = self.gradients.attribute(
+                batch, baselines=self.baseline.expand_as(batch), n_steps=steps, internal_batch_size=INTERNAL_BATCH
             )
             parts.append(attributed.detach().double().numpy())
         attributions = np.concatenate(parts)
-        return attributions, attributions.sum(axis=(1, 2)) - (risks[stays] - empty)
+        return attributions, attributions.sum(axis=(1, 2)) - (risks[stays] - self.empty_risk)
 
-    attributions, delta = integrate(np.arange(len(x)), STEPS)
-    for steps in REFINED_STEPS:
-        rough = np.flatnonzero(np.abs(delta) > TOLERANCE)
-        if not len(rough):
-            break
-        again, again_delta = integrate(rough, steps)
-        better = np.abs(again_delta) < np.abs(delta[rough])
-        attributions[rough[better]], delta[rough[better]] = again[better], again_delta[better]
-    variables, grouping = _variable_of_each_feature(channels)
-    by_hour = np.zeros((len(attributions), HOURS, len(variables)))
-    for feature, variable in enumerate(grouping):
-        by_hour[..., variable] += attributions[..., feature]
-    attention = None if weights is None else weights.double().numpy()  # attention models only
-    return Explanation(variables, by_hour, delta, risks, empty, attention)
+
+def explain(model: MortalityLSTM, norm: Normalization, seqs: Sequences) -> Explanation:
+    """Integrated gradients of every stay's risk, grouped by variable and hour."""
+    return Explainer(model, norm)(seqs)
 
 
 def _variable_of_each_feature(channels: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:

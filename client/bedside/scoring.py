@@ -9,8 +9,9 @@ variables with the largest integrated-gradients share of the model's risk (`expl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from fedicu.shared.model import MortalityLSTM, fingerprint
 from fedicu.shared.preprocessing import Normalization, Sequences, to_features
 from fedicu.shared.run_dir import MODEL_CARD, RunDirectory, load_trained
 from fedicu.shared.training import predict
+
+if TYPE_CHECKING:
+    from fedicu.client.bedside.explain import Explainer
 
 TOP_VARIABLES = 3
 
@@ -55,18 +59,25 @@ class Scorer:
         return Scorer(run_dir, model, norm, mapped.threshold if mapped else threshold, mapped, card, sha)
 
     def risks(self, seqs: Sequences) -> np.ndarray:
-        risks = predict(self.model, to_features(seqs, self.norm, self.model.config.channels))
+        return self._mapped(predict(self.model, to_features(seqs, self.norm, self.model.config.channels)))
+
+    def _mapped(self, risks: np.ndarray) -> np.ndarray:
         return self.recalibration.apply(risks) if self.recalibration else risks
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        from fedicu.client.bedside.explain import Explainer  # Captum takes seconds to import: only explaining pays
+
+        return Explainer(self.model, self.norm)
 
     def score(self, seqs: Sequences, top: int = TOP_VARIABLES) -> list[dict[str, Any]]:
         """A row per stay: stay_id, risk, decision and (with `top` > 0) its top variables and,
         for an attention model, the weight it gave each hour."""
-        from fedicu.client.bedside.explain import explain  # Captum takes seconds to import: only explaining pays
-
-        risks = self.risks(seqs)
         if top <= 0:
+            risks = self.risks(seqs)
             return rows(seqs, risks, self.threshold, [[] for _ in risks])
-        explained = explain(self.model, self.norm, seqs)
+        explained = self.explainer(seqs)  # its forward pass gives the risks too
+        risks = self._mapped(explained.risk)
         return rows(seqs, risks, self.threshold, explained.top_variables(top), explained.attention)
 
 

@@ -149,6 +149,8 @@ def serve(
     requests.propagate = False  # one line per request, not one more from a handler the libraries set up
     console.print(f"Serving {run_dir or onnx} (model {sha[:12]}) on http://{host}:{port} (docs: /docs{', with the token' if token else ''}); stays in {database}",
                   highlight=False, soft_wrap=True)  # one line, as the request lines after it  # fmt: skip
+    if isinstance(scorer, Scorer) and top > 0:
+        scorer.explainer  # noqa: B018  # loaded now, not at the first request
     gc.freeze()  # what is loaded now lives as long as the service: no collection walks it again
     try:
         # Uvicorn's access log would write each stay's identifier (in the path): ours names the route.
