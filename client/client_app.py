@@ -333,15 +333,15 @@ def _train_private(
 
 
 def _private_round(
-    request: TrainRequest, context: Context, hospital: HospitalData, passes: int = 1
+    request: TrainRequest, context: Context, hospital: HospitalData, passes: int = 1, finetune: bool = False
 ) -> private_training.PrivateRound:
-    """The round's DP-SGD (client/private_training.py); a deployed site draws its noise from
-    the operating system and keeps its ledger in its state-dir."""
+    """The round's DP-SGD, or the fine-tuning's after the run (client/private_training.py); a
+    deployed site draws its noise from the operating system and keeps its ledger in its state-dir."""
     from fedicu.client import private_training
 
     deployed = "data-dir" in context.node_config
     state_file = _ledger_file(context, request, hospital.name) if deployed else None
-    return private_training.PrivateRound(request, context, len(hospital.train), deployed, state_file, passes)
+    return private_training.PrivateRound(request, context, len(hospital.train), deployed, state_file, passes, finetune)
 
 
 def _train_fedrep(
@@ -453,19 +453,26 @@ def cross_site(msg: Message, request: CrossSiteRequest, context: Context) -> Mes
 
 def _personal_model(
     msg: Message, request: PersonalizeRequest, context: Context, hospital: HospitalData, x_train: np.ndarray,
-    x_val: np.ndarray,
+    x_val: np.ndarray, private: private_training.PrivateRound | None,
 ) -> PersonalModel | None:  # fmt: skip
-    """Fine-tuned now, or the one Ditto or FedRep kept over the rounds (None: it kept none)."""
+    """Fine-tuned now (by `private`'s DP-SGD if given), or the one Ditto or FedRep kept over the
+    rounds (None: it kept none)."""
+    val = (x_val, hospital.val.labels)
     if request.method in ("ditto", FEDREP):
         kept = _PersonalFiles(request, context, hospital.name).latest(request.server_round + 1)
         if kept is None:
             return None
-        return kept_personal(_model(msg, request), kept, (x_val, hospital.val.labels), headless=request.personal_head)
+        return kept_personal(_model(msg, request), kept, val, headless=request.personal_head)
     seed = int(np.random.SeedSequence([request.seed, *b"personalize", *hospital.name.encode()]).generate_state(1)[0])
-    return finetune(
-        _model(msg, request), (x_train, hospital.train.labels), (x_val, hospital.val.labels),
-        max_epochs=request.max_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
-    )  # fmt: skip
+    x, y = x_train, hospital.train.labels
+    if private is None:
+        return finetune(_model(msg, request), val, lambda model, after_epoch: train_epochs(
+            model, x, y, epochs=request.finetune_epochs, lr=request.lr, batch_size=request.batch_size, seed=seed,
+            after_epoch=after_epoch))  # fmt: skip
+    from fedicu.shared.privacy.per_sample_lstm import to_dp_model
+
+    return finetune(to_dp_model(_model(msg, request)), val, lambda model, after_epoch: private.train(
+        model, x, y, seed, proximal_mu=0.0, after_epoch=after_epoch))  # fmt: skip
 
 
 @app.query(PersonalizeRequest.action)
@@ -477,13 +484,19 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
         return Message(
             Error(CONTRACT_REFUSAL, f"personalization {request.method!r}: this site offers {offered}"), reply_to=msg
         )
-    if request.dp and request.method == "finetune":  # the site's own guard: not covered by the run's accounting
-        reason = "fine-tuning under DP-SGD would spend privacy budget the run does not account for"
-        return Message(Error(PRIVACY_REFUSAL, reason), reply_to=msg)
     set_torch_threads(1)
     hospital = _hospital(request, context)
     x_train, x_val, x_test = _inputs(hospital, request)
-    tuned = _personal_model(msg, request, context, hospital, x_train, x_val)
+    private = None
+    if request.dp and request.method == "finetune":  # within the budget, or refused before anything trains
+        from fedicu.client import private_training  # Opacus takes seconds to import: only DP runs pay
+
+        try:
+            private = _private_round(request, context, hospital, finetune=True)
+        except private_training.BudgetExhausted as refusal:
+            return Message(Error(PRIVACY_REFUSAL, f"{hospital.name}: {refusal}"), reply_to=msg)
+    tuned = _personal_model(msg, request, context, hospital, x_train, x_val, private)
+    ledger = private.finish() if private is not None else None  # spent before anything is kept
     if tuned is None:
         reason = f"{hospital.name} kept no {request.method} personal model for this run (it trained no round)"
         return Message(Error(CONTRACT_REFUSAL, reason), reply_to=msg)
@@ -499,5 +512,5 @@ def personalize(msg: Message, request: PersonalizeRequest, context: Context) -> 
     return PersonalizeReply(
         hospital=hospital.name, method=request.method, epochs=tuned.epochs, val_auroc_global=tuned.val_auroc_global,
         val_auroc=tuned.val_auroc, test=SiteTest.of(labels, scores, request.seed),
-        event1=event1(labels, scores, threshold)[0],
+        event1=event1(labels, scores, threshold)[0], ledger=ledger,
     ).reply_to(msg)  # fmt: skip

@@ -26,14 +26,18 @@ in place of its own: the server's head never moves, and no reply carries anythin
 head. The run's global model is therefore a body, not a model: its scores (per round, at each
 hospital) are those of the body under each hospital's own head.
 
-Ditto and FedRep under DP-SGD (`--dp`; finetune refuses it): both trainings of a round (Ditto:
-the personal model and the global one; FedRep: the head and the body) are DP-SGD on the
-hospital's training stays with the run's noise multiplier and sampling rate, and both are
-counted in the hospital's one privacy ledger (a round takes twice the steps, and the noise is
-calibrated for all of them). Privacy unit: one ICU stay. What the hospital sends and the
-personal model it keeps are both post-processing of those steps, so each has the
-(epsilon, delta) the ledger reports for that hospital; which round's model it keeps is chosen on
-its validation stays, which the guarantee does not cover (as for every validation metric).
+Under DP-SGD (`--dp`), privacy unit: one ICU stay. Ditto and FedRep: both trainings of a round
+(Ditto: the personal model and the global one; FedRep: the head and the body) are DP-SGD on the
+hospital's training stays with the run's noise multiplier and sampling rate, and both are counted
+in the hospital's one privacy ledger (a round takes twice the steps, and the noise is calibrated
+for all of them). Finetune: the fine-tuning epochs are DP-SGD with the rounds' noise and sampling
+rate, counted in the same ledger after the last round; the noise is calibrated from the first
+round for the rounds and those epochs together, so the ledger ends within the run's target
+epsilon. What the hospital sends is post-processing of the rounds' steps: it has the (epsilon,
+delta) the ledger reports after the last round. The personal model it keeps is post-processing
+of every step: it has the (epsilon, delta) of the whole ledger, fine-tuning included
+(`personalization.json` gives each hospital's). Which round's or epoch's model it keeps is chosen
+on its validation stays, which the guarantee does not cover (as for every validation metric).
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ class PersonalModel:
 
 
 def finetune(
-    model: MortalityLSTM, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
-    max_epochs: int, lr: float, batch_size: int, seed: int,
-) -> PersonalModel:  # fmt: skip
-    """Fine-tune `model` in place on `train` (inputs, labels) for up to `max_epochs` and leave it
-    at the epoch that scores best on `val`."""
+    model: MortalityLSTM,
+    val: tuple[np.ndarray, np.ndarray],
+    train: Callable[[MortalityLSTM, Callable[[int], None]], float],
+) -> PersonalModel:
+    """Fine-tune `model` in place with `train(model, after_epoch)`, which trains it for up to the
+    run's fine-tuning epochs calling `after_epoch(epoch)` after each, and leave it at the epoch
+    that scores best on `val` (inputs, labels)."""
     start = auroc(val[1], predict(model, val[0]))
     best_epochs, best_auroc, best_state = 0, start, copy.deepcopy(model.state_dict())
 
@@ -75,7 +81,7 @@ def finetune(
         if score > best_auroc:  # a NaN AUROC (one class only) never replaces the global model
             best_epochs, best_auroc, best_state = epoch, score, copy.deepcopy(model.state_dict())
 
-    train_epochs(model, *train, epochs=max_epochs, lr=lr, batch_size=batch_size, seed=seed, after_epoch=keep_if_better)
+    train(model, keep_if_better)
     model.load_state_dict(best_state)
     return PersonalModel(model, best_epochs, start, best_auroc)
 

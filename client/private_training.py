@@ -38,9 +38,11 @@ def _ledger(context: Context, request: TrainRequest, state_file: Path | None) ->
 class PrivateRound:
     """This round's DP-SGD at a hospital, within its budget for the whole run: `passes`
     trainings of the round's local epochs each (FedRep: its head, then its body), every step
-    of each counted in the hospital's one ledger.
+    of each counted in the hospital's one ledger. With `finetune`, instead the fine-tuning
+    after the run (`--personalization finetune`): one training of the request's
+    `finetune_epochs`, with the noise the rounds had, as it was planned for from the start.
 
-    Raises `BudgetExhausted` instead of starting when the round would overspend.
+    Raises `BudgetExhausted` instead of starting when the training would overspend.
     `secure_rng` draws noise and batches from the operating system's entropy instead of
     generators seeded by the caller; `state_file` (a deployed site's) keeps the ledger on disk
     as well.
@@ -48,15 +50,20 @@ class PrivateRound:
 
     def __init__(
         self, request: TrainRequest, context: Context, n: int, secure_rng: bool, state_file: Path | None,
-        passes: int = 1,
+        passes: int = 1, finetune: bool = False,
     ) -> None:  # fmt: skip
         self.request, self.context, self.secure_rng, self.state_file = request, context, secure_rng, state_file
         self.ledger = _ledger(context, request, state_file)
         self.schedule = PoissonSchedule.of(n, request.batch_size)
-        self.steps = passes * self.schedule.steps(request.local_epochs)
+        per_round, after_run = (
+            passes * self.schedule.steps(request.local_epochs),
+            self.schedule.steps(request.finetune_epochs),
+        )
+        self.epochs = request.finetune_epochs if finetune else request.local_epochs
+        self.steps = after_run if finetune else per_round
         self.sigma = request.noise_multiplier
-        if self.sigma == 0:  # the same sigma every round: calibrated for all the steps the run plans
-            planned = request.planned_rounds * self.steps
+        if self.sigma == 0:  # the same sigma every round and after: calibrated for all the steps the run plans
+            planned = request.planned_rounds * per_round + after_run
             self.sigma = calibrate_noise(
                 self.ledger.accountant, request.target_epsilon, self.ledger.delta, self.schedule.sample_rate, planned
             )
@@ -66,21 +73,21 @@ class PrivateRound:
     def train(
         self, model: MortalityLSTM, x: np.ndarray, y: np.ndarray, seed: int,
         epoch_inputs: Callable[[int], np.ndarray] | None = None, proximal_mu: float | None = None,
-        anchor: list[torch.Tensor] | None = None,
+        anchor: list[torch.Tensor] | None = None, after_epoch: Callable[[int], None] | None = None,
     ) -> float:  # fmt: skip
         """One pass of DP-SGD over the parameters of `model` (made by `to_dp_model`) that train,
         with FedProx's pull (`proximal_mu`, the run's if None) towards their start or `anchor`;
         the last epoch's training loss (not privatized: it stays here)."""
         r = self.request
         return train_epochs_dp(
-            model, x, y, epochs=r.local_epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
+            model, x, y, epochs=self.epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
             noise_multiplier=self.sigma, max_grad_norm=r.max_grad_norm, accountant=self.accountant,
             proximal_mu=r.proximal_mu if proximal_mu is None else proximal_mu, anchor=anchor,
-            secure_mode=self.secure_rng, epoch_inputs=epoch_inputs,
+            secure_mode=self.secure_rng, epoch_inputs=epoch_inputs, after_epoch=after_epoch,
         )  # fmt: skip
 
     def finish(self) -> str:
-        """Record the round's steps in the ledger (the node's state, and the state file); the
+        """Record the training's steps in the ledger (the node's state, and the state file); the
         ledger as JSON. The steps recorded are those the passes took: all that were planned."""
         taken = sum(steps for _, _, steps in self.accountant.history)
         if taken != self.steps:

@@ -350,6 +350,7 @@ class FederatedRun:
             augment_shift=c.augment_shift,
             member=c.member,
             ditto_lambda=c.ditto_lambda if c.personalization == "ditto" else 0.0,
+            finetune_epochs=c.finetune_epochs if c.personalization == "finetune" else 0,
         )
 
     def _instructions(self, rnd: int, arrays: ArrayRecord) -> list[Message]:
@@ -484,8 +485,11 @@ class FederatedRun:
         for hospital_row in hospital_rows:
             hospital_row["epsilon"] = state.privacy.get(hospital_row["hospital"], {}).get("epsilon", 0.0)
         if self.config.dp:
-            ledgers = [{"hospital": h, **state.privacy[h]} for h in sorted(state.privacy)]
-            self.run_dir.write_json(PRIVACY_FILE, ledgers)
+            self._write_ledgers()
+
+    def _write_ledgers(self) -> None:
+        privacy = self.state.privacy
+        self.run_dir.write_json(PRIVACY_FILE, [{"hospital": h, **privacy[h]} for h in sorted(privacy)])
 
     def _account_hospital_dp(self, replied: int) -> float:
         """Add this round's release to the hospital-level ledger; return epsilon so far.
@@ -563,19 +567,23 @@ class FederatedRun:
         """Every hospital adapts the best model to its own stays and keeps it; its cross-site
         rows, with what each chose written to `personalization.json`."""
         c, name = self.config, f"personal/{self.config.personalization}"
-        request = PersonalizeRequest(
-            **{**vars(self.evaluate_request), "server_round": self.state.completed},
-            method=c.personalization, max_epochs=c.finetune_epochs if c.personalization == "finetune" else 0,
-            lr=c.lr, batch_size=c.batch_size,
-        )  # fmt: skip
+        trained_as = self._train_request(self.state.completed)  # under DP-SGD, fine-tuning spends as the rounds did
+        request = PersonalizeRequest(**{**vars(trained_as), "lr": c.lr}, method=c.personalization)
         best = ArrayRecord(self.run_dir.load_model(BEST_MODEL)["state_dict"])
         messages = [request.message(node, best) for node in self.names]
         # Up to finetune-epochs of training, where the round timeout allows for local-epochs.
         timeout = c.round_timeout * math.ceil(c.finetune_epochs / c.local_epochs)
         tuned = exchange(self.grid, messages, PersonalizeReply, timeout, f"{name} at the hospitals", 0, self.names)
+        spent = {h: json.loads(r.ledger) for h, r in tuned.replies.items() if r.ledger is not None}
+        if spent:  # finetune under DP-SGD: the ledgers now include the fine-tuning
+            self.state.privacy.update(spent)
+            self._write_ledgers()
+        # Under DP-SGD a personal model has the epsilon of its hospital's whole ledger (the shared
+        # model's is in the rounds' rows).
+        epsilon = {h: {"epsilon": ledger["epsilon"]} for h, ledger in self.state.privacy.items()} if c.dp else {}
         chosen = [
             {"hospital": h, "method": r.method, "epochs": r.epochs, "val_auroc_global": r.val_auroc_global,
-             "val_auroc": r.val_auroc} if (r := tuned.replies.get(h))
+             "val_auroc": r.val_auroc, **epsilon.get(h, {})} if (r := tuned.replies.get(h))
             else {"hospital": h, "method": c.personalization, "status": f"failed: {tuned.failures.get(h, 'no reply')}"}
             for h in self.hospitals
         ]  # fmt: skip

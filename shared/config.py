@@ -128,12 +128,6 @@ class RunConfig:
             (self.finetune_epochs >= 1, "--finetune-epochs must be at least 1"),
             (self.ditto_lambda > 0, "--ditto-lambda must be positive"),
             (
-                not (self.personalization == "finetune" and self.dp),
-                "--personalization finetune cannot be combined with --dp yet: fine-tuning after the run would "
-                "spend privacy budget that the run's DP-SGD accounting does not plan for (ditto and fedrep can: "
-                "their personal models train by DP-SGD every round, within the same budget)",
-            ),
-            (
                 not (self.input_decay and self.dp),
                 "--input-decay cannot be combined with --dp yet: its layer records no per-stay gradients",
             ),

@@ -32,8 +32,9 @@ from fedicu.shared.model import ModelConfig
 from fedicu.shared.preprocessing import FeatureStats
 
 # 7: PersonalizeRequest; 8: TrainRequest.freeze_body and augmentation; 9: SCAFFOLD, TrainRequest.member, Ditto;
-# 10: FedRep (EvaluateRequest.personal_head, site_dir)
-CONTRACT_VERSION = 10
+# 10: FedRep (EvaluateRequest.personal_head, site_dir); 11: fine-tuning under DP-SGD (TrainRequest.finetune_epochs,
+# PersonalizeRequest a TrainRequest, PersonalizeReply.ledger)
+CONTRACT_VERSION = 11
 try:
     FEDICU_VERSION = version("fedicu")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -276,6 +277,9 @@ class TrainRequest(EvaluateRequest):
     augment_shift: int
     member: int  # ensemble member: seeds the training draws with the run's seed (`shared.config.member_seed`)
     ditto_lambda: float  # Ditto: the hospital also trains its personal model, pulled this hard (0: none)
+    # --personalization finetune: the most epochs a hospital fine-tunes for after the run (0: none);
+    # under DP-SGD its noise is calibrated for them from the first round on.
+    finetune_epochs: int
     # SCAFFOLD (server/scaffold.py): c - c_i, added to every local gradient; the server attaches
     # each hospital's own to its message (`with_correction`). None: another strategy.
     correction: ArrayRecord | None = _in(CONTROL, default=None)  # noqa: RUF009 (a field specifier)
@@ -308,19 +312,18 @@ class CrossSiteRequest(EvaluateRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PersonalizeRequest(EvaluateRequest):
+class PersonalizeRequest(TrainRequest):
     """Adapt the model the run selected (sent with it in `ARRAYS`) to the hospital's own stays,
     keep the result at the hospital (in `site_dir` in a simulation, its state-dir when deployed)
-    and score it on the hospital's own test stays. The personal model never leaves the hospital."""
+    and score it on the hospital's own test stays. The personal model never leaves the hospital.
+    It carries the run's training settings: fine-tuning under DP-SGD spends from the same ledger,
+    with the same noise, as the rounds did."""
 
     describes = "personalize request"
     action: ClassVar[str] = "personalize"
     message_type = f"{MessageType.QUERY}.{action}"
 
     method: str  # shared.config.PERSONALIZATIONS
-    max_epochs: int  # finetune: epochs tried, the best on the hospital's validation stays kept (0 included)
-    lr: float
-    batch_size: int
 
 
 def global_model(msg: Message) -> ArrayRecord:
@@ -456,6 +459,9 @@ class PersonalizeReply(Reply):
     val_auroc: float = _in(METRICS)  # the personal model's
     test: SiteTest = _in(METRICS)  # noqa: RUF009 (a field specifier)
     event1: float = _in(METRICS)  # at the threshold the hospital chose on its validation stays
+    # finetune under DP-SGD: the hospital's privacy ledger after fine-tuning, as JSON: the
+    # personal model's guarantee (the shared model's is the ledger of the last round).
+    ledger: str | None = _in("privacy", default=None)
 
 
 # Error codes of a hospital's refusals (Flower's Error.code)

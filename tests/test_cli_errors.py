@@ -30,7 +30,7 @@ def run(monkeypatch, capsys, *args):
         (
             ["simulate", "--dp", "--target-epsilon", "1", "--noise-multiplier", "1"],
             "--target-epsilon 1 with --noise-multiplier 1: hospital-1 could not train a single round (privacy budget: "
-            "another round would reach epsilon 3.1",
+            "training on would reach epsilon 3.1",
         ),
         (["simulate", "--data-dir", "/data/icu"], "--data-dir has no effect with --data-format synthetic"),
         (["simulate", "--target-epsilon", "1"], "--target-epsilon has no effect without --dp"),

@@ -19,6 +19,8 @@ from fedicu.shared.contract import (
     WEIGHT,
     FeatureStatsReply,
     FeatureStatsRequest,
+    PersonalizeReply,
+    PersonalizeRequest,
     TrainReply,
     TrainRequest,
 )
@@ -101,30 +103,33 @@ def test_an_unknown_data_format_in_the_node_config_is_refused_by_name(tmp_path):
         app(_stats_message(), context)
 
 
+def _train_fields(**settings) -> dict:
+    return {
+        **RUN,
+        "model": model_config_of(RunConfig()),
+        "norm_mean": [0.0] * len(NORMALIZED_CHANNELS),
+        "norm_std": [1.0] * len(NORMALIZED_CHANNELS),
+        "server_round": 1,
+        "local_epochs": 1,
+        "lr": 0.003,
+        "batch_size": 64,
+        "planned_rounds": 1,
+        "target_epsilon": 0.0,
+        "noise_multiplier": 0.0,
+        "max_grad_norm": 1.0,
+        "proximal_mu": 0.0,
+        "freeze_body": False,
+        "augment_mask": 0.0,
+        "augment_shift": 0,
+        "member": 0,
+        "ditto_lambda": 0.0,
+        "finetune_epochs": 0,
+        **settings,
+    }
+
+
 def _train_message(torch_state: dict, **settings) -> Message:
-    request = TrainRequest(
-        **{
-            **RUN,
-            "model": model_config_of(RunConfig()),
-            "norm_mean": [0.0] * len(NORMALIZED_CHANNELS),
-            "norm_std": [1.0] * len(NORMALIZED_CHANNELS),
-            "server_round": 1,
-            "local_epochs": 1,
-            "lr": 0.003,
-            "batch_size": 64,
-            "planned_rounds": 1,
-            "target_epsilon": 0.0,
-            "noise_multiplier": 0.0,
-            "max_grad_norm": 1.0,
-            "proximal_mu": 0.0,
-            "freeze_body": False,
-            "augment_mask": 0.0,
-            "augment_shift": 0,
-            "member": 0,
-            "ditto_lambda": 0.0,
-            **settings,
-        }
-    )
+    request = TrainRequest(**_train_fields(**settings))
     content = request.to_content()
     content[ARRAYS] = ArrayRecord(torch_state)
     return Message(content, dst_node_id=7, message_type=TrainRequest.message_type)
@@ -197,6 +202,34 @@ def test_a_deployed_site_keeps_its_ledger_on_disk_and_a_restart_goes_on_from_it(
     _dp_weights(_fresh_site(site), start)  # the SuperNode restarted: its node state is gone
     second = json.loads(ledger_file.read_text())
     assert len(second["history"]) == 2 and second["epsilon"] > first["epsilon"]
+
+
+def _finetune(context: Context, torch_state: dict, **settings) -> Message:
+    request = PersonalizeRequest(**_train_fields(**{**DP_TRAIN, "finetune_epochs": 1, **settings}), method="finetune")
+    return app(request.message(7, ArrayRecord(torch_state)), context)
+
+
+def test_a_deployed_sites_fine_tuning_under_dp_goes_into_its_ledger_on_disk(site):
+    torch.manual_seed(0)
+    start = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    _dp_weights(site, start)
+    reply = _finetune(_fresh_site(site), start)  # after a restart, too: the ledger is read from disk
+    assert not reply.has_error(), reply.error
+    state_dir = Path(site.node_config["state-dir"])
+    on_disk = json.loads((state_dir / "privacy-st-elsewhere-run1.json").read_text())
+    assert [entry["steps"] > 0 for entry in on_disk["history"]] == [True, True]
+    ledger = PersonalizeReply.from_content(reply.content).ledger
+    assert ledger is not None and json.loads(ledger) == on_disk
+    assert (state_dir / "personal_model-st-elsewhere-run1.pt").exists()
+
+
+def test_a_deployed_site_declines_fine_tuning_its_budget_cannot_pay_for(site):
+    """A fixed noise multiplier too small for the target: refused before anything trains."""
+    start = MortalityLSTM(model_config_of(RunConfig())).state_dict()
+    reply = _finetune(site, start, noise_multiplier=0.5, target_epsilon=0.5, finetune_epochs=3)
+    assert reply.has_error() and "st-elsewhere: privacy budget" in str(reply.error.reason)
+    state_dir = Path(site.node_config["state-dir"])
+    assert not state_dir.exists() or list(state_dir.iterdir()) == []  # no personal model, no ledger
 
 
 def test_a_long_lived_site_reads_its_folder_again_only_when_a_file_in_it_changed(site, tmp_path):

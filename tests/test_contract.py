@@ -72,6 +72,7 @@ TRAIN: dict[str, Any] = dict(
     augment_shift=2,
     member=3,
     ditto_lambda=0.2,
+    finetune_epochs=4,
     site_dir="/tmp/run/sites",
 )
 rng = np.random.default_rng(0)
@@ -85,7 +86,7 @@ EVERY_MESSAGE = [
     CrossSiteRequest(
         **EVALUATE, model_name="federated/best", threshold=0.2, keep_recalibration=True, site_dir="/tmp/run/sites"
     ),
-    PersonalizeRequest(**EVALUATE, method="finetune", max_epochs=5, lr=0.003, batch_size=64, site_dir="/tmp/s"),
+    PersonalizeRequest(**TRAIN, method="finetune"),
     FeatureStatsReply(
         hospital="north",
         train_stays=120,
@@ -145,6 +146,16 @@ EVERY_MESSAGE = [
         val_auroc=0.75,
         test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
         event1=0.5,
+    ),
+    PersonalizeReply(  # fine-tuned under DP-SGD: with the ledger after it
+        hospital="north",
+        method="finetune",
+        epochs=0,
+        val_auroc_global=0.7,
+        val_auroc=0.7,
+        test=SiteTest.of(np.r_[np.zeros(8), np.ones(4)], rng.random(12), 0),
+        event1=0.5,
+        ledger='{"history": []}',
     ),
 ]
 

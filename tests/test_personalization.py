@@ -2,8 +2,8 @@
 it on its own disk, and sends back numbers only."""
 
 import copy
-import dataclasses
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,16 +17,18 @@ from fedicu.client.personalization import finetune
 from fedicu.server.federated_run import LogProgress
 from fedicu.shared import compat
 from fedicu.shared.config import RunConfig
-from fedicu.shared.contract import PersonalizeRequest, TrainReply, TrainRequest
+from fedicu.shared.contract import PersonalizeReply, PersonalizeRequest, TrainReply, TrainRequest
 from fedicu.shared.datasets import synthetic
 from fedicu.shared.federation import prepare
 from fedicu.shared.metrics import auroc
 from fedicu.shared.model import ModelConfig, MortalityLSTM
 from fedicu.shared.preprocessing import FeatureStats, Normalization, clean, n_features, to_features, to_sequences
+from fedicu.shared.privacy.accounting import calibrate_noise, epsilon_of
 from fedicu.shared.privacy.per_sample_lstm import PoissonSchedule
 from fedicu.shared.run_dir import (
     BEST_MODEL,
     CROSS_SITE_JSON,
+    HOSPITAL_JSON,
     MODEL_CARD,
     PERSONALIZATION_JSON,
     PRIVACY_FILE,
@@ -110,6 +112,11 @@ def test_no_reply_carries_a_personal_model(personalized):
                 assert set(state) != set(sent) or not all(torch.equal(state[k], sent[k]) for k in state), kind
 
 
+def _trained(x: np.ndarray, y: np.ndarray, **settings):
+    """Fine-tuning's training without DP-SGD, as a hospital runs it."""
+    return lambda model, after_epoch: train_epochs(model, x, y, after_epoch=after_epoch, **settings)
+
+
 def test_finetune_keeps_the_global_model_when_no_epoch_beats_it_on_validation():
     seqs = to_sequences(clean(synthetic.generate(hospitals=1, stays=200, seed=1))[0])
     x = to_features(seqs, Normalization.from_stats(FeatureStats.of(seqs)))
@@ -117,7 +124,7 @@ def test_finetune_keeps_the_global_model_when_no_epoch_beats_it_on_validation():
     model = MortalityLSTM(ModelConfig(n_features=n_features(), hidden_size=8))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     one_class = (x[:40], np.zeros(40))  # validation AUROC is undefined: nothing can beat the start
-    tuned = finetune(model, (x, seqs.labels), one_class, max_epochs=2, lr=0.01, batch_size=64, seed=0)
+    tuned = finetune(model, one_class, _trained(x, seqs.labels, epochs=2, lr=0.01, batch_size=64, seed=0))
     assert tuned.epochs == 0 and np.isnan(tuned.val_auroc_global)
     assert all(torch.equal(before[k], v) for k, v in tuned.model.state_dict().items())
 
@@ -127,9 +134,8 @@ def test_finetune_keeps_the_global_model_when_no_epoch_beats_it_on_validation():
     [
         (["--personalization", "fedper"], "--personalization must be one of finetune, ditto, fedrep"),
         (["--finetune-epochs", "3"], "--finetune-epochs has no effect without --personalization finetune"),
-        (["--personalization", "finetune", "--dp", "--target-epsilon", "4"], "cannot be combined with --dp"),
     ],
-    ids=["unknown", "epochs-alone", "with-dp"],
+    ids=["unknown", "epochs-alone"],
 )
 def test_a_personalization_the_run_cannot_do_is_refused_before_it_starts(
     options, message, monkeypatch, capsys, tmp_path
@@ -151,41 +157,32 @@ def test_the_epoch_kept_is_the_one_best_on_validation():
     scores = [auroc(val[1], predict(replay, val[0]))]  # the same training, each epoch's score recorded
     train_epochs(replay, *train, epochs=6, lr=0.02, batch_size=64, seed=5,
                  after_epoch=lambda epoch: scores.append(auroc(val[1], predict(replay, val[0]))))  # fmt: skip
-    tuned = finetune(start, train, val, max_epochs=6, lr=0.02, batch_size=64, seed=5)
+    tuned = finetune(start, val, _trained(*train, epochs=6, lr=0.02, batch_size=64, seed=5))
     assert tuned.epochs == int(np.argmax(scores)) and 0 < tuned.epochs < 6, scores  # a peak inside the range
     assert tuned.val_auroc == scores[tuned.epochs] == auroc(val[1], predict(tuned.model, val[0]))
 
 
-@pytest.mark.parametrize(
-    ("change", "refusal"),
-    [(dict(dp=True), "privacy budget"), (dict(method="fedper"), "this site offers finetune, ditto, fedrep")],
-    ids=["under-dp", "unknown-method"],
-)
-def test_a_site_refuses_what_it_cannot_personalize_honestly(change, refusal, tmp_path):
-    request = PersonalizeRequest(
-        seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp",
-        server_round=1, norm_mean=[0.0], norm_std=[1.0], model=ModelConfig(n_features=n_features(), hidden_size=8),
-        method="finetune", max_epochs=1, lr=0.01, batch_size=8,
-    )  # fmt: skip
-    request = dataclasses.replace(request, **change)
+PERSONALIZE: dict[str, Any] = dict(
+    seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5, accountant="rdp",
+    server_round=1, norm_mean=[0.0], norm_std=[1.0], model=ModelConfig(n_features=n_features(), hidden_size=8),
+    local_epochs=1, lr=0.01, batch_size=8, planned_rounds=1, target_epsilon=0.0, noise_multiplier=0.0,
+    max_grad_norm=1.0, proximal_mu=0.0, freeze_body=False, augment_mask=0.0, augment_shift=0, member=0,
+    ditto_lambda=0.0, finetune_epochs=1, method="finetune",
+)  # fmt: skip
+
+
+def test_a_site_refuses_a_personalization_it_does_not_offer(tmp_path):
+    request = PersonalizeRequest(**{**PERSONALIZE, "method": "fedper"})
     model = MortalityLSTM(request.model)
     context = Context(run_id=1, node_id=1, node_config={"state-dir": str(tmp_path)}, state=RecordDict(), run_config={})
     with compat.in_a_task(run_id=1, node_id=1):
         reply = hospital_app(request.message(1, ArrayRecord(model.state_dict())), context)
-    assert reply.has_error() and refusal in str(reply.error.reason)
+    assert reply.has_error() and "this site offers finetune, ditto, fedrep" in str(reply.error.reason)
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing kept
 
 
 def test_a_deployed_site_keeps_its_personal_model_in_its_own_state_dir(tmp_path):
-    request = dataclasses.replace(
-        PersonalizeRequest(
-            seed=0, task="in_hospital_death", test_fraction=0.2, val_fraction=0.2, dp=False, delta=1e-5,
-            accountant="rdp", server_round=1, norm_mean=[0.0], norm_std=[1.0],
-            model=ModelConfig(n_features=n_features(), hidden_size=8), method="finetune", max_epochs=1, lr=0.01,
-            batch_size=8,
-        ),
-        site_dir="/etc/elsewhere",
-    )  # fmt: skip
+    request = PersonalizeRequest(**PERSONALIZE, site_dir="/etc/elsewhere")
     deployed = Context(run_id=7, node_id=1, node_config={"data-dir": "/data", "state-dir": str(tmp_path)},
                        state=RecordDict(), run_config={})  # fmt: skip
     assert _kept_file(request, deployed, "north", "personal_model.pt") == tmp_path / "personal_model-north-run7.pt"
@@ -208,3 +205,35 @@ def test_under_dp_sgd_both_trainings_of_a_round_are_counted_and_replies_carry_we
     assert all(reply.ledger and reply.train_loss is None and reply.local_val_auroc is None for reply in trained)
     kept = [row for row in run_dir.read_json(PERSONALIZATION_JSON) if "epochs" in row]
     assert len(kept) == config.hospitals
+
+
+def test_under_dp_sgd_fine_tuning_spends_from_the_ledger_the_rounds_planned_for(tmp_path):
+    """The noise is calibrated at the first round for the rounds and the fine-tuning together:
+    every entry has the same sigma, the fine-tuning is the ledger's last entry, and the whole
+    ledger (the personal model's guarantee) ends within the target."""
+    config = RunConfig(hospitals=3, synthetic_stays=900, rounds=2, seed=4, hidden_size=16, personalization="finetune",
+                       dp=True, target_epsilon=6.0, finetune_epochs=2)  # fmt: skip
+    replies: list = []
+    run_dir = _run_recorded(tmp_path / "dp", config, _recording(replies))
+    ledgers = {row["hospital"]: row for row in run_dir.read_json(PRIVACY_FILE)}
+    chosen = {row["hospital"]: row for row in run_dir.read_json(PERSONALIZATION_JSON)}
+    shared = {
+        row["hospital"]: row["epsilon"] for row in run_dir.read_json(HOSPITAL_JSON) if row["round"] == config.rounds
+    }
+    for hospital in prepare(config).hospitals:
+        schedule = PoissonSchedule.of(len(hospital.train), config.batch_size)
+        ledger = ledgers[hospital.name]
+        planned = [schedule.steps(config.local_epochs)] * config.rounds + [schedule.steps(config.finetune_epochs)]
+        assert [entry["steps"] for entry in ledger["history"]] == planned
+        sigma = calibrate_noise(
+            config.accountant, config.target_epsilon, config.delta, schedule.sample_rate, sum(planned)
+        )
+        assert [entry["noise_multiplier"] for entry in ledger["history"]] == pytest.approx([sigma] * len(planned))
+        history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in ledger["history"]]
+        after_rounds = epsilon_of(config.accountant, history[:-1], config.delta)
+        assert shared[hospital.name] == pytest.approx(after_rounds)  # what the hospital shared
+        assert after_rounds < ledger["epsilon"] <= config.target_epsilon
+        assert chosen[hospital.name]["epsilon"] == ledger["epsilon"]  # what it keeps
+    personalized = [r for kind, r in replies if kind == PersonalizeRequest.message_type]
+    assert len(personalized) == config.hospitals
+    assert all(not r.content.array_records and PersonalizeReply.from_content(r.content).ledger for r in personalized)

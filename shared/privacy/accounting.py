@@ -10,8 +10,9 @@ rate q, number of steps). The ledger lives as long as the run, across rounds
 per round would under-report epsilon by the number of rounds.
 
 With a target epsilon the noise is calibrated once, up front, for the whole
-planned run (rounds x local epochs x steps per epoch), and a round that would
-take epsilon past the target is declined instead of trained.
+planned run (rounds x local epochs x steps per epoch, and the fine-tuning epochs
+after the run if it has them), and a round that would take epsilon past the
+target is declined instead of trained.
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ class PrivacyLedger:
         return epsilon_of(self.accountant, self.history, self.delta)
 
     def check_budget(self, sigma: float, sample_rate: float, steps: int, target_epsilon: float) -> None:
-        """Raise `BudgetExhausted` if one more round of `steps` would pass `target_epsilon`."""
+        """Raise `BudgetExhausted` if `steps` more (a round, or fine-tuning) would pass `target_epsilon`."""
         projected = epsilon_of(self.accountant, [*self.history, (sigma, sample_rate, steps)], self.delta)
         if target_epsilon > 0 and projected > target_epsilon:
             raise BudgetExhausted(
-                f"privacy budget: another round would reach epsilon {projected:.3f} > target "
+                f"privacy budget: training on would reach epsilon {projected:.3f} > target "
                 f"{target_epsilon:g} (spent so far: {self.epsilon:.3f}); declining to train"
             )
 

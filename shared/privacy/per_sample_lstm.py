@@ -514,6 +514,7 @@ def train_epochs_dp(
     anchor: Sequence[torch.Tensor] | None = None,
     secure_mode: bool = False,
     epoch_inputs: Callable[[int], np.ndarray] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Train in place with DP-SGD (Adam on privatized gradients); return the mean training loss
     of the last epoch.
@@ -531,14 +532,15 @@ def train_epochs_dp(
     docstring for what is not covered).
 
     `model` must come from `make_dp_model` / `to_dp_model`. `proximal_mu > 0` adds FedProx's
-    term (towards `anchor`, the trained parameters' weights in order, if given: Ditto's pull) and
-    `epoch_inputs` gives each epoch's augmented stays, as in `train_epochs`. Deterministic for a given `seed` (Poisson sampling, noise and
-    dropout masks are all drawn from seeded generators); that is also why Opacus's
-    `secure_mode` is off by default: with a known seed the noise can be regenerated, so the
-    guarantee then rests on the seed staying secret. `secure_mode=True` seeds the sampler and
-    noise from the operating system's entropy (not reproducible) and uses Opacus's noise
-    sampling that resists floating-point attacks. The returned loss is computed from the raw
-    stays and is not privatized.
+    term (towards `anchor`, the trained parameters' weights in order, if given: Ditto's pull),
+    `epoch_inputs` gives each epoch's augmented stays and `after_epoch(epoch)` is called after
+    each epoch (without gradients, the optimizer's state kept), as in `train_epochs`.
+    Deterministic for a given `seed` (Poisson sampling, noise and dropout masks are all drawn
+    from seeded generators); that is also why Opacus's `secure_mode` is off by default: with a
+    known seed the noise can be regenerated, so the guarantee then rests on the seed staying
+    secret. `secure_mode=True` seeds the sampler and noise from the operating system's entropy
+    (not reproducible) and uses Opacus's noise sampling that resists floating-point attacks.
+    The returned loss is computed from the raw stays and is not privatized.
     """
     if len(x) == 0:
         raise ValueError("no training stays")
@@ -568,11 +570,11 @@ def train_epochs_dp(
         generator=sample_gen,
         steps=schedule.steps_per_epoch,
     )
-    model.train()
     epoch_loss = float("nan")
     with grad_sample_recording(model):
         try:
             for epoch in range(1, epochs + 1):
+                model.train()  # again each epoch: `after_epoch` may have scored the model
                 if epoch_inputs is not None:
                     inputs = torch.from_numpy(epoch_inputs(epoch))
                 total, seen = 0.0, 0
@@ -581,6 +583,9 @@ def train_epochs_dp(
                     total += private_step(model, optimizer, inputs[batch], targets[batch], proximal)
                     seen += len(batch)
                 epoch_loss = total / seen if seen else float("nan")
+                if after_epoch is not None:
+                    with torch.no_grad():  # scoring, not training: nothing recorded for DP-SGD
+                        after_epoch(epoch)
         finally:
             optimizer.zero_grad(set_to_none=True)
             for module in model.modules():
