@@ -37,6 +37,7 @@ from fedicu.shared.run_dir import (
 )
 from fedicu.shared.training import predict, train_epochs
 from fedicu.simulations.cli import main
+from fedicu.simulations.cli.common import personalization_table
 from fedicu.simulations.inprocess import run_in_process
 from tests.test_ditto import _recording
 from tests.test_ditto import _run as _run_recorded
@@ -234,6 +235,9 @@ def test_under_dp_sgd_fine_tuning_spends_from_the_ledger_the_rounds_planned_for(
         assert shared[hospital.name] == pytest.approx(after_rounds)  # what the hospital shared
         assert after_rounds < ledger["epsilon"] <= config.target_epsilon
         assert chosen[hospital.name]["epsilon"] == ledger["epsilon"]  # what it keeps
+    spent = [ledger["epsilon"] for ledger in ledgers.values()]
+    caption = f"personal models' epsilon {min(spent):.2f}–{max(spent):.2f}"
+    assert caption in str(personalization_table(run_dir.path).caption)
     personalized = [r for kind, r in replies if kind == PersonalizeRequest.message_type]
     assert len(personalized) == config.hospitals
     assert all(not r.content.array_records and PersonalizeReply.from_content(r.content).ledger for r in personalized)

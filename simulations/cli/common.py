@@ -380,8 +380,12 @@ def personalization_table(run_dir: Path) -> Table:
     for split in ("val", "test"):
         table.add_column(f"{split} AUROC\nglobal", justify="right")
         table.add_column(f"{split} AUROC\npersonal", justify="right")
-    failed = [f"{row['hospital']}: {row['status']}" for row in chosen if "epochs" not in row]
-    table.caption = "\n".join(failed) or None
+    notes = [f"{row['hospital']}: {row['status']}" for row in chosen if "epochs" not in row]
+    if spent := [row["epsilon"] for row in chosen if "epsilon" in row]:
+        notes.append(
+            f"DP-SGD: personal models' epsilon {min(spent):.2f}–{max(spent):.2f} (each hospital's whole ledger)"
+        )
+    table.caption = "\n".join(notes) or None
     for row in chosen:
         h, done = row["hospital"], "epochs" in row
         table.add_row(
